@@ -1,0 +1,399 @@
+"""`vmae shards build`: inputs → plan → (probe, stream-copy or transcode) in worker processes → tar shards.
+
+Every step can be killed and re-run: workers write each input's result under a temporary name and rename it;
+shards are written as ``.tmp`` and renamed once indexed; a record of each sealed shard (which inputs it
+consumed) is written last; ``manifest.json`` is written after everything else and marks the build complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import struct
+import time
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import tqdm as tqdm_module
+from tqdm import tqdm
+
+from shards.config import ShardConfig
+from shards.encode import EXTENSION, Encoded, die_with_parent, encode, ffmpeg_exe, output_fps, output_size
+from shards.plan import Plan, PlannedItem, Reject, make_plan, read_class_file
+from shards.probe import RejectedInput, VideoInfo, probe
+from shards.sources import list_inputs
+from shards.tars import ShardWriter
+
+log = logging.getLogger(__name__)
+tqdm_module.tqdm.monitor_interval = 0  # no monitor thread: the worker pool forks
+
+MANIFEST = "manifest.json"
+REJECTS = "rejects.jsonl"
+STATE = ".build"
+FORMAT = "vmae-shards/1"
+# Options that change the bytes written; the others (workers, timeouts, root) may differ between runs.
+BYTE_SHAPING = ("short_side", "fps", "codec", "keyframe_interval", "crf", "preset", "bframes", "stream_copy",
+                "segment_seconds", "min_frames", "short_policy", "max_input_pixels", "samples_per_shard",
+                "max_shard_bytes", "seed", "threads_per_worker")
+
+
+class BuildError(RuntimeError):
+    """The build cannot start or finish; the message says what to do."""
+
+
+@dataclass
+class BuildSummary:
+    inputs: int = 0
+    samples: int = 0
+    shards: int = 0
+    bytes: int = 0
+    source_bytes: int = 0
+    copied: int = 0
+    transcoded: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    up_to_date: bool = False
+
+    @property
+    def videos_per_second(self) -> float:
+        return (self.copied + self.transcoded) / self.seconds if self.seconds else 0.0
+
+    @property
+    def megabytes_per_second(self) -> float:
+        return self.source_bytes / 1e6 / self.seconds if self.seconds else 0.0
+
+
+def build_params(cfg: ShardConfig, classes: list[str]) -> dict:
+    params = {k: getattr(cfg, k) for k in BYTE_SHAPING}
+    params["classes"] = classes
+    params["ffmpeg"] = ffmpeg_version()
+    return params
+
+
+def ffmpeg_version() -> str:
+    import subprocess
+
+    out = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True).stdout
+    return out.split("\n", 1)[0].replace("ffmpeg version ", "").split(" Copyright")[0]
+
+
+def build_shards(input_path: Path, out_dir: Path, cfg: ShardConfig, progress: bool = True) -> BuildSummary:
+    started = time.perf_counter()
+    inputs = list_inputs(input_path, Path(cfg.root) if cfg.root else None)
+    plan = make_plan(inputs, cfg.seed, read_class_file(Path(cfg.classes)) if cfg.classes else None)
+    params = build_params(cfg, plan.classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out_dir):
+        finished = _finished_manifest(out_dir, params, plan)
+        if finished is not None:
+            log.info("%s already holds this build (same inputs and options): nothing to do", out_dir)
+            return _summary_from_manifest(finished, len(inputs))
+        builder = _Builder(out_dir, cfg, plan, params)
+        summary = builder.run(progress)
+    summary.inputs = len(inputs)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+@contextlib.contextmanager
+def _exclusive(out_dir: Path) -> Iterator[None]:
+    with (out_dir / ".lock").open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BuildError(f"another build is writing to {out_dir}; wait for it or choose another folder") from None
+        yield
+
+
+def _finished_manifest(out_dir: Path, params: dict, plan: Plan) -> dict | None:
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return None
+    manifest = json.loads(path.read_text())
+    if manifest.get("build") == params and manifest.get("inputs_digest") == plan.inputs_digest:
+        return manifest
+    changed = sorted(k for k in set(params) | set(manifest.get("build", {}))
+                     if params.get(k) != manifest.get("build", {}).get(k))
+    what = f"options differ ({', '.join(changed)})" if changed else "the input list differs"
+    raise BuildError(f"{out_dir} already holds a finished build and {what}; write to a new folder, "
+                     "or delete this one to rebuild")
+
+
+def _summary_from_manifest(manifest: dict, inputs: int) -> BuildSummary:
+    return BuildSummary(inputs=inputs, samples=manifest["samples"], shards=len(manifest["shards"]),
+                        bytes=manifest["bytes"], rejected=manifest["rejects"], up_to_date=True)
+
+
+@dataclass
+class _Totals:
+    """What sealed shards hold, carried in their records so a resumed build can finish the manifest."""
+
+    samples: int = 0
+    frames: int = 0
+    duration: float = 0.0
+    source_bytes: int = 0
+    copied: int = 0
+    transcoded: int = 0
+    classes: Counter = field(default_factory=Counter)
+
+    def add(self, other: dict) -> None:
+        for k in ("samples", "frames", "duration", "source_bytes", "copied", "transcoded"):
+            setattr(self, k, getattr(self, k) + other[k])
+        self.classes.update(other["classes"])
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["classes"] = dict(sorted(self.classes.items()))
+        return d
+
+
+class _Builder:
+    def __init__(self, out_dir: Path, cfg: ShardConfig, plan: Plan, params: dict):
+        self.out_dir, self.cfg, self.plan, self.params = out_dir, cfg, plan, params
+        self.state = out_dir / STATE
+        self.items_dir = self.state / "items"
+        self.records_dir = self.state / "shards"
+        self.entries: list[dict] = []  # manifest entries of sealed shards
+        self.rejects: list[dict] = []  # rejects of items consumed so far (sealed ones and the open shard's)
+        self.totals = _Totals()
+        self.pending = _Totals()  # what the open shard holds
+        self.pending_rejects: list[dict] = []
+        self.writer: ShardWriter | None = None
+        self.position = (0, 0)  # next (item, sample) to write
+
+    # -------------------------------------------------------------- state on disk
+    def _prepare_state(self) -> None:
+        self.items_dir.mkdir(parents=True, exist_ok=True)
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        plan_file = self.state / "plan.json"
+        plan_id = {"build": self.params, "inputs_digest": self.plan.inputs_digest,
+                   "keys": [i.key for i in self.plan.items]}
+        if plan_file.exists() and json.loads(plan_file.read_text()) != plan_id:
+            raise BuildError(f"{self.out_dir} holds an unfinished build with other inputs or options; re-run it "
+                             f"with those, or delete {self.out_dir} to start over")
+        _write_atomic(plan_file, json.dumps(plan_id))
+        for stray in self.out_dir.glob("*.tmp"):
+            stray.unlink()
+        for stray in self.items_dir.glob("*.tmp*"):  # half-written results of killed workers
+            shutil.rmtree(stray, ignore_errors=True)
+        for record_path in sorted(self.records_dir.glob("*.json")):
+            record = json.loads(record_path.read_text())
+            tar = self.out_dir / record["entry"]["name"]
+            if not tar.exists() or tar.stat().st_size != record["entry"]["bytes"]:
+                log.warning("%s is missing or changed: rebuilding from it on", tar.name)
+                for later in sorted(self.records_dir.glob("*.json")):
+                    if later.name >= record_path.name:
+                        later.unlink()
+                break
+            self.entries.append(record["entry"])
+            self.rejects.extend(record["rejects"])
+            self.totals.add(record["totals"])
+            self.position = tuple(record["next"])
+        if self.entries:
+            log.info("resuming after %d finished shard(s)", len(self.entries))
+
+    # -------------------------------------------------------------- the run
+    def run(self, progress: bool) -> BuildSummary:
+        self._prepare_state()
+        first_item, skip = self.position
+        items = self.plan.items
+        bar = tqdm(total=len(items), initial=first_item, unit="video", disable=not progress,
+                   mininterval=0.5 if _is_tty() else 10.0, dynamic_ncols=True, desc="shards")
+        rejected = Counter(r["reason"] for r in self.rejects)
+        with bar:
+            for index, result in self._results(items[first_item:], first_item):
+                self._pack(index, result, skip if index == first_item else 0)
+                if result["status"] == "rejected":
+                    rejected[result["reason"]] += 1
+                bar.update(1)
+                bar.set_postfix(samples=self.totals.samples + self.pending.samples, rejected=sum(rejected.values()),
+                                refresh=False)
+        if self.writer is not None:
+            self._seal(next_position=(len(items), 0))
+        self.rejects.extend(self.pending_rejects)
+        self._write_outputs()
+        shutil.rmtree(self.state, ignore_errors=True)
+        all_rejects = Counter(r["reason"] for r in [r.as_dict() for r in self.plan.rejects] + self.rejects)
+        return BuildSummary(samples=self.totals.samples, shards=len(self.entries),
+                            bytes=sum(e["bytes"] for e in self.entries), source_bytes=self.totals.source_bytes,
+                            copied=self.totals.copied, transcoded=self.totals.transcoded,
+                            rejected=dict(sorted(all_rejects.items())))
+
+    def _results(self, items: list[PlannedItem], offset: int) -> Iterator[tuple[int, dict]]:
+        """Results in plan order, from a pool that works a bounded window ahead of the packer."""
+        workers = self.cfg.workers or os.cpu_count() or 1
+        window: deque[tuple[int, Future]] = deque()
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent) as pool:
+            todo = iter(enumerate(items, start=offset))
+            for index, item in todo:
+                window.append((index, pool.submit(process_item, item, self.cfg, self.items_dir)))
+                if len(window) >= 2 * workers + 2:
+                    break
+            while window:
+                index, future = window.popleft()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    window.append((nxt[0], pool.submit(process_item, nxt[1], self.cfg, self.items_dir)))
+                yield index, future.result()
+
+    def _pack(self, index: int, result: dict, skip: int) -> None:
+        if result["status"] == "rejected":
+            self.pending_rejects.append({k: result[k] for k in ("source", "key", "reason", "detail")})
+        samples = result.get("samples", [])
+        for n, sample in enumerate(samples):
+            if n < skip:
+                continue
+            self._rollover_if_full((index, n), sample["bytes"])
+            video = (self.items_dir / result["key"] / sample["file"]).read_bytes()
+            meta = sample["meta"]
+            self.writer.write(sample["key"], {
+                EXTENSION[self.cfg.codec]: video,
+                "json": json.dumps(meta, sort_keys=True).encode(),
+                "cls": str(meta["label"]).encode(),
+                "frames": struct.pack("<i", meta["frames"]),  # int32 LE: DALI reads it with dtypes=INT32
+            })
+            self.pending.add({"samples": 1, "frames": meta["frames"], "duration": meta["duration"],
+                              "source_bytes": result["source_bytes"] if n == 0 else 0,
+                              "copied": int(n == 0 and meta["mode"] == "copy"),
+                              "transcoded": int(n == 0 and meta["mode"] == "transcode"),
+                              "classes": {str(meta["label_name"]): 1}})
+        for dropped in result.get("dropped", []):
+            self.pending_rejects.append({"source": result["source"], "key": dropped["key"],
+                                         "reason": "segment_too_short", "detail": dropped["detail"]})
+
+    def _rollover_if_full(self, position: tuple[int, int], size: int) -> None:
+        if self.writer is not None:
+            full = len(self.writer.keys) >= self.cfg.samples_per_shard
+            too_big = self.writer.bytes_written + size + 4096 > self.cfg.max_shard_bytes
+            if full or too_big:
+                self._seal(next_position=position)
+        if self.writer is None:
+            name = f"shard-{len(self.entries):06d}.tar"
+            self.writer = ShardWriter(self.out_dir / name)
+
+    def _seal(self, next_position: tuple[int, int]) -> None:
+        entry = self.writer.seal()
+        entry["frames"] = self.pending.frames
+        record = {"entry": entry, "next": list(next_position), "rejects": self.pending_rejects,
+                  "totals": self.pending.as_dict()}
+        _write_atomic(self.records_dir / f"{len(self.entries):06d}.json", json.dumps(record))
+        self.entries.append(entry)
+        self.rejects.extend(self.pending_rejects)
+        self.totals.add(record["totals"])
+        self.pending, self.pending_rejects, self.writer = _Totals(), [], None
+        for key in [i.key for i in self.plan.items[: next_position[0]]]:
+            shutil.rmtree(self.items_dir / key, ignore_errors=True)
+
+    def _write_outputs(self) -> None:
+        plan_rejects = [r.as_dict() for r in self.plan.rejects]
+        lines = [json.dumps(r, sort_keys=True) for r in plan_rejects + self.rejects]
+        _write_atomic(self.out_dir / REJECTS, "".join(line + "\n" for line in lines))
+        class_counts = {name: self.totals.classes.get(name, 0) for name in self.plan.classes}
+        if self.totals.classes.get("None"):
+            class_counts["(unlabeled)"] = self.totals.classes["None"]
+        manifest = {
+            "format": FORMAT,
+            "build": self.params,
+            "inputs_digest": self.plan.inputs_digest,
+            "inputs": len(self.plan.items) + len(self.plan.rejects),
+            "classes": self.plan.classes,
+            "class_counts": class_counts,
+            "samples": self.totals.samples,
+            "frames": self.totals.frames,
+            "duration_seconds": round(self.totals.duration, 3),
+            "bytes": sum(e["bytes"] for e in self.entries),
+            "video_extension": EXTENSION[self.cfg.codec],
+            "shards": self.entries,
+            "rejects": dict(sorted(Counter(r["reason"] for r in plan_rejects + self.rejects).items())),
+        }
+        _write_atomic(self.out_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+# ------------------------------------------------------------------ worker side
+
+def process_item(item: PlannedItem, cfg: ShardConfig, items_dir: Path) -> dict:
+    """Probe and encode one input into ``items_dir/<key>/``; the result (samples or a reject) is returned and kept."""
+    final = items_dir / item.key
+    result_file = final / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    tmp = items_dir / f"{item.key}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    source_bytes = Path(item.path).stat().st_size
+    base = {"key": item.key, "source": item.source, "source_bytes": source_bytes}
+    try:
+        info = probe(Path(item.path))
+        if info.width * info.height > cfg.max_input_pixels:
+            raise RejectedInput("too_large", f"{info.width}x{info.height} is over shards.max_input_pixels="
+                                             f"{cfg.max_input_pixels}; raise it to accept such videos")
+        mode, outputs = encode(Path(item.path), info, cfg, tmp)
+        samples, dropped = _samples(item, info, cfg, mode, outputs)
+        result = {**base, "status": "ok", "samples": samples, "dropped": dropped}
+    except RejectedInput as rej:
+        result = {**base, "status": "rejected", "reason": rej.reason, "detail": rej.detail}
+        for f in tmp.iterdir():
+            f.unlink()
+    except Exception as err:  # noqa: BLE001 - one broken input must not stop a build of thousands
+        log.exception("unexpected error on %s", item.source)
+        result = {**base, "status": "rejected", "reason": "internal_error", "detail": f"{type(err).__name__}: {err}"}
+    (tmp / "result.json").write_text(json.dumps(result))
+    try:
+        os.rename(tmp, final)
+    except OSError:  # an earlier, killed run's worker finished the same input first: keep its identical result
+        shutil.rmtree(tmp, ignore_errors=True)
+    return json.loads(result_file.read_text())
+
+
+def _samples(item: PlannedItem, info: VideoInfo, cfg: ShardConfig, mode: str,
+             outputs: list[Encoded]) -> tuple[list[dict], list[dict]]:
+    """Sample records of the kept outputs, and the trailing segments too short to keep (reported as rejects)."""
+    fps = output_fps(info, cfg) if mode == "transcode" else info.fps
+    width, height = output_size(info, cfg.short_side) if mode == "transcode" else (info.width, info.height)
+    samples = []
+    for n, out in enumerate(outputs):
+        if out.frames < cfg.min_frames:
+            continue
+        key = item.key if len(outputs) == 1 else f"{item.key}_s{n:03d}"
+        meta = {
+            "key": key, "label": item.label, "label_name": item.label_name, "source": item.source,
+            "segment": n if len(outputs) > 1 else None, "start_seconds": out.start_seconds,
+            "frames": out.frames, "fps": fps, "duration": round(out.frames / fps, 3) if fps else None,
+            "width": width, "height": height, "codec": cfg.codec, "mode": mode,
+            "padded_frames": out.padded_frames,
+            "source_info": {k: v for k, v in info.as_dict().items() if k != "size_bytes"},
+            "build": {k: getattr(cfg, k) for k in ("short_side", "fps", "codec", "keyframe_interval", "crf",
+                                                     "preset", "bframes", "segment_seconds")},
+        }
+        samples.append({"key": key, "file": out.path.name, "bytes": out.path.stat().st_size, "meta": meta})
+    if not samples:
+        total = sum(o.frames for o in outputs)
+        raise RejectedInput("too_short", f"{total} frames, fewer than shards.min_frames={cfg.min_frames}; "
+                                         "set shards.short_policy=pad to keep it padded")
+    dropped = [{"key": f"{item.key}_s{n:03d}", "detail": f"segment {n} has {o.frames} frames, fewer than "
+                f"shards.min_frames={cfg.min_frames}"} for n, o in enumerate(outputs) if o.frames < cfg.min_frames]
+    return samples, dropped
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _is_tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()

@@ -1,0 +1,93 @@
+"""Options of the shard builder and of the synthetic video maker (the ``shards`` and ``synth`` config sections)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CODECS = ("h264", "vp9", "mjpeg")
+SHORT_POLICIES = ("reject", "pad")
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class ShardConfig:
+    # inputs
+    root: str | None = field(default=None, metadata=_help(
+        "folder that relative paths in a CSV/JSONL list are resolved against (default: the list's folder)"))
+    classes: str | None = field(default=None, metadata=_help(
+        "text file with one class name per line, in label order (default: the sorted labels found)"))
+    # how every video is normalized
+    short_side: int = field(default=320, metadata=_help("resize so the short side is this many pixels (0: keep)"))
+    fps: float = field(default=30.0, metadata=_help("constant output frame rate (0: keep the source's average rate)"))
+    codec: str = field(default="h264", metadata=_help(
+        "h264 for GPU (NVDEC) decoding; vp9 or mjpeg for DALI's CPU decoder", choices=CODECS))
+    keyframe_interval: int = field(default=16, metadata=_help(
+        "frames between keyframes (closed GOP): a seek decodes at most this many extra frames"))
+    crf: int = field(default=23, metadata=_help("quality: x264/VP9 CRF, or the MJPEG q:v scale (lower is better)"))
+    preset: str = field(default="veryfast", metadata=_help("x264 preset (speed/size trade-off)"))
+    bframes: int | None = field(default=None, metadata=_help("H.264 B-frames between references (default: the preset's)"))
+    stream_copy: bool = field(default=True, metadata=_help("copy the video stream when the source already conforms"))
+    segment_seconds: float = field(default=0.0, metadata=_help(
+        "split longer videos into segments of at most this many seconds, each starting on a keyframe (0: off)"))
+    min_frames: int = field(default=64, metadata=_help(
+        "shortest video kept, in output frames (one clip: T*tau = 16*4)"))
+    short_policy: str = field(default="reject", metadata=_help(
+        "what to do with a video shorter than min_frames: reject it, or pad it by repeating its last frame",
+        choices=SHORT_POLICIES))
+    max_input_pixels: int = field(default=7680 * 4320, metadata=_help(
+        "refuse inputs larger than this many pixels per frame (8K)"))
+    # how samples are packed
+    samples_per_shard: int = field(default=256, metadata=_help("samples per tar shard"))
+    max_shard_bytes: int = field(default=1 << 30, metadata=_help("start a new shard before one grows past this size"))
+    seed: int = field(default=0, metadata=_help("seed of the sample order across shards"))
+    workers: int = field(default=0, metadata=_help("parallel worker processes (0: all cores)"))
+    threads_per_worker: int = field(default=1, metadata=_help("ffmpeg threads per worker"))
+    timeout_seconds: float = field(default=600.0, metadata=_help("give up on one video after this long"))
+
+    def __post_init__(self) -> None:
+        _check_choice("shards.codec", self.codec, CODECS)
+        _check_choice("shards.short_policy", self.short_policy, SHORT_POLICIES)
+        _check_positive("shards.samples_per_shard", self.samples_per_shard)
+        _check_positive("shards.max_shard_bytes", self.max_shard_bytes)
+        _check_positive("shards.keyframe_interval", self.keyframe_interval)
+        _check_positive("shards.threads_per_worker", self.threads_per_worker)
+        for key in ("short_side", "fps", "segment_seconds", "min_frames", "workers"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"shards.{key} must be >= 0, got {getattr(self, key)}")
+        if self.short_side % 2:
+            raise ValueError(f"shards.short_side must be even (4:2:0 video), got {self.short_side}")
+        if self.segment_seconds and self.fps and self.segment_seconds * self.fps < max(self.min_frames, 1):
+            raise ValueError(
+                f"shards.segment_seconds={self.segment_seconds} gives segments shorter than "
+                f"shards.min_frames={self.min_frames} at {self.fps} fps")
+
+
+@dataclass
+class SynthConfig:
+    classes: int = field(default=8, metadata=_help("number of motion classes"))
+    videos_per_class: int = field(default=10, metadata=_help("videos made for each class"))
+    seconds: float = field(default=4.0, metadata=_help("length of each video"))
+    width: int = field(default=320, metadata=_help("frame width"))
+    height: int = field(default=240, metadata=_help("frame height"))
+    fps: int = field(default=30, metadata=_help("frame rate"))
+    seed: int = field(default=0, metadata=_help("seed of positions, colours and speeds"))
+    workers: int = field(default=0, metadata=_help("parallel ffmpeg processes (0: all cores)"))
+
+    def __post_init__(self) -> None:
+        for key in ("classes", "videos_per_class", "seconds", "width", "height", "fps"):
+            _check_positive(f"synth.{key}", getattr(self, key))
+        if self.width % 2 or self.height % 2:
+            raise ValueError(f"synth.width and synth.height must be even, got {self.width}x{self.height}")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{key} must be > 0, got {value}")

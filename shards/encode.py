@@ -1,0 +1,228 @@
+"""Turn one probed input into normalized video files: a stream copy when it conforms, else an ffmpeg transcode.
+
+Normalized means: constant frame rate, the short side resized, rotation applied, audio dropped, closed GOPs
+of a bounded length, and a codec the loader can decode (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import ffmpeg
+
+from shards.config import ShardConfig
+from shards.probe import PacketScan, RejectedInput, VideoInfo, scan_packets
+
+EXTENSION = {"h264": "mp4", "vp9": "webm", "mjpeg": "mkv"}
+MUXER = {"h264": "mp4", "vp9": "webm", "mjpeg": "matroska"}
+# NVDEC on A100/Hopper decodes 8-bit 4:2:0 H.264 in these profiles only (DESIGN.md section 3).
+NVDEC_H264_PROFILES = {"Baseline", "Constrained Baseline", "Main", "High"}
+COPYABLE_CONTAINERS = {"mov,mp4,m4a,3gp,3g2,mj2"}
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One output video file and what it holds."""
+
+    path: Path
+    frames: int  # counted from the file's packets, not taken from the container header
+    start_seconds: float  # where in the source it begins
+    padded_frames: int  # frames added by repeating the last one (short_policy=pad)
+
+
+@lru_cache(maxsize=1)
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary: $VMAE_FFMPEG, else imageio-ffmpeg's pinned build (same encoder, same bytes everywhere)."""
+    override = os.environ.get("VMAE_FFMPEG")
+    if override:
+        return override
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        found = shutil.which("ffmpeg")
+        if not found:
+            raise RuntimeError("no ffmpeg binary: `pip install imageio-ffmpeg` or install ffmpeg, "
+                               "or point VMAE_FFMPEG at one") from None
+        return found
+
+
+def output_size(info: VideoInfo, short_side: int) -> tuple[int, int]:
+    """Even width and height with the display aspect kept and the short side at ``short_side``."""
+    w, h = info.display_width, info.display_height
+    if short_side <= 0:
+        return _even(w), _even(h)
+    if w <= h:
+        return short_side, _even(h * short_side / w)
+    return _even(w * short_side / h), short_side
+
+
+def output_fps(info: VideoInfo, cfg: ShardConfig) -> float:
+    return cfg.fps if cfg.fps > 0 else round(info.fps, 3)
+
+
+def expected_frames(info: VideoInfo, cfg: ShardConfig) -> int:
+    """Frames the output should hold, from the container's claimed duration."""
+    if info.duration <= 0:
+        return info.frames
+    return int(math.floor(info.duration * output_fps(info, cfg) + 0.5))
+
+
+def why_not_copy(info: VideoInfo, scan: PacketScan | None, cfg: ShardConfig) -> list[str]:
+    """Reasons the source cannot be stream-copied as it is; empty when it already conforms."""
+    reasons = []
+    if not cfg.stream_copy:
+        reasons.append("stream copy disabled")
+    if cfg.codec != "h264" or info.codec != "h264":
+        reasons.append(f"codec {info.codec}, target {cfg.codec}")
+    if info.container not in COPYABLE_CONTAINERS:
+        reasons.append(f"container {info.container}")
+    if info.profile not in NVDEC_H264_PROFILES or info.pix_fmt not in ("yuv420p", "yuvj420p"):
+        reasons.append(f"profile {info.profile} {info.pix_fmt}")
+    if info.rotation:
+        reasons.append(f"rotation {info.rotation}")
+    if (info.width, info.height) != (info.display_width, info.display_height):
+        reasons.append("non-square pixels")
+    if cfg.short_side and min(info.width, info.height) != cfg.short_side:
+        reasons.append(f"short side {min(info.width, info.height)}")
+    if info.width % 2 or info.height % 2:
+        reasons.append("odd size")
+    if cfg.fps and abs(info.fps - cfg.fps) > 1e-3:
+        reasons.append(f"fps {info.fps:.3f}")
+    if scan is not None:
+        if not scan.constant_rate:
+            reasons.append("variable frame rate")
+        if scan.max_keyframe_gap > cfg.keyframe_interval:
+            reasons.append(f"keyframe gap {scan.max_keyframe_gap}")
+        if not scan.starts_with_keyframe:
+            reasons.append("does not start on a keyframe")
+    return reasons
+
+
+def encode(source: Path, info: VideoInfo, cfg: ShardConfig, workdir: Path) -> tuple[str, list[Encoded]]:
+    """Write the normalized video(s) of one input into ``workdir``; returns the mode ("copy"/"transcode") and files."""
+    target_frames = expected_frames(info, cfg)
+    pad = 0
+    if target_frames < cfg.min_frames:
+        if cfg.short_policy != "pad":
+            raise RejectedInput(
+                "too_short", f"about {target_frames} frames at {output_fps(info, cfg):g} fps, fewer than "
+                f"shards.min_frames={cfg.min_frames} (one clip); set shards.short_policy=pad to keep it padded")
+        pad = cfg.min_frames - max(target_frames, 0)
+    segmented = cfg.segment_seconds > 0 and info.duration > cfg.segment_seconds
+    mode = "transcode"
+    if not pad and not why_not_copy(info, None, cfg) and not why_not_copy(info, scan_packets(source), cfg):
+        mode = "copy"
+    args = _ffmpeg_args(source, info, cfg, workdir, mode, segmented, pad)
+    _run_ffmpeg(args, cfg.timeout_seconds, source)
+    files = sorted(p for p in workdir.iterdir() if p.name.startswith("seg"))
+    if not files:
+        raise RejectedInput("ffmpeg_failed", "ffmpeg wrote no output")
+    return mode, _describe_outputs(files, info, cfg, segmented, pad, target_frames)
+
+
+def _ffmpeg_args(source: Path, info: VideoInfo, cfg: ShardConfig, workdir: Path, mode: str,
+                 segmented: bool, pad: int) -> list[str]:
+    ext = EXTENSION[cfg.codec]
+    target = str(workdir / (f"seg%04d.{ext}" if segmented else f"seg0000.{ext}"))
+    video = ffmpeg.input(str(source)).video
+    out_opts: dict = {"an": None, "sn": None, "dn": None, "map_metadata": -1, "fflags": "+bitexact",
+                      "threads": cfg.threads_per_worker}
+    if mode == "copy":
+        out_opts["c:v"] = "copy"
+    else:
+        width, height = output_size(info, cfg.short_side)
+        video = video.filter("fps", fps=output_fps(info, cfg))
+        video = video.filter("scale", width, height).filter("setsar", 1)
+        if pad:
+            video = video.filter("tpad", stop_mode="clone", stop=pad + 1)
+            out_opts["frames:v"] = cfg.min_frames
+        out_opts.update(_codec_options(cfg))
+        if segmented:
+            out_opts["force_key_frames"] = f"expr:gte(t,n_forced*{cfg.segment_seconds})"
+    if segmented:
+        out_opts.update({"f": "segment", "segment_time": cfg.segment_seconds, "reset_timestamps": 1,
+                         "segment_format": MUXER[cfg.codec]})
+        if cfg.codec == "h264":
+            out_opts["segment_format_options"] = "movflags=+faststart"
+    elif cfg.codec == "h264":
+        out_opts["movflags"] = "+faststart"
+    return ffmpeg_command(ffmpeg.output(video, target, **out_opts))
+
+
+def ffmpeg_command(stream) -> list[str]:
+    """The argv of an ffmpeg-python graph, quiet but for errors, never reading stdin."""
+    args = stream.compile(cmd=ffmpeg_exe(), overwrite_output=True)
+    return [args[0], "-nostdin", "-v", "error", *args[1:]]
+
+
+def _codec_options(cfg: ShardConfig) -> dict:
+    gop = cfg.keyframe_interval
+    if cfg.codec == "h264":
+        opts = {"c:v": "libx264", "preset": cfg.preset, "crf": cfg.crf, "pix_fmt": "yuv420p", "profile:v": "high",
+                "g": gop, "keyint_min": gop, "sc_threshold": 0, "flags": "+cgop+bitexact"}
+        if cfg.bframes is not None:
+            opts["bf"] = cfg.bframes
+        return opts
+    if cfg.codec == "vp9":
+        return {"c:v": "libvpx-vp9", "crf": cfg.crf, "b:v": 0, "g": gop, "keyint_min": gop, "deadline": "good",
+                "cpu-used": 5, "row-mt": 0, "pix_fmt": "yuv420p", "flags": "+bitexact"}
+    return {"c:v": "mjpeg", "q:v": min(31, max(2, round(cfg.crf / 7))), "pix_fmt": "yuvj420p",
+            "flags": "+bitexact"}
+
+
+def _run_ffmpeg(args: list[str], timeout: float, source: Path) -> None:
+    try:
+        proc = subprocess.run(args, capture_output=True, timeout=timeout, preexec_fn=die_with_parent)
+    except subprocess.TimeoutExpired:
+        raise RejectedInput("timeout", f"ffmpeg took longer than shards.timeout_seconds={timeout:g}") from None
+    errors = proc.stderr.decode("utf-8", "replace").strip()
+    if proc.returncode != 0:
+        last = errors.splitlines()[-1] if errors else f"exit code {proc.returncode}"
+        raise RejectedInput("ffmpeg_failed", f"ffmpeg could not convert it: {last}")
+    if errors and _looks_truncated(errors):
+        first = errors.splitlines()[0]
+        raise RejectedInput("truncated", f"the video data ends early or is corrupt: {first}")
+
+
+def _looks_truncated(stderr: str) -> bool:
+    markers = ("partial file", "Invalid NAL", "error while decoding", "Invalid data found",
+               "corrupt", "stream ends prematurely", "Packet corrupt", "missing picture")
+    return any(m.lower() in stderr.lower() for m in markers)
+
+
+def _describe_outputs(files: list[Path], info: VideoInfo, cfg: ShardConfig, segmented: bool, pad: int,
+                      target_frames: int) -> list[Encoded]:
+    out = []
+    start = 0.0
+    fps = output_fps(info, cfg)
+    for path in files:
+        frames = scan_packets(path).packets
+        out.append(Encoded(path=path, frames=frames, start_seconds=round(start, 3), padded_frames=pad))
+        start += frames / fps if fps else 0.0
+    total = sum(e.frames for e in out)
+    if not pad and target_frames > 0 and total < 0.9 * target_frames:
+        raise RejectedInput("truncated", f"decoded {total} frames, the container claims about {target_frames}: "
+                                         "the file ends early")
+    return out
+
+
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies, so a killed build leaves no orphans writing files."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _even(x: float) -> int:
+    return max(2, int(round(x / 2)) * 2)

@@ -1,0 +1,94 @@
+"""`vmae synth`: labelled videos whose class can only be told from motion, drawn by ffmpeg.
+
+Each class is a kind of movement (drift, swing or dash) in one of eight directions. Colours, sizes, start
+positions, speeds, background texture and static clutter are drawn at random per video, so no single frame
+gives the class away: a model has to see the motion.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import ffmpeg
+
+from shards.config import SynthConfig
+from shards.encode import die_with_parent, ffmpeg_command
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS = ("east", "southeast", "south", "southwest", "west", "northwest", "north", "northeast")
+MOVEMENTS = ("drift", "swing", "dash")
+MAX_CLASSES = len(DIRECTIONS) * len(MOVEMENTS)
+
+
+def class_names(n: int) -> list[str]:
+    if n > MAX_CLASSES:
+        raise ValueError(f"synth.classes={n}: at most {MAX_CLASSES} motion classes exist")
+    return [f"{MOVEMENTS[c // len(DIRECTIONS)]}_{DIRECTIONS[c % len(DIRECTIONS)]}" for c in range(n)]
+
+
+def make_synthetic_videos(out: Path, cfg: SynthConfig) -> list[Path]:
+    """Write OUT/<class>/<class>_<i>.mp4 for every class and video; files already there are kept (resumable)."""
+    jobs = []
+    for c, name in enumerate(class_names(cfg.classes)):
+        for i in range(cfg.videos_per_class):
+            jobs.append((out / name / f"{name}_{i:04d}.mp4", c, i))
+    workers = cfg.workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda job: _make_one(job[0], job[1], job[2], cfg), jobs))
+    return [path for path, _, _ in jobs]
+
+
+def _make_one(path: Path, c: int, i: int, cfg: SynthConfig) -> None:
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.mp4")
+    args = ffmpeg_command(_video_graph(tmp, c, random.Random(f"{cfg.seed}/{c}/{i}"), cfg))
+    proc = subprocess.run(args, capture_output=True, preexec_fn=die_with_parent)
+    if proc.returncode:
+        raise RuntimeError(f"ffmpeg failed on {path}: {proc.stderr.decode(errors='replace')[-500:]}")
+    os.replace(tmp, path)
+
+
+def _video_graph(path: Path, c: int, rng: random.Random, cfg: SynthConfig):
+    w, h, fps, seconds = cfg.width, cfg.height, cfg.fps, cfg.seconds
+    size = rng.randrange(max(8, h // 8), max(10, h // 4)) // 2 * 2
+    background = ffmpeg.input(f"color=c={_colour(rng, 0, 90)}:s={w}x{h}:r={fps}:d={seconds}", f="lavfi")
+    background = background.filter("noise", alls=rng.randrange(4, 16), allf="t")
+    for _ in range(rng.randrange(1, 4)):  # static clutter, same statistics in every class
+        bw, bh = rng.randrange(8, w // 4), rng.randrange(8, h // 4)
+        background = background.drawbox(rng.randrange(0, w - bw), rng.randrange(0, h - bh), bw, bh,
+                                        color=_colour(rng, 60, 200), thickness="fill")
+    mover = ffmpeg.input(f"color=c={_colour(rng, 120, 256)}:s={size}x{size}:r={fps}:d={seconds}", f="lavfi")
+    x, y = _motion(c, rng, w, h, size)
+    video = ffmpeg.overlay(background, mover, x=x, y=y, eval="frame", shortest=1)
+    return ffmpeg.output(video, str(path), vcodec="libx264", preset="veryfast", crf=23, pix_fmt="yuv420p",
+                         g=2 * fps, threads=1, fflags="+bitexact", map_metadata=-1, movflags="+faststart",
+                         **{"frames:v": int(round(seconds * fps))})
+
+
+def _motion(c: int, rng: random.Random, w: int, h: int, size: int) -> tuple[str, str]:
+    """Overlay position expressions in t (seconds): the class fixes the movement and its direction."""
+    movement = MOVEMENTS[c // len(DIRECTIONS)]
+    angle = 2 * math.pi * (c % len(DIRECTIONS)) / len(DIRECTIONS)
+    dx, dy = math.cos(angle), math.sin(angle)
+    x0, y0 = rng.uniform(0, w - size), rng.uniform(0, h - size)
+    if movement == "swing":  # back and forth along the direction, around a random centre
+        amp, hz, phase = rng.uniform(0.2, 0.3) * min(w, h), rng.uniform(0.5, 1.0), rng.uniform(0, 2 * math.pi)
+        wave = f"sin({2 * math.pi * hz:.4f}*t+{phase:.4f})"
+        return f"{x0:.2f}+{amp * dx:.3f}*{wave}", f"{y0:.2f}+{amp * dy:.3f}*{wave}"
+    speed = rng.uniform(50, 80) if movement == "drift" else rng.uniform(160, 220)  # pixels per second
+    span_x, span_y = w + size, h + size  # wrap around: leave one edge, come back at the other
+    return (f"mod({x0 + 8 * span_x:.2f}+{speed * dx:.3f}*t,{span_x})-{size}",
+            f"mod({y0 + 8 * span_y:.2f}+{speed * dy:.3f}*t,{span_y})-{size}")
+
+
+def _colour(rng: random.Random, low: int, high: int) -> str:
+    return "0x" + "".join(f"{rng.randrange(low, high):02x}" for _ in range(3))

@@ -1,0 +1,163 @@
+"""The `vmae` command: one entry point, one config system, one logging set-up for every job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from tools.config import ConfigError, VmaeConfig, add_section_flags, flag_values, load_config, to_yaml
+from tools.log import setup_logging
+
+log = logging.getLogger("vmae")
+
+EPILOG = ("Every option is also a config key: --config FILE|PRESET loads YAML, and trailing SECTION.KEY=VALUE "
+          "overrides win over both (e.g. shards.short_side=256). `vmae config` prints the resolved config.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except ConfigError as err:
+        log.error("config: %s", err)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted; a re-run of the same command resumes")
+        return 130
+    except _USER_ERRORS as err:
+        log.error("%s", err)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmae", description="Masked-autoencoder pretraining on video: build shards, load, pretrain, profile.",
+        epilog=EPILOG)
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    shards = commands.add_parser("shards", help="build, verify and inspect WebDataset video shards",
+                                 description="Build, verify and inspect WebDataset video shards.")
+    shard_commands = shards.add_subparsers(title="shard commands", metavar="COMMAND")
+    shards.set_defaults(run=lambda _: shards.print_help() or 2)
+
+    build = _command(shard_commands, "build", _run_build,
+                     "turn a folder, CSV or JSONL of videos into tar shards",
+                     "Probe, normalize (stream copy or transcode) and pack videos into WebDataset tar shards with "
+                     "DALI index files, manifest.json and rejects.jsonl. A killed build resumes when re-run.")
+    build.add_argument("input", type=Path, help="a folder (labels = sub-folder names), or a .csv/.jsonl list")
+    build.add_argument("out", type=Path, help="dataset folder to write")
+    _config_args(build, "shards")
+
+    verify = _command(shard_commands, "verify", _run_verify, "check every shard against the manifest",
+                      "Check sizes, checksums, index files, members, labels, and decode every video to count "
+                      "its frames. Exits 1 with a report on any mismatch.")
+    verify.add_argument("dataset", type=Path, help="dataset folder written by `vmae shards build`")
+    verify.add_argument("--no-decode", action="store_true", help="skip decoding the videos (fast structural check)")
+    _config_args(verify, "shards", only=("workers",))
+
+    inspect = _command(shard_commands, "inspect", _run_inspect, "tabulate a dataset",
+                       "Classes, counts, durations, resolutions, codecs and bytes of a built dataset.")
+    inspect.add_argument("dataset", type=Path, help="dataset folder written by `vmae shards build`")
+    inspect.add_argument("--json", action="store_true", help="print the figures as JSON instead of tables")
+
+    synth = _command(commands, "synth", _run_synth, "make a synthetic labelled video set with ffmpeg",
+                     "Moving-shape videos whose class is their motion (direction and kind of movement), "
+                     "in a Kinetics-style folder OUT/<class>/<video>.mp4.")
+    synth.add_argument("out", type=Path, help="folder to write")
+    _config_args(synth, "synth")
+
+    config = _command(commands, "config", _run_config, "print the resolved configuration",
+                      "Print the configuration after defaults, --config and overrides, as YAML.")
+    _config_args(config, None)
+    return parser
+
+
+def _command(group, name: str, run: Callable, help_text: str, description: str) -> argparse.ArgumentParser:
+    sub = group.add_parser(name, help=help_text, description=description, epilog=EPILOG)
+    sub.set_defaults(run=run)
+    return sub
+
+
+def _config_args(parser: argparse.ArgumentParser, section: str | None, only: tuple[str, ...] = ()) -> None:
+    parser.add_argument("--config", metavar="FILE|PRESET", help="YAML config file or preset name under configs/")
+    parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="dotted config overrides")
+    if section:
+        add_section_flags(parser, section, only)
+
+
+def _config(args: argparse.Namespace) -> VmaeConfig:
+    return load_config(args.config, args.overrides, flag_values(args))
+
+
+# ------------------------------------------------------------------ command bodies (imports kept lazy)
+
+def _run_build(args: argparse.Namespace) -> int:
+    from shards.build import build_shards
+    from tools.report import print_build_summary
+
+    cfg = _config(args)
+    summary = build_shards(args.input, args.out, cfg.shards, progress=True)
+    print_build_summary(summary, args.out)
+    if summary.samples == 0:
+        log.error("no usable video: every input was rejected (see %s)", args.out / "rejects.jsonl")
+        return 1
+    return 0
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from shards.verify import verify_dataset
+    from tools.report import print_verify_report
+
+    cfg = _config(args)
+    report = verify_dataset(args.dataset, decode=not args.no_decode, workers=cfg.shards.workers)
+    print_verify_report(report)
+    return 0 if report.ok else 1
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from shards.stats import dataset_stats
+    from tools.report import print_dataset_stats
+
+    stats = dataset_stats(args.dataset)
+    if args.json:
+        print(json.dumps(stats, indent=1))
+    else:
+        print_dataset_stats(stats)
+    return 0
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from shards.synth import make_synthetic_videos
+
+    cfg = _config(args)
+    paths = make_synthetic_videos(args.out, cfg.synth)
+    log.info("wrote %d videos in %d classes to %s", len(paths), cfg.synth.classes, args.out)
+    return 0
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    sys.stdout.write(to_yaml(_config(args)))
+    return 0
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from shards.build import BuildError
+    from shards.sources import SourceError
+
+    return (BuildError, SourceError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+_USER_ERRORS = _user_errors()
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""How command results are shown: rich tables on the console."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=False)
+
+
+def print_build_summary(summary, out: Path) -> None:
+    table = Table(title=f"shards build → {out}", show_header=False)
+    if summary.up_to_date:
+        table.add_row("status", "already built: nothing to do")
+    rows = [
+        ("videos in", f"{summary.inputs}"),
+        ("samples out", f"{summary.samples} in {summary.shards} shard(s), {_mb(summary.bytes)}"),
+        ("stream-copied / transcoded", f"{summary.copied} / {summary.transcoded}"),
+        ("rejected", ", ".join(f"{k}: {v}" for k, v in summary.rejected.items()) or "none"),
+    ]
+    if not summary.up_to_date:
+        rows.append(("time", f"{summary.seconds:.1f} s, {summary.videos_per_second:.2f} videos/s, "
+                             f"{summary.megabytes_per_second:.2f} MB/s of input"))
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    if summary.rejected:
+        console.print(f"reasons for each rejected input: {out / 'rejects.jsonl'}")
+
+
+def print_verify_report(report) -> None:
+    status = "[green]OK[/green]" if report.ok else f"[red]{len(report.problems)} problem(s)[/red]"
+    console.print(f"verify {report.dataset}: {status}: {report.shards} shards, {report.samples} samples, "
+                  f"{report.frames_decoded} frames decoded in {report.seconds:.1f} s")
+    if report.problems:
+        table = Table("where", "problem")
+        for p in report.problems:
+            table.add_row(p.where, p.what)
+        console.print(table)
+        console.print("Rebuild the dataset (a build re-run into a fresh folder gives the same bytes) "
+                      "or restore the listed shards from a copy.")
+
+
+def print_dataset_stats(stats: dict) -> None:
+    head = Table(title=f"dataset {stats['dataset']}", show_header=False)
+    head.add_row("samples", f"{stats['samples']} from {stats['inputs']} inputs, {stats['shards']} shards, "
+                            f"{_mb(stats['bytes'])}")
+    for key, unit in (("duration_seconds", "s"), ("frames", ""), ("shard_bytes", "B")):
+        s = stats[key]
+        head.add_row(key.replace("_", " "), f"min {s['min']:g}{unit}, median {s['median']:g}{unit}, "
+                                            f"max {s['max']:g}{unit}, total {s['total']:g}{unit}")
+    for key in ("resolutions", "fps", "codecs", "modes", "rejects"):
+        head.add_row(key, ", ".join(f"{k}: {v}" for k, v in list(stats[key].items())[:8]) or "none")
+    head.add_row("padded videos", str(stats["padded"]))
+    console.print(head)
+    classes = Table("label", "class", "samples", "seconds", title="classes")
+    for n, c in enumerate(stats["classes"]):
+        classes.add_row(str(n) if c["name"] != "(unlabeled)" else "-1", c["name"], str(c["samples"]),
+                        f"{c['seconds']:.1f}")
+    console.print(classes)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
