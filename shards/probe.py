@@ -63,7 +63,8 @@ def probe(path: Path) -> VideoInfo:
             stream = container.streams.video[0]
             codec_name = stream.codec_context.name if stream.codec_context else None
             if not codec_name or codec_name == "none":
-                raise RejectedInput("unsupported_codec", f"no decoder for codec id {stream.codec_context}")
+                raise RejectedInput("unsupported_codec", "FFmpeg has no decoder for this video codec; "
+                                                        "re-encode the file (e.g. to H.264) first")
             first = _first_frame(container, stream)
             info = _describe(container, stream, first, size)
     except RejectedInput:

