@@ -96,6 +96,8 @@ def build_shards(input_path: Path, out_dir: Path, cfg: ShardConfig, progress: bo
         if finished is not None:
             log.info("%s already holds this build (same inputs and options): nothing to do", out_dir)
             return _summary_from_manifest(finished, len(inputs))
+        for reject in plan.rejects:
+            log.info("rejected %s: %s (%s)", reject.source, reject.reason, reject.detail)
         builder = _Builder(out_dir, cfg, plan, params)
         summary = builder.run(progress)
     summary.inputs = len(inputs)
@@ -247,6 +249,7 @@ class _Builder:
 
     def _pack(self, index: int, result: dict, skip: int) -> None:
         if result["status"] == "rejected":
+            log.info("rejected %s: %s (%s)", result["source"], result["reason"], result["detail"])
             self.pending_rejects.append({k: result[k] for k in ("source", "key", "reason", "detail")})
         samples = result.get("samples", [])
         for n, sample in enumerate(samples):

@@ -171,15 +171,23 @@ def test_max_shard_bytes_starts_new_shards(built, video_folder, tmp_path):
         assert entry["bytes"] < 600_000 + biggest_sample + 20_000
 
 
-def test_killed_build_resumes_to_the_same_bytes(built, video_folder, tmp_path):
+def _first_item_done(out: Path) -> bool:
+    items = out / ".build" / "items"
+    return items.exists() and any(p.is_dir() and ".tmp" not in p.name for p in items.iterdir())
+
+
+@pytest.mark.parametrize("kill_when", ["first_video_done", "first_shard_sealed"])
+def test_killed_build_resumes_to_the_same_bytes(built, video_folder, tmp_path, kill_when):
     reference, cfg = built
     out = tmp_path / "killed"
+    ready = {"first_video_done": lambda: _first_item_done(out),
+             "first_shard_sealed": lambda: (out / "shard-000000.tar").exists()}[kill_when]
     cmd = [sys.executable, "-m", "tools.cli", "--log-level", "WARNING", "shards", "build", str(video_folder),
            str(out), "--samples-per-shard", "4", "--workers", "1"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (out / "shard-000000.tar").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    while not ready() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "manifest.json").exists(), "the build finished before it could be killed"
