@@ -28,7 +28,7 @@ ffmpeg:
 	@$(BIN)/python -c "from shards.encode import ffmpeg_exe; print('ffmpeg:', ffmpeg_exe())"
 
 demo: setup
-	$(BIN)/vmae synth $(DEMO)/videos --classes 8 --videos-per-class 6 --real-samples
+	$(BIN)/vmae synth $(DEMO)/videos --classes 24 --videos-per-class 2 --real-samples
 	$(BIN)/vmae shards build $(DEMO)/videos $(DEMO)/shards --samples-per-shard 16
 	$(BIN)/vmae shards verify $(DEMO)/shards
 	$(BIN)/vmae shards inspect $(DEMO)/shards

@@ -47,10 +47,11 @@ def print_dataset_stats(stats: dict) -> None:
     head = Table(title=f"dataset {stats['dataset']}", show_header=False)
     head.add_row("samples", f"{stats['samples']} from {stats['inputs']} inputs, {stats['shards']} shards, "
                             f"{_mb(stats['bytes'])}")
-    for key, unit in (("duration_seconds", "s"), ("frames", ""), ("shard_bytes", "B")):
+    for key, show in (("duration_seconds", lambda v: f"{v:.1f} s"), ("frames", lambda v: f"{v:g}"),
+                      ("shard_bytes", _mb)):
         s = stats[key]
-        head.add_row(key.replace("_", " "), f"min {s['min']:g}{unit}, median {s['median']:g}{unit}, "
-                                            f"max {s['max']:g}{unit}, total {s['total']:g}{unit}")
+        head.add_row(key.replace("_", " "), f"min {show(s['min'])}, median {show(s['median'])}, "
+                                            f"max {show(s['max'])}, total {show(s['total'])}")
     for key in ("resolutions", "fps", "codecs", "modes", "rejects"):
         head.add_row(key, ", ".join(f"{k}: {v}" for k, v in list(stats[key].items())[:8]) or "none")
     head.add_row("padded videos", str(stats["padded"]))
