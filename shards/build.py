@@ -233,7 +233,8 @@ class _Builder:
         """Results in plan order, from a pool that works a bounded window ahead of the packer."""
         workers = self.cfg.workers or os.cpu_count() or 1
         window: deque[tuple[int, Future]] = deque()
-        ctx = multiprocessing.get_context("fork")
+        # forkserver: workers start lean (no torch, no open shard files) whatever the main process has imported.
+        ctx = multiprocessing.get_context("forkserver")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent) as pool:
             todo = iter(enumerate(items, start=offset))
             for index, item in todo:

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import av
 import ffmpeg
 
 from shards.config import ShardConfig
-from shards.probe import PacketScan, RejectedInput, VideoInfo, scan_packets
+from shards.probe import PacketCounter, PacketScan, RejectedInput, VideoInfo, scan_packets
 
 EXTENSION = {"h264": "mp4", "vp9": "webm", "mjpeg": "mkv"}
 MUXER = {"h264": "mp4", "vp9": "webm", "mjpeg": "matroska"}
@@ -119,22 +120,41 @@ def encode(source: Path, info: VideoInfo, cfg: ShardConfig, workdir: Path) -> tu
                 f"shards.min_frames={cfg.min_frames} (one clip); set shards.short_policy=pad to keep it padded")
         pad = cfg.min_frames - max(target_frames, 0)
     segmented = cfg.segment_seconds > 0 and info.duration > cfg.segment_seconds
-    mode = "transcode"
-    if not pad and not why_not_copy(info, None, cfg) and not why_not_copy(info, scan_packets(source), cfg):
-        mode = "copy"
-    args = _ffmpeg_args(source, info, cfg, workdir, mode, segmented, pad)
-    _run_ffmpeg(args, cfg.timeout_seconds, source)
+    may_copy = not pad and not why_not_copy(info, None, cfg)
+    if may_copy and not segmented:
+        copied = workdir / f"seg0000.{EXTENSION[cfg.codec]}"
+        scan = copy_video_stream(source, copied)
+        if not why_not_copy(info, scan, cfg):
+            return "copy", _check_count([Encoded(copied, scan.packets, 0.0, 0)], target_frames, pad)
+        copied.unlink()
+    mode = "copy" if may_copy and segmented and not why_not_copy(info, scan_packets(source), cfg) else "transcode"
+    args = single_threaded(_ffmpeg_args(source, info, cfg, workdir, mode, segmented, pad), cfg.threads_per_worker)
+    _run_ffmpeg(args, cfg.timeout_seconds)
     files = sorted(p for p in workdir.iterdir() if p.name.startswith("seg"))
     if not files:
         raise RejectedInput("ffmpeg_failed", "ffmpeg wrote no output")
-    return mode, _describe_outputs(files, info, cfg, segmented, pad, target_frames)
+    return mode, _describe_outputs(files, info, cfg, pad, target_frames)
+
+
+def copy_video_stream(source: Path, target: Path) -> PacketScan:
+    """Stream-copy the video into a faststart mp4 in this process (no ffmpeg per file), scanning it on the way."""
+    counter = PacketCounter()
+    with av.open(str(source), metadata_errors="ignore") as inp, \
+            av.open(str(target), "w", format="mp4", options={"movflags": "+faststart", "fflags": "+bitexact"}) as out:
+        in_stream = inp.streams.video[0]
+        out_stream = out.add_stream_from_template(in_stream)
+        for packet in inp.demux(in_stream):
+            if counter.add(packet) and packet.dts is not None:
+                packet.stream = out_stream
+                out.mux(packet)
+    return counter.result()
 
 
 def _ffmpeg_args(source: Path, info: VideoInfo, cfg: ShardConfig, workdir: Path, mode: str,
                  segmented: bool, pad: int) -> list[str]:
     ext = EXTENSION[cfg.codec]
     target = str(workdir / (f"seg%04d.{ext}" if segmented else f"seg0000.{ext}"))
-    video = ffmpeg.input(str(source)).video
+    video = ffmpeg.input(str(source), threads=cfg.threads_per_worker).video
     out_opts: dict = {"an": None, "sn": None, "dn": None, "map_metadata": -1, "fflags": "+bitexact",
                       "threads": cfg.threads_per_worker}
     if mode == "copy":
@@ -167,6 +187,12 @@ def ffmpeg_command(stream) -> list[str]:
     return [args[0], "-nostdin", "-v", "error", *args[1:]]
 
 
+def single_threaded(args: list[str], threads: int) -> list[str]:
+    """Cap ffmpeg's filter threads too (decoder and encoder threads are per-stream options), so that N worker
+    processes on N cores do not oversubscribe them."""
+    return [args[0], "-filter_threads", str(threads), "-filter_complex_threads", str(threads), *args[1:]]
+
+
 def _codec_options(cfg: ShardConfig) -> dict:
     gop = cfg.keyframe_interval
     if cfg.codec == "h264":
@@ -182,9 +208,10 @@ def _codec_options(cfg: ShardConfig) -> dict:
             "flags": "+bitexact"}
 
 
-def _run_ffmpeg(args: list[str], timeout: float, source: Path) -> None:
+def _run_ffmpeg(args: list[str], timeout: float) -> None:
+    # No preexec_fn: it would force a full fork of the worker; without it Python starts ffmpeg with vfork.
     try:
-        proc = subprocess.run(args, capture_output=True, timeout=timeout, preexec_fn=die_with_parent)
+        proc = subprocess.run(args, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise RejectedInput("timeout", f"ffmpeg took longer than shards.timeout_seconds={timeout:g}") from None
     errors = proc.stderr.decode("utf-8", "replace").strip()
@@ -202,7 +229,7 @@ def _looks_truncated(stderr: str) -> bool:
     return any(m.lower() in stderr.lower() for m in markers)
 
 
-def _describe_outputs(files: list[Path], info: VideoInfo, cfg: ShardConfig, segmented: bool, pad: int,
+def _describe_outputs(files: list[Path], info: VideoInfo, cfg: ShardConfig, pad: int,
                       target_frames: int) -> list[Encoded]:
     out = []
     start = 0.0
@@ -211,11 +238,16 @@ def _describe_outputs(files: list[Path], info: VideoInfo, cfg: ShardConfig, segm
         frames = scan_packets(path).packets
         out.append(Encoded(path=path, frames=frames, start_seconds=round(start, 3), padded_frames=pad))
         start += frames / fps if fps else 0.0
-    total = sum(e.frames for e in out)
+    return _check_count(out, target_frames, pad)
+
+
+def _check_count(outputs: list[Encoded], target_frames: int, pad: int) -> list[Encoded]:
+    """Containers lie about length: a file whose stream holds far fewer frames than it claims is truncated."""
+    total = sum(e.frames for e in outputs)
     if not pad and target_frames > 0 and total < 0.9 * target_frames:
-        raise RejectedInput("truncated", f"decoded {total} frames, the container claims about {target_frames}: "
-                                         "the file ends early")
-    return out
+        raise RejectedInput("truncated", f"{total} frames in the stream, the container claims about "
+                                         f"{target_frames}: the file ends early")
+    return outputs
 
 
 def die_with_parent() -> None:

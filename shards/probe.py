@@ -76,27 +76,41 @@ def probe(path: Path) -> VideoInfo:
     return info
 
 
+class PacketCounter:
+    """Accumulates a PacketScan one demuxed packet at a time (shared by the scan and the in-process stream copy)."""
+
+    def __init__(self) -> None:
+        self.count = self.gap = self.max_gap = 0
+        self.steps: set[int] = set()
+        self.last_dts: int | None = None
+        self.first_key: bool | None = None
+
+    def add(self, packet) -> bool:
+        """Count one packet; False for the demuxer's empty end-of-stream packet, which carries no frame."""
+        if packet.size == 0:
+            return False
+        if self.first_key is None:
+            self.first_key = bool(packet.is_keyframe)
+        if packet.is_keyframe and self.count:
+            self.max_gap, self.gap = max(self.max_gap, self.gap), 0
+        self.count, self.gap = self.count + 1, self.gap + 1
+        if packet.dts is not None and self.last_dts is not None:
+            self.steps.add(packet.dts - self.last_dts)
+        self.last_dts = packet.dts
+        return True
+
+    def result(self) -> PacketScan:
+        return PacketScan(packets=self.count, max_keyframe_gap=max(self.max_gap, self.gap),
+                          constant_rate=len(self.steps) <= 1, starts_with_keyframe=bool(self.first_key))
+
+
 def scan_packets(path: Path) -> PacketScan:
     """Demux every packet of the first video stream (no decoding): the true frame count and the GOP structure."""
-    count, gap, max_gap = 0, 0, 0
-    steps: set[int] = set()
-    last_pts = None
-    first_key = None
+    counter = PacketCounter()
     with av.open(str(path), metadata_errors="ignore") as container:
-        stream = container.streams.video[0]
-        for packet in container.demux(stream):
-            if packet.size == 0:  # the demuxer's end-of-stream flush packet
-                continue
-            if first_key is None:
-                first_key = bool(packet.is_keyframe)
-            if packet.is_keyframe and count:
-                max_gap, gap = max(max_gap, gap), 0
-            count, gap = count + 1, gap + 1
-            if packet.dts is not None and last_pts is not None:
-                steps.add(packet.dts - last_pts)
-            last_pts = packet.dts
-    return PacketScan(packets=count, max_keyframe_gap=max(max_gap, gap), constant_rate=len(steps) <= 1,
-                      starts_with_keyframe=bool(first_key))
+        for packet in container.demux(container.streams.video[0]):
+            counter.add(packet)
+    return counter.result()
 
 
 def _first_frame(container, stream) -> av.VideoFrame:

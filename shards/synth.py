@@ -20,7 +20,7 @@ from pathlib import Path
 import ffmpeg
 
 from shards.config import SynthConfig
-from shards.encode import die_with_parent, ffmpeg_command
+from shards.encode import ffmpeg_command, single_threaded
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ def _make_one(path: Path, c: int, i: int, cfg: SynthConfig) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.mp4")
-    args = ffmpeg_command(_video_graph(tmp, c, random.Random(f"{cfg.seed}/{c}/{i}"), cfg))
-    proc = subprocess.run(args, capture_output=True, preexec_fn=die_with_parent)
+    args = single_threaded(ffmpeg_command(_video_graph(tmp, c, random.Random(f"{cfg.seed}/{c}/{i}"), cfg)), 1)
+    proc = subprocess.run(args, capture_output=True)
     if proc.returncode:
         raise RuntimeError(f"ffmpeg failed on {path}: {proc.stderr.decode(errors='replace')[-500:]}")
     os.replace(tmp, path)

@@ -7,8 +7,6 @@ import os
 import tarfile
 from pathlib import Path
 
-import webdataset as wds
-
 TAR_MTIME = 946684800  # 2000-01-01: a fixed stamp, so the same samples give the same bytes
 INDEX_VERSION = "v1.2"
 
@@ -44,6 +42,8 @@ class ShardWriter:
     def __init__(self, tar_path: Path):
         self.tar_path = tar_path
         self.tmp_path = tar_path.with_name(tar_path.name + ".tmp")
+        import webdataset as wds  # here, not at import: it imports torch, which shard workers must not carry
+
         self._file = _HashingFile(self.tmp_path)
         self._tar = wds.TarWriter(self._file, user="vmae", group="vmae", mtime=TAR_MTIME, compress=False)
         self.keys: list[str] = []
