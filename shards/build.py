@@ -263,7 +263,9 @@ class _Builder:
                 EXTENSION[self.cfg.codec]: video,
                 "json": json.dumps(meta, sort_keys=True).encode(),
                 "cls": str(meta["label"]).encode(),
-                "frames": struct.pack("<i", meta["frames"]),  # int32 LE: DALI reads it with dtypes=INT32
+                # int32 LE copies of the frame count and the label: a DALI graph reads them with dtypes=INT32
+                "frames": struct.pack("<i", meta["frames"]),
+                "label": struct.pack("<i", meta["label"]),
             })
             self.pending.add({"samples": 1, "frames": meta["frames"], "duration": meta["duration"],
                               "source_bytes": result["source_bytes"] if n == 0 else 0,

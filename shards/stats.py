@@ -7,7 +7,7 @@ import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from shards.tars import index_path, read_member
+from shards.tars import index_path, read_index, read_member
 from shards.verify import load_manifest
 
 
@@ -15,10 +15,7 @@ def iter_sample_meta(dataset: Path, manifest: dict):
     """Each sample's .json, reached through the DALI index (one seek per sample, no tar scan)."""
     for entry in manifest["shards"]:
         tar = dataset / entry["name"]
-        lines = index_path(tar).read_text().splitlines()[1:]
-        for line in lines:
-            fields = line.split()
-            members = {fields[i]: (int(fields[i + 1]), int(fields[i + 2])) for i in range(0, len(fields), 4)}
+        for _, members in read_index(index_path(tar)):
             yield entry["name"], json.loads(read_member(tar, *members["json"]))
 
 

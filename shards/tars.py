@@ -108,6 +108,16 @@ def make_index(tar_path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_index(idx_path: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """An index file's samples in order: (key, {extension: (data offset, size)})."""
+    rows = []
+    for line in idx_path.read_text().splitlines()[1:]:
+        fields = line.split()
+        members = {fields[i]: (int(fields[i + 1]), int(fields[i + 2])) for i in range(0, len(fields), 4)}
+        rows.append((fields[3].split(".", 1)[0], members))
+    return rows
+
+
 def read_member(tar_path: Path, offset: int, size: int) -> bytes:
     with tar_path.open("rb") as fh:
         fh.seek(offset)

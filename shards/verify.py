@@ -18,7 +18,7 @@ import av
 from shards.build import FORMAT, MANIFEST, REJECTS
 from shards.tars import index_path, make_index, read_member, sample_members
 
-REQUIRED_MEMBERS = ("json", "cls", "frames")
+REQUIRED_MEMBERS = ("json", "cls", "frames", "label")
 
 
 @dataclass(frozen=True)
@@ -154,10 +154,11 @@ def _check_sample(tar: Path, key: str, members: dict[str, tuple[int, int]], clas
         found.append(f"label {label!r} is outside the {len(classes)} classes")
     elif label >= 0 and meta.get("label_name") != classes[label]:
         found.append(f"label name {meta.get('label_name')!r} is not class {label} ({classes[label]!r})")
-    frames_bytes = read_member(tar, *members["frames"])
-    frames = struct.unpack("<i", frames_bytes)[0] if len(frames_bytes) == 4 else None
-    if frames != meta.get("frames"):
-        found.append(f".frames holds {frames}, .json says {meta.get('frames')}")
+    for member in ("frames", "label"):
+        raw = read_member(tar, *members[member])
+        value = struct.unpack("<i", raw)[0] if len(raw) == 4 else None
+        if value != meta.get(member):
+            found.append(f".{member} holds {value}, .json says {meta.get(member)}")
     decoded = 0
     if decode:
         try:

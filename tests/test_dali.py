@@ -22,10 +22,11 @@ def reader_pipeline(dataset: Path, ext: str, batch: int):
 
     @pipeline_def(batch_size=batch, num_threads=1, device_id=None)
     def pipe():
-        video, cls, frames, meta = fn.readers.webdataset(
-            paths=tars, index_paths=idx, ext=[ext, "cls", "frames", "json"],
-            dtypes=[types.UINT8, types.UINT8, types.INT32, types.UINT8], missing_component_behavior="error")
-        return video, cls, frames, meta
+        video, cls, frames, label, meta = fn.readers.webdataset(
+            paths=tars, index_paths=idx, ext=[ext, "cls", "frames", "label", "json"],
+            dtypes=[types.UINT8, types.UINT8, types.INT32, types.INT32, types.UINT8],
+            missing_component_behavior="error")
+        return video, cls, frames, label, meta
 
     p = pipe()
     p.build()
@@ -37,11 +38,11 @@ def test_dali_reads_every_sample_with_our_index(built):
     p, manifest = reader_pipeline(dataset, "mp4", batch=5)
     seen = {}
     for _ in range(manifest["samples"] // 5):
-        video, cls, frames, meta = p.run()
+        video, cls, frames, label, meta = p.run()
         for i in range(5):
             m = json.loads(bytes(np.array(meta[i])))
             assert int(np.array(frames[i])[0]) == m["frames"]  # the frame count a DALI graph can read
-            assert bytes(np.array(cls[i])).decode() == str(m["label"])
+            assert bytes(np.array(cls[i])).decode() == str(m["label"]) == str(int(np.array(label[i])[0]))
             assert np.array(video[i])[4:8].tobytes() == b"ftyp"
             seen[m["key"]] = m["frames"]
     assert len(seen) == manifest["samples"]

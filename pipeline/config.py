@@ -1,0 +1,64 @@
+"""The sampling spec and loader options (the ``data`` config section), shared by the GPU and CPU paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shards.config import field_help
+
+BACKENDS = ("auto", "dali", "cpu")
+CPU_DECODERS = ("torchcodec", "pyav")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass
+class DataConfig:
+    # what one clip is
+    frames: int = field(default=16, metadata=field_help("frames per clip (T)"))
+    stride: int = field(default=4, metadata=field_help("temporal stride between sampled frames (tau)"))
+    views: int = field(default=4, metadata=field_help("clips drawn from each decoded video (K, repeated sampling)"))
+    span: float = field(default=0.0, metadata=field_help(
+        "draw all K views from one window this many clip lengths long, so only it is decoded (0: independent "
+        "windows over the whole video, as MAE-ST; 1: the same frames for every view)"))
+    crop_size: int = field(default=224, metadata=field_help("side of the square crop fed to the model"))
+    scale: list[float] = field(default_factory=lambda: [0.5, 1.0], metadata=field_help(
+        "random-resized-crop area range, as fractions of the frame"))
+    ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333], metadata=field_help(
+        "random-resized-crop aspect-ratio range"))
+    flip: bool = field(default=True, metadata=field_help("random horizontal flip, one draw per view"))
+    augment: bool = field(default=True, metadata=field_help(
+        "random crops and flips; off: the centre crop of the resized frame, no flip (evaluation, checks)"))
+    mean: list[float] = field(default_factory=lambda: [0.45, 0.45, 0.45], metadata=field_help("per-channel mean (0-1)"))
+    std: list[float] = field(default_factory=lambda: [0.225, 0.225, 0.225], metadata=field_help("per-channel std"))
+    # how batches are made
+    batch_size: int = field(default=8, metadata=field_help("videos per batch per rank (clips = batch_size x views)"))
+    backend: str = field(default="auto", metadata=field_help(
+        "dali on CUDA (NVDEC), cpu otherwise; auto picks", choices=BACKENDS))
+    cpu_decoder: str = field(default="torchcodec", metadata=field_help(
+        "CPU path decoder (both seek)", choices=CPU_DECODERS))
+    workers: int = field(default=0, metadata=field_help("decode worker processes per rank (0: all cores)"))
+    prefetch: int = field(default=2, metadata=field_help("batches each worker prepares ahead"))
+    shuffle_buffer: int = field(default=256, metadata=field_help("samples mixed across shard boundaries each epoch"))
+    dtype: str = field(default="float32", metadata=field_help("clip dtype handed to the model", choices=DTYPES))
+    seed: int = field(default=0, metadata=field_help("seed of the sample order and of every random draw"))
+
+    def __post_init__(self) -> None:
+        for key in ("frames", "stride", "views", "crop_size", "batch_size", "prefetch"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"data.{key} must be > 0, got {getattr(self, key)}")
+        for key, choices in (("backend", BACKENDS), ("cpu_decoder", CPU_DECODERS), ("dtype", DTYPES)):
+            if getattr(self, key) not in choices:
+                raise ValueError(f"data.{key} must be one of {', '.join(choices)}; got {getattr(self, key)!r}")
+        for key in ("scale", "ratio"):
+            low, high = getattr(self, key)
+            if not 0 < low <= high:
+                raise ValueError(f"data.{key} must be [low, high] with 0 < low <= high, got {getattr(self, key)}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("data.mean and data.std need three values each, std > 0")
+        if self.span and self.span < 1:
+            raise ValueError(f"data.span is in clip lengths and must be 0 or >= 1, got {self.span}")
+
+    @property
+    def clip_length(self) -> int:
+        """Source frames one clip covers: (T - 1) x tau + 1."""
+        return (self.frames - 1) * self.stride + 1

@@ -1,0 +1,89 @@
+"""CPU decoding of the frames a sample's views need, from the video bytes of a shard member.
+
+torchcodec (PyTorch's decoder) is the default: it seeks to the keyframe before each wanted frame and was the
+fastest CPU decoder measured here (DESIGN.md section 4). PyAV is the fallback and the reference: it decodes
+in order and tells each frame's index from its timestamp.
+"""
+
+from __future__ import annotations
+
+import io
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+import torch
+
+
+class DecodeError(RuntimeError):
+    """A sample whose video cannot give the requested frames; the loader counts and replaces it."""
+
+
+def decode_frames(video: bytes, indices: np.ndarray, decoder: str = "torchcodec") -> torch.Tensor:
+    """Frames at the sorted, distinct ``indices`` as uint8 [F, 3, H, W]."""
+    try:
+        if decoder == "torchcodec":
+            return _torchcodec_frames(video, indices)
+        return pyav_frames(video, indices)
+    except DecodeError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any decoder failure is a bad sample, not a crashed epoch
+        raise DecodeError(f"{type(err).__name__}: {err}") from None
+
+
+def _torchcodec_frames(video: bytes, indices: np.ndarray) -> torch.Tensor:
+    from torchcodec.decoders import VideoDecoder
+
+    decoder = VideoDecoder(video, seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NCHW")
+    available = decoder.metadata.num_frames
+    if available is not None and indices[-1] >= available:
+        raise DecodeError(f"frame {indices[-1]} requested, the stream holds {available}")
+    return decoder.get_frames_at(indices.tolist()).data
+
+
+def pyav_frames(video: bytes, indices: np.ndarray, reseek_gap: int = 32) -> torch.Tensor:
+    """Decode in order from the keyframe before each run of wanted frames; a gap longer than ``reseek_gap``
+    frames seeks again instead of decoding through it."""
+    wanted = [int(i) for i in indices]
+    out: dict[int, np.ndarray] = {}
+    with av.open(io.BytesIO(video)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "NONE"
+        rate = stream.average_rate
+        tb = stream.time_base
+        start = stream.start_time or 0
+        reformatter = VideoReformatter()  # one conversion context for every frame (to_ndarray makes one each)
+        pos = 0
+        while pos < len(wanted):
+            target = wanted[pos]
+            if target > 0:
+                container.seek(start + int(round(target / rate / tb)), stream=stream, backward=True)
+            else:
+                container.seek(start, stream=stream, backward=True)
+            for frame in container.decode(stream):
+                index = int(round(float((frame.pts - start) * tb * rate)))
+                if index < target:
+                    continue
+                if index > target:  # the stream skipped the frame we wanted
+                    raise DecodeError(f"frame {target} is missing from the stream")
+                if index == target:
+                    out[index] = reformatter.reformat(frame, format="rgb24").to_ndarray()
+                    pos += 1
+                    if pos == len(wanted):
+                        break
+                    if wanted[pos] - index > reseek_gap:
+                        break
+                    target = wanted[pos]
+            else:
+                break
+    if len(out) != len(wanted):
+        missing = [i for i in wanted if i not in out]
+        raise DecodeError(f"{len(missing)} frame(s) missing from the stream, first {missing[0]}")
+    frames = np.stack([out[i] for i in wanted])
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+
+
+def reference_frames(video: bytes) -> np.ndarray:
+    """Every frame in decode order as uint8 [N, H, W, 3]: the plain decode the fast paths are checked against."""
+    with av.open(io.BytesIO(video)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])

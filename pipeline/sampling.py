@@ -1,0 +1,88 @@
+"""Where the K views of one video come from: temporal windows, crops and flips, drawn from one seeded generator.
+
+Both decode paths take their draws from here, so a (seed, epoch, key) gives the same views on the GPU and the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.config import DataConfig
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    frames: np.ndarray  # [K, T] source frame indices (a short video repeats its last frame)
+    crops: np.ndarray  # [K, 4] y, x, height, width in source pixels
+    flips: np.ndarray  # [K] bool
+    padded: bool  # the video is shorter than one clip
+
+    def union(self) -> tuple[np.ndarray, np.ndarray]:
+        """The sorted distinct frames to decode once, and for each view's frame its row in that list."""
+        unique, inverse = np.unique(self.frames, return_inverse=True)
+        return unique, inverse.reshape(self.frames.shape)
+
+
+def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
+    """One generator per (seed, epoch, sample): draws do not depend on which worker or rank decodes it."""
+    return np.random.default_rng([seed, epoch, zlib.crc32(key.encode())])
+
+
+def plan_views(num_frames: int, height: int, width: int, cfg: DataConfig, rng: np.random.Generator) -> ViewPlan:
+    """Temporal windows first, then crops and flips, always in this order from the one generator."""
+    frames, padded = temporal_windows(num_frames, cfg, rng)
+    if cfg.augment:
+        crops = np.array([random_resized_crop(height, width, cfg.scale, cfg.ratio, rng) for _ in range(cfg.views)])
+        flips = rng.random(cfg.views) < 0.5 if cfg.flip else np.zeros(cfg.views, bool)
+    else:
+        crops = np.array([center_square(height, width)] * cfg.views)
+        flips = np.zeros(cfg.views, bool)
+    return ViewPlan(frames=frames, crops=crops.astype(np.int64), flips=flips, padded=padded)
+
+
+def temporal_windows(num_frames: int, cfg: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """K windows of T frames tau apart; with ``span``, all inside one window of span clip lengths."""
+    length = cfg.clip_length
+    offsets = np.arange(cfg.frames) * cfg.stride
+    if cfg.span:
+        window = max(length, int(round(cfg.span * length)))
+        window_start = rng.integers(0, max(num_frames - window, 0) + 1)
+        last_start = min(window_start + window, num_frames) - length
+        starts = rng.integers(window_start, max(last_start, window_start) + 1, size=cfg.views)
+    elif not cfg.augment:  # evaluation: K windows spread evenly over the video
+        starts = np.linspace(0, max(num_frames - length, 0), cfg.views).round().astype(np.int64)
+    else:
+        starts = rng.integers(0, max(num_frames - length, 0) + 1, size=cfg.views)
+    frames = starts[:, None] + offsets[None, :]
+    return np.minimum(frames, num_frames - 1), num_frames < length
+
+
+def random_resized_crop(height: int, width: int, scale: list[float], ratio: list[float],
+                        rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """Inception-style crop: a random area fraction and log-uniform aspect ratio, else the largest centre crop."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def center_square(height: int, width: int) -> tuple[int, int, int, int]:
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side

@@ -1,0 +1,61 @@
+"""A built dataset as the loader sees it: the shard table, each epoch's sample order, and each rank's part of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from shards.tars import index_path, read_index
+from shards.verify import load_manifest
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    shard: int  # position in the manifest's shard list
+    row: int  # position of the sample inside its shard
+
+
+class ShardSet:
+    """The manifest's shard table; each shard's index file is parsed only when one of its samples is read."""
+
+    def __init__(self, dataset: Path):
+        self.dataset = Path(dataset)
+        self.manifest = load_manifest(self.dataset)
+        self.shards = [self.dataset / e["name"] for e in self.manifest["shards"]]
+        self.counts = np.array([e["samples"] for e in self.manifest["shards"]], dtype=np.int64)
+        self.video_ext = self.manifest["video_extension"]
+        self.classes = self.manifest["classes"]
+
+    def __len__(self) -> int:
+        return int(self.counts.sum())
+
+    def members(self, ref: SampleRef) -> tuple[str, dict[str, tuple[int, int]]]:
+        """The key and the members {extension: (offset, size)} of one sample."""
+        return _cached_index(index_path(self.shards[ref.shard]))[ref.row]
+
+    def epoch_order(self, epoch: int, seed: int, shuffle_buffer: int) -> list[SampleRef]:
+        """Every sample once: shards in a fresh order each epoch, samples mixed within a sliding buffer."""
+        rng = np.random.default_rng([seed, epoch, 0x5EED])
+        order = [SampleRef(int(s), r) for s in rng.permutation(len(self.shards)) for r in range(self.counts[s])]
+        if shuffle_buffer > 1:
+            for start in range(0, len(order), shuffle_buffer):
+                block = order[start:start + shuffle_buffer]
+                order[start:start + shuffle_buffer] = [block[i] for i in rng.permutation(len(block))]
+        return order
+
+    def rank_part(self, epoch: int, seed: int, shuffle_buffer: int, rank: int, world_size: int) -> list[SampleRef]:
+        """This rank's contiguous, equal-length slice of the epoch (the remainder, fewer than world_size
+        samples, is left out so that every rank runs the same number of steps)."""
+        order = self.epoch_order(epoch, seed, shuffle_buffer)
+        per_rank = len(order) // world_size
+        if per_rank == 0:
+            raise ValueError(f"{self.dataset}: {len(order)} samples cannot be split over {world_size} ranks")
+        return order[rank * per_rank:(rank + 1) * per_rank]
+
+
+@lru_cache(maxsize=64)
+def _cached_index(idx: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    return read_index(idx)
