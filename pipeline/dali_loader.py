@@ -8,7 +8,10 @@ string differs on a GPU.
 from __future__ import annotations
 
 import logging
+import re
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ import torch
 
 from pipeline.config import DataConfig
 from pipeline.shardset import ShardSet
+from shards.tars import INDEX_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -90,47 +94,66 @@ def augment_view(clip, cfg: DataConfig):
 
 
 class DaliLoader:
-    """Batches from the DALI graph in the loader contract; ``device`` picks NVDEC (cuda) or DALI's CPU decoder."""
+    """Batches from the DALI graph in the loader contract; ``device`` picks NVDEC (cuda) or DALI's CPU decoder.
+
+    DALI has no per-sample error handling: an undecodable sample fails the pipeline, which is then unusable.
+    The loader reads the failing member from DALI's message, counts it, leaves it out of a private copy of its
+    shard's index, rebuilds the pipeline (with a new seed, so the epoch goes on with other samples) and fetches
+    the batch again: every epoch keeps its number of steps and every batch its shape.
+    """
 
     backend = "dali"
 
     def __init__(self, dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu"):
+        from pipeline.loader import LoaderStats
+
         self.shardset = ShardSet(dataset)
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.device = torch.device(device)
         self.decode_device = "mixed" if self.device.type == "cuda" else "cpu"
-        ext = self.shardset.video_ext
-        if self.decode_device == "cpu" and ext not in CPU_DECODABLE:
-            raise ValueError(f"{dataset}: DALI's CPU decoder cannot read .{ext} (H.264) shards; use the cpu backend "
-                             "(data.backend=cpu), or build shards with --codec vp9")
-        from pipeline.loader import LoaderStats
-
+        if self.decode_device == "cpu" and self.shardset.video_ext not in CPU_DECODABLE:
+            raise ValueError(f"{dataset}: DALI's CPU decoder cannot read .{self.shardset.video_ext} (H.264) shards; "
+                             "use the cpu backend (data.backend=cpu), or build shards with --codec vp9")
         self.stats = LoaderStats()
-        self.pipe = build_pipeline([str(p) for p in self.shardset.shards],
-                                   [str(p.with_suffix(".idx")) for p in self.shardset.shards], ext, cfg,
-                                   self.decode_device, rank, world_size,
-                                   self.device.index or 0 if self.device.type == "cuda" else None)
-        self.pipe.build()
+        self.outputs = [f"view{k}" for k in range(cfg.views)] + ["label"]
+        self.indexes = [str(p.with_suffix(".idx")) for p in self.shardset.shards]
+        self.quarantine: dict[str, set[int]] = {}  # tar path → data offsets of members left out
+        self._private = None  # temporary folder for filtered index copies
+        self.rebuilds = 0
+        self.steps = len(self.shardset) // world_size // cfg.batch_size
+        self.skip = 0
+        self._build()
+
+    def _build(self) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        self.outputs = [f"view{k}" for k in range(cfg.views)] + ["label"]
-        # Drop the last partial batch: every rank runs the same number of full steps.
-        self.iterator = DALIGenericIterator([self.pipe], self.outputs, reader_name="reader",
-                                            last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
-        self.skip = 0
+        while True:
+            cfg = replace(self.cfg, seed=self.cfg.seed + 1000 * self.rebuilds)
+            self.pipe = build_pipeline([str(p) for p in self.shardset.shards], self.indexes,
+                                       self.shardset.video_ext, cfg, self.decode_device, self.rank,
+                                       self.world_size, (self.device.index or 0) if self.device.type == "cuda" else None)
+            self.pipe.build()
+            try:  # the iterator runs the pipeline at once to prefetch: a bad sample can fail it here
+                # The reader drops the last partial batch; auto_reset starts the next epoch when one ends.
+                self.iterator = DALIGenericIterator([self.pipe], self.outputs, reader_name="reader",
+                                                    last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
+                return
+            except RuntimeError as err:
+                self._leave_out(err)
 
     def set_epoch(self, epoch: int, samples_seen: int = 0) -> None:
         """DALI's reader moves on by itself between epochs; a resumed run skips ``samples_seen`` videos."""
         self.skip = samples_seen // self.cfg.batch_size
 
     def __len__(self) -> int:
-        return len(self.iterator)
+        return self.steps - self.skip
 
     def __iter__(self):
         k, size = self.cfg.views, self.cfg.batch_size
-        waited = time.perf_counter()
-        for step, (batch,) in enumerate(self.iterator):
+        for step in range(self.steps):
+            waited = time.perf_counter()
+            batch = self._next_batch()
             if step < self.skip:
                 continue
             # [B, K, 3, T, S, S] → [B·K, ...]: the clips of one video stay adjacent
@@ -143,5 +166,41 @@ class DaliLoader:
                             "padded": 0, "failed": {}})
             yield {"video": video.to(self.device, non_blocking=True), "label": label.to(self.device),
                    "key": [None] * size}
-            waited = time.perf_counter()
         self.skip = 0
+
+    def _next_batch(self) -> dict:
+        while True:
+            try:
+                return next(self.iterator)[0]
+            except StopIteration:
+                continue  # auto_reset: the reader has started its next epoch
+            except RuntimeError as err:
+                self._leave_out(err)
+                self._build()
+
+    def _leave_out(self, err: RuntimeError) -> None:
+        """Take the sample DALI names in ``err`` out of this loader's copy of its shard index (or re-raise)."""
+        failed = FAILED_MEMBER.search(str(err))
+        if failed is None:
+            raise err
+        tar, offset = failed.group("tar"), int(failed.group("offset"))
+        key = failed.group("member").split(".", 1)[0]
+        if offset in self.quarantine.get(tar, set()):
+            raise RuntimeError(f"{key} in {tar} failed again after it was left out") from err
+        self.quarantine.setdefault(tar, set()).add(offset)
+        self.stats.failed["decode_error"] += 1
+        log.warning("sample %s (%s) left out: DALI could not decode it; the batch is fetched again", key,
+                    Path(tar).name)
+        if self._private is None:
+            self._private = tempfile.TemporaryDirectory(prefix="vmae-dali-index-")
+        shard = [str(p) for p in self.shardset.shards].index(tar)
+        rows = [line for line in Path(tar).with_suffix(".idx").read_text().splitlines()[1:]
+                if not any(int(offset) in self.quarantine[tar] for offset in line.split()[1::4])]
+        filtered = Path(self._private.name) / f"{shard:06d}.idx"
+        filtered.write_text(f"{INDEX_VERSION} {len(rows)}\n" + "".join(r + "\n" for r in rows))
+        self.indexes[shard] = str(filtered)
+        self.rebuilds += 1
+
+
+# DALI names the failing sample as "<tar>:<data offset>:<member>" in its error message.
+FAILED_MEMBER = re.compile(r'"(?P<tar>[^"]+\.tar):(?P<offset>\d+):(?P<member>[^"]+)"')
