@@ -12,6 +12,7 @@ import logging
 import struct
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,23 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.config import DataConfig
 from pipeline.decode import DecodeError, decode_frames
-from pipeline.sampling import plan_views, sample_rng
+from pipeline.sampling import ViewPlan, plan_views, sample_rng
 from pipeline.shardset import SampleRef, ShardSet
 from pipeline.views import make_views
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedSample:
+    key: str
+    label: int
+    plan: ViewPlan
+    decoded: np.ndarray  # the distinct frame indices decoded
+    inverse: np.ndarray  # [K, T] row of each view frame in ``frames``
+    frames: torch.Tensor  # uint8 [F, 3, H, W]
+    clips: torch.Tensor  # [K, 3, T, S, S]
+    seconds: float  # decode and cut
 
 
 class BadSample(Exception):
@@ -102,12 +115,18 @@ class _SampleReader:
                 "stats": stats}
 
     def sample(self, ref: SampleRef):
+        loaded = self.load(ref)
+        return (loaded.key, loaded.clips, loaded.label, len(loaded.decoded), int(loaded.plan.padded),
+                loaded.seconds)
+
+    def load(self, ref: SampleRef) -> "LoadedSample":
+        """Read, decode and cut one sample; raises BadSample with a reason when it cannot."""
         try:
             key, members = self.shardset.members(ref)
         except (OSError, IndexError, ValueError) as err:
             raise BadSample("unreadable_shard", f"index of {self.shardset.shards[ref.shard].name}: {err}") from None
         ext = self.shardset.video_ext
-        missing = [m for m in (ext, "json", "frames", "cls") if m not in members]
+        missing = [m for m in (ext, "json", "frames", "label") if m not in members]
         if missing:
             raise BadSample("missing_member", f"no .{', .'.join(missing)} member")
         blob, base = self._read_span(ref, members)
@@ -115,13 +134,13 @@ class _SampleReader:
         try:
             meta = json.loads(part["json"])
             num_frames = struct.unpack("<i", part["frames"])[0]
-            label = int(part["cls"])
+            label = struct.unpack("<i", part["label"])[0]
         except (ValueError, struct.error) as err:
             raise BadSample("bad_metadata", str(err)) from None
         if num_frames <= 0:
             raise BadSample("bad_metadata", f"frame count {num_frames}")
-        plan = plan_views(num_frames, meta["height"], meta["width"], self.cfg, sample_rng(self.cfg.seed, self.epoch,
-                                                                                          key))
+        rng = sample_rng(self.cfg.seed, self.epoch, key)
+        plan = plan_views(num_frames, meta["height"], meta["width"], self.cfg, rng)
         unique, inverse = plan.union()
         started = time.perf_counter()
         try:
@@ -134,7 +153,7 @@ class _SampleReader:
         clips = make_views(frames, plan, inverse, self.cfg)
         if self.cfg.dtype == "bfloat16":
             clips = clips.to(torch.bfloat16)
-        return key, clips, label, len(unique), int(plan.padded), time.perf_counter() - started
+        return LoadedSample(key, label, plan, unique, inverse, frames, clips, time.perf_counter() - started)
 
     def _read_span(self, ref: SampleRef, members: dict) -> tuple[bytes, int]:
         """One read covering every member: they are adjacent in the tar."""

@@ -93,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("out", type=Path, help="folder to write")
     _config_args(synth, "synth")
 
+    check = _command(commands, "loader-check", _run_loader_check, "look at and time the loader's views",
+                     "Decode a few batches of a built dataset: write a PNG contact sheet of the views (first, "
+                     "middle and last frame of each, crop drawn) and print the clips/s the loader delivers.")
+    check.add_argument("dataset", type=Path, help="dataset folder written by `vmae shards build`")
+    check.add_argument("--sheet", type=Path, default=Path("loader_check.png"), help="where to write the PNG")
+    check.add_argument("--batches", type=int, default=10, help="batches to time after a warm-up batch")
+    _config_args(check, "data")
+
     config = _command(commands, "config", _run_config, "print the resolved configuration",
                       "Print the configuration after defaults, --config and overrides, as YAML.")
     _config_args(config, None)
@@ -158,6 +166,20 @@ def _run_synth(args: argparse.Namespace) -> int:
     cfg = _config(args)
     paths = make_synthetic_videos(args.out, cfg.synth)
     log.info("wrote %d videos in %d classes to %s", len(paths), cfg.synth.classes, args.out)
+    return 0
+
+
+def _run_loader_check(args: argparse.Namespace) -> int:
+    from pipeline.check import contact_sheet, measure_loader
+
+    cfg = _config(args)
+    sheet = contact_sheet(args.dataset, cfg.data, args.sheet)
+    log.info("contact sheet: %s", sheet)
+    figures = measure_loader(args.dataset, cfg.data, args.batches)
+    print(json.dumps(figures))
+    print(f"{figures['backend']} loader: {figures['clips_per_second']:.1f} clips/s "
+          f"({cfg.data.views} views x {cfg.data.frames} frames, {cfg.data.crop_size}px), "
+          f"{figures['decoded_frames_per_clip']:.1f} decoded frames per clip, failed samples: {figures['failed']}")
     return 0
 
 

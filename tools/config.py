@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline.config import DataConfig
 from shards.config import ShardConfig, SynthConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -32,6 +33,7 @@ class ConfigError(ValueError):
 class VmaeConfig:
     shards: ShardConfig = field(default_factory=ShardConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
 
 def resolve_preset(name: str) -> Path:
