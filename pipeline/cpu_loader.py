@@ -110,6 +110,8 @@ class _SampleReader:
             clips[i], labels[i] = (clips[good[n % len(good)]], labels[good[n % len(good)]]) if good else self.spare
         k = self.cfg.views
         stats["videos"] = len(refs) - len(bad)
+        # a plain dict: torch's default_convert copies a Counter with update(), which would double its counts
+        stats["failed"] = dict(stats["failed"])
         stats["clips"] = stats["videos"] * k
         return {"video": torch.cat(clips), "label": torch.tensor(labels).repeat_interleave(k), "key": keys,
                 "stats": stats}

@@ -1,0 +1,302 @@
+"""The loader: its contract, its sampling, its decoders against a plain decode, ranks, resume, bad samples."""
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import DataConfig
+from pipeline.decode import decode_frames, reference_frames
+from pipeline.loader import CpuLoader, make_loader
+from pipeline.sampling import plan_views, sample_rng, temporal_windows
+from pipeline.shardset import ShardSet
+from shards.build import build_shards
+from shards.config import ShardConfig
+from shards.tars import ShardWriter, read_member, sample_members
+
+from conftest import make_video
+
+SMALL = dict(frames=8, stride=2, views=2, crop_size=64, batch_size=2, workers=2, shuffle_buffer=4)
+
+
+def small(**kw) -> DataConfig:
+    return DataConfig(**{**SMALL, **kw})
+
+
+def epoch(loader, n=0, samples_seen=0):
+    loader.set_epoch(n, samples_seen)
+    return list(loader)
+
+
+# ------------------------------------------------------------------ contract and determinism
+
+@pytest.mark.slow
+def test_batches_follow_the_contract(built):
+    loader = make_loader(built[0], small())
+    assert loader.backend == "cpu" and len(loader) == 5
+    batches = epoch(loader)
+    assert len(batches) == 5
+    keys = [k for b in batches for k in b["key"]]
+    assert len(set(keys)) == 10  # every sample once in the epoch
+    classes = len(ShardSet(built[0]).classes)
+    for b in batches:
+        assert b["video"].shape == (4, 3, 8, 64, 64) and b["video"].dtype == torch.float32
+        assert b["label"].tolist()[0::2] == b["label"].tolist()[1::2]  # K clips of a video share its label
+        assert all(0 <= lab < classes for lab in b["label"].tolist())
+        assert -3 < b["video"].mean() < 3 and torch.isfinite(b["video"]).all()
+    assert loader.stats.clips == 20 and loader.stats.failed == {}
+    assert 0 < loader.stats.decoded_frames_per_clip <= 8
+
+
+@pytest.mark.slow
+def test_stream_depends_on_seed_not_on_worker_count(built):
+    one = epoch(CpuLoader(built[0], small(workers=1)))
+    two = epoch(CpuLoader(built[0], small(workers=2)))
+    assert [b["key"] for b in one] == [b["key"] for b in two]
+    assert all(torch.equal(a["video"], b["video"]) for a, b in zip(one, two))
+    other = epoch(CpuLoader(built[0], small(seed=7)))
+    assert [b["key"] for b in other] != [b["key"] for b in one]
+
+
+@pytest.mark.slow
+def test_resume_mid_epoch_continues_the_same_stream(built):
+    loader = CpuLoader(built[0], small())
+    full = epoch(loader, 1)
+    resumed = epoch(loader, 1, samples_seen=4)
+    assert [b["key"] for b in resumed] == [b["key"] for b in full[2:]]
+    assert torch.equal(resumed[0]["video"], full[2]["video"])
+    assert len(epoch(loader, 1)) == 5  # the next pass is a whole epoch again
+
+
+def test_ranks_get_disjoint_equal_parts_reshuffled_each_epoch(built):
+    shardset = ShardSet(built[0])
+    for world in (1, 2, 3):
+        parts = [shardset.rank_part(0, 0, 4, rank, world) for rank in range(world)]
+        assert len({len(p) for p in parts}) == 1 and len(parts[0]) == 10 // world
+        seen = [r for p in parts for r in p]
+        assert len(set(seen)) == len(seen)  # disjoint
+    first, second = shardset.epoch_order(0, 0, 4), shardset.epoch_order(1, 0, 4)
+    assert sorted(first, key=str) == sorted(second, key=str) and first != second
+    assert shardset.epoch_order(0, 0, 4) == first
+
+
+# ------------------------------------------------------------------ sampling
+
+def test_sampled_windows_cover_the_whole_video_without_bias():
+    cfg = DataConfig()
+    rng = np.random.default_rng(0)
+    starts = np.concatenate([temporal_windows(300, cfg, rng)[0][:, 0] for _ in range(3000)])
+    assert starts.min() == 0 and starts.max() == 300 - cfg.clip_length
+    counts, _ = np.histogram(starts, bins=8, range=(0, 300 - cfg.clip_length + 1))
+    assert counts.min() > 0.8 * counts.mean()  # flat, no pull to the start
+
+
+def test_views_of_one_video_differ_and_share_crop_within_a_view():
+    plan = plan_views(300, 320, 426, DataConfig(), sample_rng(0, 0, "k"))
+    assert plan.frames.shape == (4, 16) and len({tuple(c) for c in plan.crops}) == 4
+    assert len(set(plan.frames[:, 0])) > 1
+    assert (np.diff(plan.frames, axis=1) == 4).all()
+    for y, x, h, w in plan.crops:
+        assert 0.5 * 320 * 426 * 0.97 <= h * w <= 320 * 426 and y + h <= 320 and x + w <= 426
+
+
+def test_same_key_same_draws_different_epoch_different_draws():
+    a = plan_views(300, 320, 426, DataConfig(), sample_rng(0, 0, "k"))
+    b = plan_views(300, 320, 426, DataConfig(), sample_rng(0, 0, "k"))
+    c = plan_views(300, 320, 426, DataConfig(), sample_rng(0, 1, "k"))
+    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.crops, b.crops)
+    assert not np.array_equal(a.frames, c.frames)
+
+
+def test_span_draws_every_view_from_one_window_and_decodes_less():
+    wide, narrow = DataConfig(), DataConfig(span=1.5)
+    rng = np.random.default_rng(1)
+    union_wide = np.mean([len(np.unique(temporal_windows(300, wide, rng)[0])) for _ in range(200)])
+    for _ in range(200):
+        frames = temporal_windows(300, narrow, rng)[0]
+        assert frames.max() - frames.min() < 1.5 * narrow.clip_length
+    union_narrow = np.mean([len(np.unique(temporal_windows(300, narrow, rng)[0])) for _ in range(200)])
+    assert union_narrow < 0.8 * union_wide
+    same = DataConfig(span=1)
+    assert (temporal_windows(300, same, rng)[0] == temporal_windows(300, same, rng)[0][0]).all() or True
+    frames = temporal_windows(300, same, np.random.default_rng(3))[0]
+    assert (frames == frames[0]).all()  # span 1: every view has the same frames
+
+
+def test_short_video_repeats_its_last_frame():
+    frames, padded = temporal_windows(20, DataConfig(), np.random.default_rng(0))
+    assert padded and frames.max() == 19 and (frames[:, -1] == 19).all()
+
+
+# ------------------------------------------------------------------ decoders against a plain decode
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decoder", ["torchcodec", "pyav"])
+def test_cpu_decoders_give_the_frames_of_a_plain_decode(built, decoder):
+    dataset = built[0]
+    rng = np.random.default_rng(0)
+    for entry in json.loads((dataset / "manifest.json").read_text())["shards"][:2]:
+        tar = dataset / entry["name"]
+        for key, members in sample_members(tar)[:2]:
+            video = read_member(tar, *next((o, s) for e, o, s in members if e == "mp4"))
+            reference = reference_frames(video)
+            wanted = np.unique(rng.choice(len(reference), size=12, replace=False))
+            got = decode_frames(video, wanted, decoder).permute(0, 2, 3, 1).numpy()
+            assert np.abs(got.astype(int) - reference[wanted].astype(int)).mean() <= 4
+
+
+# ------------------------------------------------------------------ bad samples
+
+@pytest.fixture(scope="module")
+def bad_dataset(built, tmp_path_factory):
+    """Shard 0 holds: one with its video bytes scrambled, one without .frames, one whose frame count
+    lies (10000), and one 30-frame video (shorter than a clip); shard 1 is deleted after the build."""
+    src = built[0]
+    out = tmp_path_factory.mktemp("bad") / "ds"
+    shutil.copytree(src, out)
+    tar = out / "shard-000000.tar"
+    samples = [(k, {e: read_member(tar, o, s) for e, o, s in m}) for k, m in sample_members(tar)]
+    short_src = tmp_path_factory.mktemp("short") / "in" / "c"
+    make_video(short_src / "short.mp4", 1.0)
+    short_ds = tmp_path_factory.mktemp("short_ds") / "ds"
+    build_shards(short_src.parent, short_ds, ShardConfig(min_frames=16), progress=False)
+    short = [(k, {e: read_member(short_ds / "shard-000000.tar", o, s) for e, o, s in m})
+             for k, m in sample_members(short_ds / "shard-000000.tar")][0]
+    scrambled = bytearray(samples[1][1]["mp4"])
+    for i in range(200, len(scrambled), 5):
+        scrambled[i] ^= 0x5A
+    samples[1][1]["mp4"] = bytes(scrambled)
+    del samples[2][1]["frames"]
+    samples[3][1]["frames"] = struct.pack("<i", 10000)
+    short[1]["label"] = struct.pack("<i", 0)
+    writer = ShardWriter(tar)
+    for key, members in samples[1:] + [short]:  # the short one takes the first good one's place: 10 in all
+        writer.write(key, members)
+    entry = writer.seal()
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["shards"][0].update(entry)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "shard-000001.tar").unlink()
+    return out
+
+
+@pytest.mark.slow
+def test_cpu_path_counts_and_replaces_bad_samples(bad_dataset):
+    loader = CpuLoader(bad_dataset, small(frames=16))  # a clip spans 31 frames: the 30-frame video is short
+    batches = epoch(loader)
+    assert len(batches) == 5
+    assert all(b["video"].shape == (4, 3, 16, 64, 64) for b in batches)
+    failed = loader.stats.failed
+    assert failed["missing_member"] == 1 and failed["unreadable_shard"] == 4
+    assert failed["decode_error"] >= 2  # the scrambled video and the one whose frame count lies
+    assert loader.stats.padded == 1  # the short video, its last frame repeated
+    assert sum(failed.values()) + loader.stats.videos == 10
+
+
+@pytest.fixture(scope="module")
+def vp9_dataset(video_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vp9") / "ds"
+    src = tmp_path_factory.mktemp("vp9in") / "in"
+    shutil.copytree(video_folder / "drift_east", src / "drift_east")
+    shutil.copytree(video_folder / "real", src / "real")
+    build_shards(src, out, ShardConfig(codec="vp9", short_side=128, samples_per_shard=4), progress=False)
+    return out
+
+
+@pytest.mark.slow
+def test_dali_graph_on_cpu_follows_the_contract(vp9_dataset):
+    pytest.importorskip("nvidia.dali")
+    loader = make_loader(vp9_dataset, small(backend="dali"), device="cpu")
+    assert loader.backend == "dali" and len(loader) == 3
+    for _ in range(2):
+        batches = epoch(loader)
+        assert len(batches) == 3
+        for b in batches:
+            assert b["video"].shape == (4, 3, 8, 64, 64) and torch.isfinite(b["video"]).all()
+            assert b["label"].tolist()[0::2] == b["label"].tolist()[1::2]
+
+
+@pytest.mark.slow
+def test_dali_cpu_decoder_gives_the_frames_of_a_plain_decode(vp9_dataset):
+    pytest.importorskip("nvidia.dali")
+    from nvidia.dali import fn, pipeline_def, types
+
+    tar = vp9_dataset / "shard-000000.tar"
+    wanted = [0, 5, 17, 40]
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def pipe():
+        video = fn.readers.webdataset(paths=[str(tar)], index_paths=[str(tar.with_suffix(".idx"))], ext=["webm"])
+        return fn.decoders.video(video, device="cpu", frames=wanted), video
+
+    p = pipe()
+    p.build()
+    frames, video = p.run()
+    reference = reference_frames(np.array(video[0]).tobytes())
+    got = np.array(frames[0])
+    assert got.shape == reference[wanted].shape
+    assert np.abs(got.astype(int) - reference[wanted].astype(int)).mean() <= 4
+
+
+@pytest.mark.slow
+def test_dali_path_leaves_out_an_undecodable_sample(vp9_dataset, tmp_path):
+    pytest.importorskip("nvidia.dali")
+    out = tmp_path / "ds"
+    shutil.copytree(vp9_dataset, out)
+    tar = out / "shard-000000.tar"
+    key, members = sample_members(tar)[0]
+    offset, size = next((o, s) for e, o, s in members if e == "webm")
+    data = bytearray(tar.read_bytes())
+    for i in range(offset + 100, offset + size - 4, 3):
+        data[i] ^= 0xAA
+    tar.write_bytes(bytes(data))
+    loader = make_loader(out, small(backend="dali", shuffle_buffer=1), device="cpu")
+    for _ in range(2):
+        batches = epoch(loader)
+        assert len(batches) == 3 and all(b["video"].shape == (4, 3, 8, 64, 64) for b in batches)
+    assert loader.stats.failed == {"decode_error": 1}
+
+
+@pytest.mark.gpu
+def test_gpu_decode_matches_a_plain_decode(built):
+    """NVDEC through DALI's mixed decoder gives the frames of a PyAV decode (colour conversion aside)."""
+    from nvidia.dali import fn, pipeline_def
+
+    tar = built[0] / "shard-000000.tar"
+    wanted = [0, 5, 17, 40]
+
+    @pipeline_def(batch_size=1, num_threads=2, device_id=0)
+    def pipe():
+        video = fn.readers.webdataset(paths=[str(tar)], index_paths=[str(tar.with_suffix(".idx"))], ext=["mp4"])
+        return fn.decoders.video(video, device="mixed", frames=wanted), video
+
+    p = pipe()
+    p.build()
+    frames, video = p.run()
+    reference = reference_frames(np.array(video[0]).tobytes())
+    got = np.array(frames.as_cpu()[0])
+    assert np.abs(got.astype(int) - reference[wanted].astype(int)).mean() <= 4
+
+
+@pytest.mark.gpu
+def test_gpu_loader_follows_the_contract(built):
+    loader = make_loader(built[0], small(backend="dali"))
+    batches = epoch(loader)
+    assert batches[0]["video"].is_cuda and batches[0]["video"].shape == (4, 3, 8, 64, 64)
+
+
+@pytest.mark.slow
+def test_loader_check_writes_a_contact_sheet(built, tmp_path):
+    sheet = tmp_path / "sheet.png"
+    proc = subprocess.run([sys.executable, "-m", "tools.cli", "loader-check", str(built[0]), "--sheet", str(sheet),
+                           "--batches", "2", "--batch-size", "2", "--views", "2", "--frames", "8",
+                           "--crop-size", "64"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sheet.stat().st_size > 10_000
+    assert "clips/s" in proc.stdout
