@@ -32,6 +32,7 @@ demo: setup
 	$(BIN)/vmae shards build $(DEMO)/videos $(DEMO)/shards --samples-per-shard 16
 	$(BIN)/vmae shards verify $(DEMO)/shards
 	$(BIN)/vmae shards inspect $(DEMO)/shards
+	$(BIN)/vmae loader-check $(DEMO)/shards --sheet $(DEMO)/views.png --batches 4 --batch-size 4
 
 test: setup
 	$(BIN)/python -m pytest -q -ra

@@ -40,8 +40,9 @@ def build_pipeline(files: list[str], indexes: list[str], ext: str, cfg: DataConf
         video, frames, label = fn.readers.webdataset(
             paths=files, index_paths=indexes, ext=[ext, "frames", "label"],
             dtypes=[types.UINT8, types.INT32, types.INT32], missing_component_behavior="error",
-            random_shuffle=True, initial_fill=max(cfg.shuffle_buffer, 1), shard_id=shard_id, num_shards=num_shards,
-            pad_last_batch=True, name="reader")
+            # a fresh order of whole tars each epoch (the same on every rank), samples mixed in a buffer
+            random_shuffle=True, shuffle_after_epoch=True, initial_fill=max(cfg.shuffle_buffer, 1),
+            shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, name="reader")
         decoded = fn.decoders.video(video, device=device, frames=view_frame_indices(frames, cfg))
         T = cfg.frames
         views = [augment_view(decoded[k * T:(k + 1) * T], cfg) for k in range(cfg.views)]

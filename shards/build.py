@@ -235,6 +235,7 @@ class _Builder:
         window: deque[tuple[int, Future]] = deque()
         # forkserver: workers start lean (no torch, no open shard files) whatever the main process has imported.
         ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["shards.build"])  # imported once in the server, not in every worker
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent) as pool:
             todo = iter(enumerate(items, start=offset))
             for index, item in todo:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tarfile
 from pathlib import Path
@@ -37,19 +38,27 @@ class _HashingFile:
 
 
 class ShardWriter:
-    """One shard: samples go to ``<name>.tar.tmp``; ``seal`` writes the index and renames both into place."""
+    """One shard: samples go to ``<name>.tar.tmp``; ``seal`` writes the index and renames both into place.
+
+    Members are written as webdataset's TarWriter writes them (``<key>.<ext>``, extensions sorted, read-only,
+    owner vmae) but with the standard library's tarfile: webdataset imports torch, which a shard-building node
+    should not need (and which costs each build seconds of start-up).
+    """
 
     def __init__(self, tar_path: Path):
         self.tar_path = tar_path
         self.tmp_path = tar_path.with_name(tar_path.name + ".tmp")
-        import webdataset as wds  # here, not at import: it imports torch, which shard workers must not carry
-
         self._file = _HashingFile(self.tmp_path)
-        self._tar = wds.TarWriter(self._file, user="vmae", group="vmae", mtime=TAR_MTIME, compress=False)
+        self._tar = tarfile.open(fileobj=self._file, mode="w|", format=tarfile.GNU_FORMAT)
         self.keys: list[str] = []
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
-        self._tar.write({"__key__": key, **members})
+        for ext in sorted(members):
+            data = members[ext]
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), TAR_MTIME, 0o444
+            info.uname = info.gname = "vmae"
+            self._tar.addfile(info, io.BytesIO(data))
         self.keys.append(key)
 
     @property

@@ -203,3 +203,21 @@ def test_all_inputs_rejected_exits_nonzero(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tools.cli", "shards", "build", str(tmp_path / "in"),
                            str(tmp_path / "out")], capture_output=True, text=True)
     assert proc.returncode == 1 and "every input was rejected" in proc.stderr
+
+
+def test_webdataset_and_tar_read_the_shards(built):
+    import tarfile
+
+    import webdataset as wds
+
+    out, _ = built
+    manifest = json.loads((out / "manifest.json").read_text())
+    urls = [str(out / e["name"]) for e in manifest["shards"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False))
+    assert len(samples) == manifest["samples"]
+    for sample in samples:
+        assert set(sample) >= {"__key__", "mp4", "json", "cls", "frames", "label"}
+        assert json.loads(sample["json"])["key"] == sample["__key__"]
+    with tarfile.open(urls[0]) as tar:
+        member = tar.getmembers()[0]
+        assert (member.mtime, member.mode, member.uname) == (946684800, 0o444, "vmae")

