@@ -90,7 +90,7 @@ class PerFileDecord(Dataset):
         n = len(reader)
         rng = np.random.default_rng(i + int(time.time_ns() % 1000))
         plan = plan_views(n, reader[0].shape[0], reader[0].shape[1], self.cfg, rng)
-        frames = torch.from_numpy(reader.get_batch(plan.frames[0].tolist()).asnumpy()).permute(0, 3, 1, 2)
+        frames = torch.from_numpy(reader.get_batch(plan.frames[0].tolist()).asnumpy())
         inverse = np.arange(self.cfg.frames)[None, :]
         return make_views(frames, plan, inverse, self.cfg)[0]
 

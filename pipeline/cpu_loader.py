@@ -35,7 +35,7 @@ class LoadedSample:
     plan: ViewPlan
     decoded: np.ndarray  # the distinct frame indices decoded
     inverse: np.ndarray  # [K, T] row of each view frame in ``frames``
-    frames: torch.Tensor  # uint8 [F, 3, H, W]
+    frames: torch.Tensor  # uint8 [F, H, W, 3]
     clips: torch.Tensor  # [K, 3, T, S, S]
     seconds: float  # decode and cut
 
@@ -47,81 +47,103 @@ class BadSample(Exception):
 
 
 class BatchStream(IterableDataset):
-    """One rank's batches of one epoch, from ``start_batch`` on."""
+    """One rank's batches, epoch after epoch, from (``epoch``, ``start_batch``) on, without end.
+
+    Batch g of the stream (counted from the start point) goes to worker g mod W, so the DataLoader's in-order
+    round-robin hands them out in order across epoch boundaries too, and the workers live for the whole run
+    (no start-up, no decoder initialisation per epoch).
+    """
 
     def __init__(self, shardset: ShardSet, cfg: DataConfig, rank: int, world_size: int, epoch: int,
                  start_batch: int = 0):
         self.shardset, self.cfg = shardset, cfg
         self.rank, self.world_size, self.epoch, self.start_batch = rank, world_size, epoch, start_batch
 
-    def batches(self) -> int:
-        return len(self._part()) // self.cfg.batch_size
-
-    def _part(self) -> list[SampleRef]:
-        return self.shardset.rank_part(self.epoch, self.cfg.seed, self.cfg.shuffle_buffer, self.rank, self.world_size)
+    def batches_per_epoch(self) -> int:
+        return len(self.shardset) // self.world_size // self.cfg.batch_size
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        part = self._part()
-        size = self.cfg.batch_size
-        reader = _SampleReader(self.shardset, self.cfg, self.epoch)
-        for b in range(self.start_batch + worker, len(part) // size, workers):
+        per_epoch, size = self.batches_per_epoch(), self.cfg.batch_size
+        if per_epoch == 0:
+            raise ValueError(f"{self.shardset.dataset}: {len(self.shardset)} samples over {self.world_size} rank(s) "
+                             f"do not fill one batch of {size}")
+        part, reader, part_epoch = None, None, None
+        g = worker
+        while True:
+            epoch, b = divmod(self.start_batch + g, per_epoch)
+            epoch += self.epoch
+            if epoch != part_epoch:
+                part = self.shardset.rank_part(epoch, self.cfg.seed, self.cfg.shuffle_buffer, self.rank,
+                                               self.world_size)
+                reader = _SampleReader(self.shardset, self.cfg, epoch, reader)
+                part_epoch = epoch
             yield reader.batch(part[b * size:(b + 1) * size])
+            g += workers
 
 
 class _SampleReader:
     """Reads, decodes and cuts samples inside one worker; counts and replaces the ones that fail."""
 
-    def __init__(self, shardset: ShardSet, cfg: DataConfig, epoch: int):
+    def __init__(self, shardset: ShardSet, cfg: DataConfig, epoch: int, previous: "_SampleReader | None" = None):
         self.shardset, self.cfg, self.epoch = shardset, cfg, epoch
-        self.files: dict[int, object] = {}
-        self.reported: set[str] = set()
-        self.spare: tuple[torch.Tensor, int] | None = None  # a good video's clips, for a batch where all fail
+        # open shard files, keys already reported and the spare clips carry over from the previous epoch
+        self.files: dict[int, object] = previous.files if previous else {}
+        self.reported: set[str] = previous.reported if previous else set()
+        self.spare: tuple[torch.Tensor, int] | None = previous.spare if previous else None
 
     def batch(self, refs: list[SampleRef]) -> dict:
         stats = {"videos": 0, "clips": 0, "decoded_frames": 0, "padded": 0, "failed": Counter(),
                  "decode_seconds": 0.0}
-        clips, labels, keys, bad = [], [], [], []
-        for ref in refs:
+        k = self.cfg.views
+        video = shared_empty((len(refs) * k, 3, self.cfg.frames, self.cfg.crop_size, self.cfg.crop_size),
+                             torch.bfloat16 if self.cfg.dtype == "bfloat16" else torch.float32)
+        labels, keys, bad = [], [], []
+        for i, ref in enumerate(refs):
+            rows = video[i * k:(i + 1) * k]
             try:
-                key, video_clips, label, decoded, padded, seconds = self.sample(ref)
+                loaded = self.load(ref, out=rows)
             except BadSample as err:
-                key = self.shardset.members(ref)[0] if _index_readable(self.shardset, ref) else f"shard{ref.shard}"
+                key = self._key_or_shard(ref)
                 stats["failed"][err.reason] += 1
                 if key not in self.reported:
                     self.reported.add(key)
                     log.warning("sample %s (%s) replaced: %s: %s", key, self.shardset.shards[ref.shard].name,
                                 err.reason, err)
-                bad.append(len(clips))
-                clips.append(None), labels.append(-1), keys.append(key)
+                bad.append(i)
+                labels.append(-1), keys.append(key)
                 continue
-            clips.append(video_clips), labels.append(label), keys.append(key)
-            stats["decoded_frames"] += decoded
-            stats["padded"] += padded
-            stats["decode_seconds"] += seconds
-        good = [i for i in range(len(clips)) if clips[i] is not None]
+            labels.append(loaded.label), keys.append(loaded.key)
+            stats["decoded_frames"] += len(loaded.decoded)
+            stats["padded"] += int(loaded.plan.padded)
+            stats["decode_seconds"] += loaded.seconds
+        good = [i for i in range(len(refs)) if i not in bad]
         if good:
-            self.spare = (clips[good[0]], labels[good[0]])
+            self.spare = (video[good[0] * k:(good[0] + 1) * k].clone(), labels[good[0]])
         elif self.spare is None:
             raise RuntimeError(f"every sample of a batch failed to load and none loaded before it "
                                f"({dict(stats['failed'])}); run `vmae shards verify {self.shardset.dataset}`")
         for n, i in enumerate(bad):  # replaced from the same batch, so every batch keeps its shape
-            clips[i], labels[i] = (clips[good[n % len(good)]], labels[good[n % len(good)]]) if good else self.spare
-        k = self.cfg.views
+            if good:
+                source = good[n % len(good)]
+                video[i * k:(i + 1) * k] = video[source * k:(source + 1) * k]
+                labels[i] = labels[source]
+            else:
+                video[i * k:(i + 1) * k], labels[i] = self.spare
         stats["videos"] = len(refs) - len(bad)
+        stats["clips"] = stats["videos"] * k
         # a plain dict: torch's default_convert copies a Counter with update(), which would double its counts
         stats["failed"] = dict(stats["failed"])
-        stats["clips"] = stats["videos"] * k
-        return {"video": torch.cat(clips), "label": torch.tensor(labels).repeat_interleave(k), "key": keys,
-                "stats": stats}
+        return {"video": video, "label": torch.tensor(labels).repeat_interleave(k), "key": keys, "stats": stats}
 
-    def sample(self, ref: SampleRef):
-        loaded = self.load(ref)
-        return (loaded.key, loaded.clips, loaded.label, len(loaded.decoded), int(loaded.plan.padded),
-                loaded.seconds)
+    def _key_or_shard(self, ref: SampleRef) -> str:
+        try:
+            return self.shardset.members(ref)[0]
+        except (OSError, IndexError, ValueError):
+            return f"{self.shardset.shards[ref.shard].name}#{ref.row}"
 
-    def load(self, ref: SampleRef) -> "LoadedSample":
+    def load(self, ref: SampleRef, out: torch.Tensor | None = None) -> "LoadedSample":
         """Read, decode and cut one sample; raises BadSample with a reason when it cannot."""
         try:
             key, members = self.shardset.members(ref)
@@ -149,12 +171,10 @@ class _SampleReader:
             frames = decode_frames(part[ext], unique, self.cfg.cpu_decoder)
         except DecodeError as err:
             raise BadSample("decode_error", str(err)) from None
-        if frames.shape[2:] != (meta["height"], meta["width"]):
-            raise BadSample("bad_metadata", f"frames are {tuple(frames.shape[2:])}, the sample says "
+        if frames.shape[1:3] != (meta["height"], meta["width"]):
+            raise BadSample("bad_metadata", f"frames are {tuple(frames.shape[1:3])}, the sample says "
                                             f"{meta['height']}x{meta['width']}")
-        clips = make_views(frames, plan, inverse, self.cfg)
-        if self.cfg.dtype == "bfloat16":
-            clips = clips.to(torch.bfloat16)
+        clips = make_views(frames, plan, inverse, self.cfg, out=out)
         return LoadedSample(key, label, plan, unique, inverse, frames, clips, time.perf_counter() - started)
 
     def _read_span(self, ref: SampleRef, members: dict) -> tuple[bytes, int]:
@@ -175,9 +195,11 @@ class _SampleReader:
         return blob, start
 
 
-def _index_readable(shardset: ShardSet, ref: SampleRef) -> bool:
-    try:
-        shardset.members(ref)
-        return True
-    except (OSError, IndexError):
-        return False
+def shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A tensor in shared memory when made in a DataLoader worker, so handing it to the main process copies
+    nothing (what torch's default collate does for its batches)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    numel = int(np.prod(shape))
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel, device="cpu")
+    return torch.empty(0, dtype=dtype).new(storage).view(shape)

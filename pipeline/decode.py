@@ -20,7 +20,7 @@ class DecodeError(RuntimeError):
 
 
 def decode_frames(video: bytes, indices: np.ndarray, decoder: str = "torchcodec") -> torch.Tensor:
-    """Frames at the sorted, distinct ``indices`` as uint8 [F, 3, H, W]."""
+    """Frames at the sorted, distinct ``indices`` as uint8 [F, H, W, 3]."""
     try:
         if decoder == "torchcodec":
             return _torchcodec_frames(video, indices)
@@ -34,7 +34,7 @@ def decode_frames(video: bytes, indices: np.ndarray, decoder: str = "torchcodec"
 def _torchcodec_frames(video: bytes, indices: np.ndarray) -> torch.Tensor:
     from torchcodec.decoders import VideoDecoder
 
-    decoder = VideoDecoder(video, seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NCHW")
+    decoder = VideoDecoder(video, seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NHWC")
     available = decoder.metadata.num_frames
     if available is not None and indices[-1] >= available:
         raise DecodeError(f"frame {indices[-1]} requested, the stream holds {available}")
@@ -79,8 +79,7 @@ def pyav_frames(video: bytes, indices: np.ndarray, reseek_gap: int = 32) -> torc
     if len(out) != len(wanted):
         missing = [i for i in wanted if i not in out]
         raise DecodeError(f"{len(missing)} frame(s) missing from the stream, first {missing[0]}")
-    frames = np.stack([out[i] for i in wanted])
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(np.stack([out[i] for i in wanted]))
 
 
 def reference_frames(video: bytes) -> np.ndarray:

@@ -59,7 +59,11 @@ class LoaderStats:
 
 
 class CpuLoader:
-    """The CPU path; iterate it once per epoch (``set_epoch`` first, as with a DistributedSampler)."""
+    """The CPU path; iterate it once per epoch (``set_epoch`` first, as with a DistributedSampler).
+
+    One DataLoader and its workers serve the whole run: consecutive epochs continue the same stream; a
+    ``set_epoch`` that jumps elsewhere (a resume) starts a new one.
+    """
 
     backend = "cpu"
 
@@ -70,6 +74,8 @@ class CpuLoader:
         self.device = torch.device(device)
         self.epoch, self.start_batch = 0, 0
         self.stats = LoaderStats()
+        self._stream = None  # (iterator, the (epoch, batch) it yields next)
+        self.per_epoch = BatchStream(self.shardset, cfg, rank, world_size, 0).batches_per_epoch()
 
     def set_epoch(self, epoch: int, samples_seen: int = 0) -> None:
         """Start ``epoch``; ``samples_seen`` (videos this rank already took in it) resumes mid-epoch."""
@@ -77,23 +83,30 @@ class CpuLoader:
         self.start_batch = samples_seen // self.cfg.batch_size
 
     def __len__(self) -> int:
-        return BatchStream(self.shardset, self.cfg, self.rank, self.world_size, self.epoch).batches() - \
-            self.start_batch
+        return self.per_epoch - self.start_batch
 
     def __iter__(self):
-        stream = BatchStream(self.shardset, self.cfg, self.rank, self.world_size, self.epoch, self.start_batch)
-        workers = min(self.cfg.workers or os.cpu_count() or 1, max(len(self), 1))
-        loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=self.cfg.prefetch,
-                            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        position = (self.epoch, self.start_batch)
+        if self._stream is None or self._stream[1] != position:
+            self._stream = (iter(self._dataloader(*position)), position)
+        iterator = self._stream[0]
         waited = time.perf_counter()
-        for batch in loader:
+        for b in range(self.start_batch, self.per_epoch):
+            batch = next(iterator)
             self.stats.add(batch.pop("stats"))
             batch["video"] = batch["video"].to(self.device, non_blocking=True)
             batch["label"] = batch["label"].to(self.device, non_blocking=True)
             self.stats.seconds += time.perf_counter() - waited
+            self._stream = (iterator, (self.epoch, b + 1) if b + 1 < self.per_epoch else (self.epoch + 1, 0))
             yield batch
             waited = time.perf_counter()
-        self.start_batch = 0  # the next pass is a whole epoch
+        self.epoch, self.start_batch = self.epoch + 1, 0  # unless set_epoch says otherwise, the next epoch
+
+    def _dataloader(self, epoch: int, start_batch: int) -> DataLoader:
+        stream = BatchStream(self.shardset, self.cfg, self.rank, self.world_size, epoch, start_batch)
+        workers = self.cfg.workers or os.cpu_count() or 1
+        return DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=self.cfg.prefetch,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
 
 
 def pick_backend(cfg: DataConfig, video_ext: str) -> str:

@@ -16,6 +16,7 @@ from pipeline.decode import decode_frames, reference_frames
 from pipeline.loader import CpuLoader, make_loader
 from pipeline.sampling import plan_views, sample_rng, temporal_windows
 from pipeline.shardset import ShardSet
+from pipeline.views import make_views
 from shards.build import build_shards
 from shards.config import ShardConfig
 from shards.tars import ShardWriter, read_member, sample_members
@@ -127,6 +128,23 @@ def test_span_draws_every_view_from_one_window_and_decodes_less():
     assert (frames == frames[0]).all()  # span 1: every view has the same frames
 
 
+def test_views_match_a_plain_float_crop_resize_normalize():
+    cfg = DataConfig(views=3, frames=4, stride=2, crop_size=32)
+    plan = plan_views(20, 48, 64, cfg, sample_rng(0, 0, "k"))
+    unique, inverse = plan.union()
+    frames = torch.randint(0, 256, (len(unique), 48, 64, 3), dtype=torch.uint8)
+    got = make_views(frames, plan, inverse, cfg)
+    assert got.shape == (3, 3, 4, 32, 32)
+    for k in range(3):
+        y, x, h, w = plan.crops[k]
+        clip = frames[torch.from_numpy(inverse[k])].permute(0, 3, 1, 2).float()[:, :, y:y + h, x:x + w]
+        clip = torch.nn.functional.interpolate(clip, size=(32, 32), mode="bilinear", align_corners=False)
+        clip = clip.flip(-1) if plan.flips[k] else clip
+        want = (clip / 255 - torch.tensor(cfg.mean).view(1, 3, 1, 1)) / torch.tensor(cfg.std).view(1, 3, 1, 1)
+        assert (got[k].permute(1, 0, 2, 3) - want).abs().max() < 0.03  # uint8 resize: within a grey level
+    assert plan.flips.any() and not plan.flips.all()  # both branches were checked
+
+
 def test_short_video_repeats_its_last_frame():
     frames, padded = temporal_windows(20, DataConfig(), np.random.default_rng(0))
     assert padded and frames.max() == 19 and (frames[:, -1] == 19).all()
@@ -145,7 +163,7 @@ def test_cpu_decoders_give_the_frames_of_a_plain_decode(built, decoder):
             video = read_member(tar, *next((o, s) for e, o, s in members if e == "mp4"))
             reference = reference_frames(video)
             wanted = np.unique(rng.choice(len(reference), size=12, replace=False))
-            got = decode_frames(video, wanted, decoder).permute(0, 2, 3, 1).numpy()
+            got = decode_frames(video, wanted, decoder).numpy()
             assert np.abs(got.astype(int) - reference[wanted].astype(int)).mean() <= 4
 
 
