@@ -92,6 +92,7 @@ class _SampleReader:
         self.files: dict[int, object] = previous.files if previous else {}
         self.reported: set[str] = previous.reported if previous else set()
         self.spare: tuple[torch.Tensor, int] | None = previous.spare if previous else None
+        self.align = shardset.frame_alignment(cfg.stride)
 
     def batch(self, refs: list[SampleRef]) -> dict:
         stats = {"videos": 0, "clips": 0, "decoded_frames": 0, "padded": 0, "failed": Counter(),
@@ -164,11 +165,11 @@ class _SampleReader:
         if num_frames <= 0:
             raise BadSample("bad_metadata", f"frame count {num_frames}")
         rng = sample_rng(self.cfg.seed, self.epoch, key)
-        plan = plan_views(num_frames, meta["height"], meta["width"], self.cfg, rng)
+        plan = plan_views(num_frames, meta["height"], meta["width"], self.cfg, rng, self.align)
         unique, inverse = plan.union()
         started = time.perf_counter()
         try:
-            frames = decode_frames(part[ext], unique, self.cfg.cpu_decoder)
+            frames = decode_frames(part[ext], unique, self.cfg.cpu_decoder, skip_nonref=self.align > 1)
         except DecodeError as err:
             raise BadSample("decode_error", str(err)) from None
         if frames.shape[1:3] != (meta["height"], meta["width"]):

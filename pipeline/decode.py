@@ -19,12 +19,14 @@ class DecodeError(RuntimeError):
     """A sample whose video cannot give the requested frames; the loader counts and replaces it."""
 
 
-def decode_frames(video: bytes, indices: np.ndarray, decoder: str = "torchcodec") -> torch.Tensor:
-    """Frames at the sorted, distinct ``indices`` as uint8 [F, H, W, 3]."""
+def decode_frames(video: bytes, indices: np.ndarray, decoder: str = "torchcodec",
+                  skip_nonref: bool = False) -> torch.Tensor:
+    """Frames at the sorted, distinct ``indices`` as uint8 [F, H, W, 3]. ``skip_nonref``: the wanted frames are
+    all reference frames, so the (PyAV) decoder may skip every non-reference one."""
     try:
-        if decoder == "torchcodec":
+        if decoder == "torchcodec" and not skip_nonref:
             return _torchcodec_frames(video, indices)
-        return pyav_frames(video, indices)
+        return pyav_frames(video, indices, skip_nonref=skip_nonref)
     except DecodeError:
         raise
     except Exception as err:  # noqa: BLE001 - any decoder failure is a bad sample, not a crashed epoch
@@ -41,7 +43,7 @@ def _torchcodec_frames(video: bytes, indices: np.ndarray) -> torch.Tensor:
     return decoder.get_frames_at(indices.tolist()).data
 
 
-def pyav_frames(video: bytes, indices: np.ndarray, reseek_gap: int = 32) -> torch.Tensor:
+def pyav_frames(video: bytes, indices: np.ndarray, reseek_gap: int = 32, skip_nonref: bool = False) -> torch.Tensor:
     """Decode in order from the keyframe before each run of wanted frames; a gap longer than ``reseek_gap``
     frames seeks again instead of decoding through it."""
     wanted = [int(i) for i in indices]
@@ -49,6 +51,8 @@ def pyav_frames(video: bytes, indices: np.ndarray, reseek_gap: int = 32) -> torc
     with av.open(io.BytesIO(video)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "NONE"
+        if skip_nonref:
+            stream.codec_context.skip_frame = "NONREF"
         rate = stream.average_rate
         tb = stream.time_base
         start = stream.start_time or 0

@@ -123,6 +123,9 @@ def make_loader(dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int =
         device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     log.info("loader: %s backend, %d samples, %d views of %dx%d frames (stride %d), batch %d videos",
              backend, len(shardset), cfg.views, cfg.frames, cfg.crop_size, cfg.stride, cfg.batch_size)
+    if backend == "cpu" and shardset.frame_alignment(cfg.stride) > 1:
+        log.info("loader: shards have a P-frame every %d frames: clips start on them and the decoder (PyAV) skips "
+                 "every B-frame", shardset.pframe_interval)
     if backend == "dali":
         from pipeline.dali_loader import DaliLoader
 

@@ -32,9 +32,13 @@ def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, zlib.crc32(key.encode())])
 
 
-def plan_views(num_frames: int, height: int, width: int, cfg: DataConfig, rng: np.random.Generator) -> ViewPlan:
-    """Temporal windows first, then crops and flips, always in this order from the one generator."""
-    frames, padded = temporal_windows(num_frames, cfg, rng)
+def plan_views(num_frames: int, height: int, width: int, cfg: DataConfig, rng: np.random.Generator,
+               align: int = 1) -> ViewPlan:
+    """Temporal windows first, then crops and flips, always in this order from the one generator.
+
+    ``align`` > 1 puts every sampled frame on a multiple of it (shards built with ``pframe_interval``: then
+    every frame a clip needs is an I- or P-frame, and the decoder may skip all B-frames)."""
+    frames, padded = temporal_windows(num_frames, cfg, rng, align)
     if cfg.augment:
         crops = np.array([random_resized_crop(height, width, cfg.scale, cfg.ratio, rng) for _ in range(cfg.views)])
         flips = rng.random(cfg.views) < 0.5 if cfg.flip else np.zeros(cfg.views, bool)
@@ -44,7 +48,8 @@ def plan_views(num_frames: int, height: int, width: int, cfg: DataConfig, rng: n
     return ViewPlan(frames=frames, crops=crops.astype(np.int64), flips=flips, padded=padded)
 
 
-def temporal_windows(num_frames: int, cfg: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+def temporal_windows(num_frames: int, cfg: DataConfig, rng: np.random.Generator,
+                     align: int = 1) -> tuple[np.ndarray, bool]:
     """K windows of T frames tau apart; with ``span``, all inside one window of span clip lengths."""
     length = cfg.clip_length
     offsets = np.arange(cfg.frames) * cfg.stride
@@ -57,8 +62,9 @@ def temporal_windows(num_frames: int, cfg: DataConfig, rng: np.random.Generator)
         starts = np.linspace(0, max(num_frames - length, 0), cfg.views).round().astype(np.int64)
     else:
         starts = rng.integers(0, max(num_frames - length, 0) + 1, size=cfg.views)
-    frames = starts[:, None] + offsets[None, :]
-    return np.minimum(frames, num_frames - 1), num_frames < length
+    starts = starts - starts % align
+    last = (num_frames - 1) - (num_frames - 1) % align  # a short video repeats its last aligned frame
+    return np.minimum(starts[:, None] + offsets[None, :], last), num_frames < length
 
 
 def random_resized_crop(height: int, width: int, scale: list[float], ratio: list[float],

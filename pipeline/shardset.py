@@ -28,6 +28,12 @@ class ShardSet:
         self.counts = np.array([e["samples"] for e in self.manifest["shards"]], dtype=np.int64)
         self.video_ext = self.manifest["video_extension"]
         self.classes = self.manifest["classes"]
+        self.pframe_interval = int(self.manifest["build"].get("pframe_interval") or 0)
+
+    def frame_alignment(self, stride: int) -> int:
+        """Sample on multiples of the shards' P-frame interval when the stride allows: then no B-frame is needed."""
+        n = self.pframe_interval
+        return n if n > 1 and stride % n == 0 else 1
 
     def __len__(self) -> int:
         return int(self.counts.sum())

@@ -40,9 +40,9 @@ REJECTS = "rejects.jsonl"
 STATE = ".build"
 FORMAT = "vmae-shards/1"
 # Options that change the bytes written; the others (workers, timeouts, root) may differ between runs.
-BYTE_SHAPING = ("short_side", "fps", "codec", "keyframe_interval", "crf", "preset", "bframes", "stream_copy",
-                "segment_seconds", "min_frames", "short_policy", "max_input_pixels", "samples_per_shard",
-                "max_shard_bytes", "seed", "threads_per_worker")
+BYTE_SHAPING = ("short_side", "fps", "codec", "keyframe_interval", "crf", "preset", "bframes", "pframe_interval",
+                "stream_copy", "segment_seconds", "min_frames", "short_policy", "max_input_pixels",
+                "samples_per_shard", "max_shard_bytes", "seed", "threads_per_worker")
 
 
 class BuildError(RuntimeError):
@@ -379,7 +379,7 @@ def _samples(item: PlannedItem, info: VideoInfo, cfg: ShardConfig, mode: str,
             "padded_frames": out.padded_frames,
             "source_info": {k: v for k, v in info.as_dict().items() if k != "size_bytes"},
             "build": {k: getattr(cfg, k) for k in ("short_side", "fps", "codec", "keyframe_interval", "crf",
-                                                     "preset", "bframes", "segment_seconds")},
+                                                     "preset", "bframes", "pframe_interval", "segment_seconds")},
         }
         samples.append({"key": key, "file": out.path.name, "bytes": out.path.stat().st_size, "meta": meta})
     if not samples:

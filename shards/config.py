@@ -29,7 +29,11 @@ class ShardConfig:
         "frames between keyframes (closed GOP): a seek decodes at most this many extra frames"))
     crf: int = field(default=23, metadata=field_help("quality: x264/VP9 CRF, or the MJPEG q:v scale (lower is better)"))
     preset: str = field(default="veryfast", metadata=field_help("x264 preset (speed/size trade-off)"))
-    bframes: int | None = field(default=None, metadata=field_help("H.264 B-frames between references (default: the preset's)"))
+    bframes: int | None = field(default=None, metadata=field_help(
+        "H.264 B-frames between references (default: the preset's)"))
+    pframe_interval: int = field(default=0, metadata=field_help(
+        "H.264: a P-frame every N frames with non-reference B-frames between; set N to the loader's stride tau and "
+        "a clip needs no B-frame, so the decoder skips them (0: the preset's frame structure)"))
     stream_copy: bool = field(default=True, metadata=field_help("copy the video stream when the source already conforms"))
     segment_seconds: float = field(default=0.0, metadata=field_help(
         "split longer videos into segments of at most this many seconds, each starting on a keyframe (0: off)"))
@@ -58,6 +62,14 @@ class ShardConfig:
         for key in ("short_side", "fps", "segment_seconds", "min_frames", "workers"):
             if getattr(self, key) < 0:
                 raise ValueError(f"shards.{key} must be >= 0, got {getattr(self, key)}")
+        if self.pframe_interval:
+            if self.codec != "h264":
+                raise ValueError("shards.pframe_interval applies to codec h264 only")
+            if self.keyframe_interval % self.pframe_interval:
+                raise ValueError(f"shards.keyframe_interval={self.keyframe_interval} must be a multiple of "
+                                 f"shards.pframe_interval={self.pframe_interval}")
+            if self.bframes is not None:
+                raise ValueError("set shards.bframes or shards.pframe_interval, not both")
         if self.short_side % 2:
             raise ValueError(f"shards.short_side must be even (4:2:0 video), got {self.short_side}")
         if self.segment_seconds and self.fps and self.segment_seconds * self.fps < max(self.min_frames, 1):

@@ -83,6 +83,8 @@ def why_not_copy(info: VideoInfo, scan: PacketScan | None, cfg: ShardConfig) -> 
     reasons = []
     if not cfg.stream_copy:
         reasons.append("stream copy disabled")
+    if cfg.pframe_interval:
+        reasons.append("pframe_interval needs a known frame structure")
     if cfg.codec != "h264" or info.codec != "h264":
         reasons.append(f"codec {info.codec}, target {cfg.codec}")
     if info.container not in COPYABLE_CONTAINERS:
@@ -200,6 +202,9 @@ def _codec_options(cfg: ShardConfig) -> dict:
                 "g": gop, "keyint_min": gop, "sc_threshold": 0, "flags": "+cgop+bitexact"}
         if cfg.bframes is not None:
             opts["bf"] = cfg.bframes
+        if cfg.pframe_interval:  # I/P frames exactly every N frames, the B-frames between them unreferenced
+            opts["bf"] = cfg.pframe_interval - 1
+            opts["x264-params"] = "b-pyramid=none:b-adapt=0"
         return opts
     if cfg.codec == "vp9":
         return {"c:v": "libvpx-vp9", "crf": cfg.crf, "b:v": 0, "g": gop, "keyint_min": gop, "deadline": "good",

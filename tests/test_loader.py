@@ -303,3 +303,39 @@ def test_loader_check_writes_a_contact_sheet(built, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sheet.stat().st_size > 10_000
     assert "clips/s" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def pframe_dataset(video_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pframe") / "ds"
+    build_shards(video_folder, out, ShardConfig(pframe_interval=4, samples_per_shard=4), progress=False)
+    return out
+
+
+@pytest.mark.slow
+def test_pframe_interval_shards_let_the_decoder_skip_every_b_frame(pframe_dataset):
+    import av
+
+    shardset = ShardSet(pframe_dataset)
+    assert shardset.frame_alignment(4) == 4 and shardset.frame_alignment(6) == 1
+    tar = shardset.shards[0]
+    key, members = sample_members(tar)[0]
+    video = read_member(tar, *next((o, s) for e, o, s in members if e == "mp4"))
+    with av.open(__import__("io").BytesIO(video)) as c:
+        types = [av.video.frame.PictureType(f.pict_type).name for f in c.decode(video=0)]
+    assert all(t in ("I", "P") for t in types[0:-4:4]) and all(t == "B" for t in types[1:-4:4])
+    reference = reference_frames(video)
+    wanted = np.arange(0, len(reference) - 4, 4)[::3]
+    got = decode_frames(video, wanted, skip_nonref=True).numpy()
+    assert np.array_equal(got, reference[wanted])  # skipping B-frames changes no reference frame
+
+
+@pytest.mark.slow
+def test_loader_samples_on_p_frames_of_such_shards(pframe_dataset):
+    loader = CpuLoader(pframe_dataset, small(stride=4, frames=4))
+    batches = epoch(loader)
+    assert len(batches) == 5 and loader.stats.failed == {}
+    plan = plan_views(75, 320, 426, small(stride=4, frames=4), sample_rng(0, 0, "k"), align=4)
+    assert (plan.frames % 4 == 0).all()
+    frames, padded = temporal_windows(10, small(stride=4, frames=4), np.random.default_rng(0), align=4)
+    assert padded and frames.max() == 8  # a short video repeats its last aligned frame
