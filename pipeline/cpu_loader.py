@@ -37,7 +37,7 @@ class LoadedSample:
     inverse: np.ndarray  # [K, T] row of each view frame in ``frames``
     frames: torch.Tensor  # uint8 [F, H, W, 3]
     clips: torch.Tensor  # [K, 3, T, S, S]
-    seconds: float  # decode and cut
+    seconds: float  # spent in the decoder
 
 
 class BadSample(Exception):
@@ -172,11 +172,12 @@ class _SampleReader:
             frames = decode_frames(part[ext], unique, self.cfg.cpu_decoder, skip_nonref=self.align > 1)
         except DecodeError as err:
             raise BadSample("decode_error", str(err)) from None
+        decode_seconds = time.perf_counter() - started
         if frames.shape[1:3] != (meta["height"], meta["width"]):
             raise BadSample("bad_metadata", f"frames are {tuple(frames.shape[1:3])}, the sample says "
                                             f"{meta['height']}x{meta['width']}")
         clips = make_views(frames, plan, inverse, self.cfg, out=out)
-        return LoadedSample(key, label, plan, unique, inverse, frames, clips, time.perf_counter() - started)
+        return LoadedSample(key, label, plan, unique, inverse, frames, clips, decode_seconds)
 
     def _read_span(self, ref: SampleRef, members: dict) -> tuple[bytes, int]:
         """One read covering every member: they are adjacent in the tar."""
