@@ -129,11 +129,12 @@ class DaliLoader:
     def _build(self) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+        device_id = (self.device.index or 0) if self.device.type == "cuda" else None
         while True:
             cfg = replace(self.cfg, seed=self.cfg.seed + 1000 * self.rebuilds)
             self.pipe = build_pipeline([str(p) for p in self.shardset.shards], self.indexes,
                                        self.shardset.video_ext, cfg, self.decode_device, self.rank,
-                                       self.world_size, (self.device.index or 0) if self.device.type == "cuda" else None)
+                                       self.world_size, device_id)
             self.pipe.build()
             try:  # the iterator runs the pipeline at once to prefetch: a bad sample can fail it here
                 # The reader drops the last partial batch; auto_reset starts the next epoch when one ends.

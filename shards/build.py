@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from shards.config import ShardConfig
 from shards.encode import EXTENSION, Encoded, die_with_parent, encode, ffmpeg_exe, output_fps, output_size
-from shards.plan import Plan, PlannedItem, Reject, make_plan, read_class_file
+from shards.plan import Plan, PlannedItem, make_plan, read_class_file
 from shards.probe import RejectedInput, VideoInfo, probe
 from shards.sources import list_inputs
 from shards.tars import ShardWriter

@@ -22,19 +22,22 @@ class ShardConfig:
         "text file with one class name per line, in label order (default: the sorted labels found)"))
     # how every video is normalized
     short_side: int = field(default=320, metadata=field_help("resize so the short side is this many pixels (0: keep)"))
-    fps: float = field(default=30.0, metadata=field_help("constant output frame rate (0: keep the source's average rate)"))
+    fps: float = field(default=30.0, metadata=field_help(
+        "constant output frame rate (0: keep the source's average rate)"))
     codec: str = field(default="h264", metadata=field_help(
         "h264 for GPU (NVDEC) decoding; vp9 or mjpeg for DALI's CPU decoder", choices=CODECS))
     keyframe_interval: int = field(default=16, metadata=field_help(
         "frames between keyframes (closed GOP): a seek decodes at most this many extra frames"))
-    crf: int = field(default=23, metadata=field_help("quality: x264/VP9 CRF, or the MJPEG q:v scale (lower is better)"))
+    crf: int = field(default=23, metadata=field_help(
+        "quality: x264/VP9 CRF, or the MJPEG q:v scale (lower is better)"))
     preset: str = field(default="veryfast", metadata=field_help("x264 preset (speed/size trade-off)"))
     bframes: int | None = field(default=None, metadata=field_help(
         "H.264 B-frames between references (default: the preset's)"))
     pframe_interval: int = field(default=0, metadata=field_help(
         "H.264: a P-frame every N frames with non-reference B-frames between; set N to the loader's stride tau and "
         "a clip needs no B-frame, so the decoder skips them (0: the preset's frame structure)"))
-    stream_copy: bool = field(default=True, metadata=field_help("copy the video stream when the source already conforms"))
+    stream_copy: bool = field(default=True, metadata=field_help(
+        "copy the video stream when the source already conforms"))
     segment_seconds: float = field(default=0.0, metadata=field_help(
         "split longer videos into segments of at most this many seconds, each starting on a keyframe (0: off)"))
     min_frames: int = field(default=64, metadata=field_help(
@@ -46,7 +49,8 @@ class ShardConfig:
         "refuse inputs larger than this many pixels per frame (8K)"))
     # how samples are packed
     samples_per_shard: int = field(default=256, metadata=field_help("samples per tar shard"))
-    max_shard_bytes: int = field(default=1 << 30, metadata=field_help("start a new shard before one grows past this size"))
+    max_shard_bytes: int = field(default=1 << 30, metadata=field_help(
+        "start a new shard before one grows past this size"))
     seed: int = field(default=0, metadata=field_help("seed of the sample order across shards"))
     workers: int = field(default=0, metadata=field_help("parallel worker processes (0: all cores)"))
     threads_per_worker: int = field(default=1, metadata=field_help("ffmpeg threads per worker"))

@@ -36,7 +36,8 @@ def samples_of(dataset: Path) -> list[tuple[str, dict, bytes]]:
 
 
 def dataset_bytes(dataset: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(dataset.iterdir()) if p.suffix in (".tar", ".idx", ".json", ".jsonl")}
+    kept = (".tar", ".idx", ".json", ".jsonl")
+    return {p.name: p.read_bytes() for p in sorted(dataset.iterdir()) if p.suffix in kept}
 
 
 def test_build_normalizes_every_video(built, video_folder):
@@ -70,7 +71,7 @@ def test_samples_are_shuffled_across_shards(built):
 
 def test_keyframes_are_bounded_and_index_matches_dali_tool(built, tmp_path):
     out, cfg = built
-    for _, meta, video, *_ in samples_of(out):
+    for _, _, video, *_ in samples_of(out):
         path = tmp_path / "v.mp4"
         path.write_bytes(video)
         scan = scan_packets(path)

@@ -60,7 +60,7 @@ def test_stream_depends_on_seed_not_on_worker_count(built):
     one = epoch(CpuLoader(built[0], small(workers=1)))
     two = epoch(CpuLoader(built[0], small(workers=2)))
     assert [b["key"] for b in one] == [b["key"] for b in two]
-    assert all(torch.equal(a["video"], b["video"]) for a, b in zip(one, two))
+    assert all(torch.equal(a["video"], b["video"]) for a, b in zip(one, two, strict=True))
     other = epoch(CpuLoader(built[0], small(seed=7)))
     assert [b["key"] for b in other] != [b["key"] for b in one]
 
@@ -159,7 +159,7 @@ def test_cpu_decoders_give_the_frames_of_a_plain_decode(built, decoder):
     rng = np.random.default_rng(0)
     for entry in json.loads((dataset / "manifest.json").read_text())["shards"][:2]:
         tar = dataset / entry["name"]
-        for key, members in sample_members(tar)[:2]:
+        for _, members in sample_members(tar)[:2]:
             video = read_member(tar, *next((o, s) for e, o, s in members if e == "mp4"))
             reference = reference_frames(video)
             wanted = np.unique(rng.choice(len(reference), size=12, replace=False))
