@@ -10,6 +10,8 @@ Cases, each with 2 DataLoader workers (one per core), batches of 8 videos, T=16,
   ours K=1   shards, seeking decode (torchcodec), one view per video
   ours K=4   four independent windows per video (MAE-ST repeated sampling), decoded once as their union
   ours K=4 span=1 / span=2   all four views inside one window (VideoMAE V2 style): less to decode
+  DALI-driven workers   the other CPU design: DALI's parallel external_source runs the same read/decode/cut
+                   in its own worker processes (one per core) instead of torch DataLoader workers
   P-frame shards   the same videos built with `--pframe-interval 4` (a P-frame every tau frames, the B-frames
                    between them unreferenced): clips start on P-frames and the decoder skips every B-frame;
                    the baseline is also run on these files (decord cannot skip them)
@@ -133,6 +135,48 @@ def our_rate(dataset: Path, cfg: DataConfig, batches: int) -> tuple[float, float
     return clips / seconds, loader.stats.decoded_frames_per_clip, work, decoder_fps
 
 
+class _DaliSource:
+    """DALI parallel external_source callback: sample i of the epoch, read, decoded and cut by our own reader."""
+
+    def __init__(self, dataset: Path, cfg: DataConfig):
+        self.dataset, self.cfg = dataset, cfg
+        self.reader = None
+
+    def __call__(self, info):
+        from pipeline.cpu_loader import _SampleReader
+
+        if self.reader is None:  # in the DALI worker process
+            shardset = ShardSet(self.dataset)
+            self.refs = shardset.rank_part(0, self.cfg.seed, self.cfg.shuffle_buffer, 0, 1)
+            self.reader = _SampleReader(shardset, self.cfg, 0)
+        ref = self.refs[info.idx_in_epoch % len(self.refs)]
+        loaded = self.reader.load(ref)
+        return loaded.clips.numpy(), np.array([loaded.label], dtype=np.int32)
+
+
+def dali_external_rate(dataset: Path, cfg: DataConfig, batches: int) -> float:
+    """The other CPU design the issue names: DALI drives the workers (parallel external_source, one Python process
+    per core) and each runs the same seeking decode and cut; clips/s over ``batches`` batches after one warm-up."""
+    from nvidia.dali import fn, pipeline_def
+
+    @pipeline_def(batch_size=cfg.batch_size, num_threads=1, device_id=None, py_num_workers=WORKERS,
+                  py_start_method="spawn", prefetch_queue_depth=cfg.prefetch)
+    def pipe():
+        clips, label = fn.external_source(source=_DaliSource(dataset, cfg), num_outputs=2, parallel=True,
+                                          batch=False)
+        return clips, label
+
+    p = pipe()
+    p.build()
+    p.run()
+    started = time.perf_counter()
+    clips = 0
+    for _ in range(batches):
+        out, _ = p.run()
+        clips += sum(np.asarray(out[i]).shape[0] for i in range(len(out)))
+    return clips / (time.perf_counter() - started)
+
+
 def decode_work(dataset: Path, cfg: DataConfig, draws: int = 400) -> float:
     """Frames a seeking decoder decodes per clip: for each wanted frame, those from its keyframe (or from the
     previous wanted frame, when no keyframe lies between them)."""
@@ -226,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             "ours K=4 span=2, P-frame shards": (pframes, DataConfig(**k4, span=2)),
         }
         baselines = {"baseline (decord per file)": files, "baseline on P-frame files": pframe_files}
-        rates: dict[str, list[float]] = {name: [] for name in [*baselines, *cases]}
+        dali_cases = {"DALI-driven workers K=1": (dataset, base), "DALI-driven workers K=4": (dataset, DataConfig(**k4))}
+        rates: dict[str, list[float]] = {name: [] for name in [*baselines, *cases, *dali_cases]}
         per_clip: dict[str, tuple[float, float, float]] = {}
         limit = []
         for _ in range(args.repeats):  # interleaved, so drifts of the machine hit every case alike
@@ -236,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                 rate, returned, work, decoder_fps = our_rate(data, cfg, args.batches)
                 rates[name].append(rate)
                 per_clip[name] = (returned, work, decoder_fps)
+            for name, (data, cfg) in dali_cases.items():
+                rates[name].append(dali_external_rate(data, cfg, args.batches))
             limit.append(ffmpeg_decode_fps(files))
         memory = memory_over_epochs(dataset, DataConfig(**k4), args.epochs_memory)
 
