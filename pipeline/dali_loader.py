@@ -24,13 +24,15 @@ from shards.tars import INDEX_VERSION
 log = logging.getLogger(__name__)
 
 CPU_DECODABLE = {"webm", "mkv"}  # DALI's CPU video decoder reads VP8, VP9 and MJPEG only
+SOURCE_BYTES = 1024  # room for "<tar path>:<offset>:<member>" in a fixed-shape output
 
 
 def build_pipeline(files: list[str], indexes: list[str], ext: str, cfg: DataConfig, device: str, shard_id: int,
                    num_shards: int, device_id: int | None, threads: int = 2):
     """reader → K views' frame indices from the frame count → one decode per video → per-view crop/flip/normalize.
 
-    Outputs: K clips [B, 3, T, S, S] (one output per view, layout CFHW) and the labels [B, 1].
+    Outputs: K clips [B, 3, T, S, S] (one output per view, layout CFHW), the labels [B, 1] and each sample's
+    source ("<tar>:<offset>:<key>.<ext>", zero-padded to SOURCE_BYTES) for its key.
     """
     from nvidia.dali import fn, pipeline_def, types
 
@@ -46,7 +48,8 @@ def build_pipeline(files: list[str], indexes: list[str], ext: str, cfg: DataConf
         decoded = fn.decoders.video(video, device=device, frames=view_frame_indices(frames, cfg))
         T = cfg.frames
         views = [augment_view(decoded[k * T:(k + 1) * T], cfg) for k in range(cfg.views)]
-        return (*views, label.gpu() if device == "mixed" else label)
+        source = fn.pad(fn.get_property(video, key="source_info")[:SOURCE_BYTES], axes=[0], shape=[SOURCE_BYTES])
+        return (*views, label.gpu() if device == "mixed" else label, source)
 
     return video_pipeline()
 
@@ -117,7 +120,7 @@ class DaliLoader:
             raise ValueError(f"{dataset}: DALI's CPU decoder cannot read .{self.shardset.video_ext} (H.264) shards; "
                              "use the cpu backend (data.backend=cpu), or build shards with --codec vp9")
         self.stats = LoaderStats()
-        self.outputs = [f"view{k}" for k in range(cfg.views)] + ["label"]
+        self.outputs = [f"view{k}" for k in range(cfg.views)] + ["label", "source"]
         self.indexes = [str(p.with_suffix(".idx")) for p in self.shardset.shards]
         self.quarantine: dict[str, set[int]] = {}  # tar path → data offsets of members left out
         self._private = None  # temporary folder for filtered index copies
@@ -167,7 +170,7 @@ class DaliLoader:
             self.stats.add({"videos": size, "clips": size * k, "decoded_frames": size * k * self.cfg.frames,
                             "padded": 0, "failed": {}})
             yield {"video": video.to(self.device, non_blocking=True), "label": label.to(self.device),
-                   "key": [None] * size}
+                   "key": [_key_of(row) for row in batch["source"].cpu().numpy()]}
         self.skip = 0
 
     def _next_batch(self) -> dict:
@@ -202,6 +205,12 @@ class DaliLoader:
         filtered.write_text(f"{INDEX_VERSION} {len(rows)}\n" + "".join(r + "\n" for r in rows))
         self.indexes[shard] = str(filtered)
         self.rebuilds += 1
+
+
+def _key_of(source: np.ndarray) -> str:
+    """The sample key in DALI's zero-padded "<tar>:<offset>:<key>.<ext>"."""
+    member = bytes(source).rstrip(b"\0").decode(errors="replace").rsplit(":", 1)[-1]
+    return member.split(".", 1)[0]
 
 
 # DALI names the failing sample as "<tar>:<data offset>:<member>" in its error message.

@@ -225,6 +225,10 @@ def vp9_dataset(video_folder, tmp_path_factory):
     return out
 
 
+def sample_members_all(dataset: Path) -> list:
+    return [s for tar in sorted(dataset.glob("*.tar")) for s in sample_members(tar)]
+
+
 @pytest.mark.slow
 def test_dali_graph_on_cpu_follows_the_contract(vp9_dataset):
     pytest.importorskip("nvidia.dali")
@@ -233,6 +237,8 @@ def test_dali_graph_on_cpu_follows_the_contract(vp9_dataset):
     for _ in range(2):
         batches = epoch(loader)
         assert len(batches) == 3
+        keys = {k for b in batches for k in b["key"]}
+        assert len(keys) == 6 and keys <= {key for key, _ in sample_members_all(vp9_dataset)}
         for b in batches:
             assert b["video"].shape == (4, 3, 8, 64, 64) and torch.isfinite(b["video"]).all()
             assert b["label"].tolist()[0::2] == b["label"].tolist()[1::2]
