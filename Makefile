@@ -41,7 +41,9 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 bench: setup
-	$(BIN)/python bench/bench_shards.py
+	$(BIN)/python bench/bench_shards.py --repeats 5
+	$(BIN)/python bench/bench_codecs.py --repeats 3
+	$(BIN)/python bench/bench_loader.py --repeats 3
 
 clean:
 	rm -rf runs .pytest_cache
