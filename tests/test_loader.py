@@ -56,6 +56,16 @@ def test_batches_follow_the_contract(built):
 
 
 @pytest.mark.slow
+def test_bfloat16_clips_for_the_gpu(built):
+    loader = CpuLoader(built[0], small(dtype="bfloat16", workers=1))
+    loader.set_epoch(0)
+    first = next(iter(loader))
+    reference = epoch(CpuLoader(built[0], small(workers=1)))[0]
+    assert first["video"].dtype == torch.bfloat16
+    assert (first["video"].float() - reference["video"]).abs().max() < 0.05  # bf16 rounding of values within ±3
+
+
+@pytest.mark.slow
 def test_stream_depends_on_seed_not_on_worker_count(built):
     one = epoch(CpuLoader(built[0], small(workers=1)))
     two = epoch(CpuLoader(built[0], small(workers=2)))
