@@ -143,12 +143,12 @@ class _DaliSource:
         self.reader = None
 
     def __call__(self, info):
-        from pipeline.cpu_loader import _SampleReader
+        from pipeline.cpu_loader import SampleReader
 
         if self.reader is None:  # in the DALI worker process
             shardset = ShardSet(self.dataset)
             self.refs = shardset.rank_part(0, self.cfg.seed, self.cfg.shuffle_buffer, 0, 1)
-            self.reader = _SampleReader(shardset, self.cfg, 0)
+            self.reader = SampleReader(shardset, self.cfg, 0)
         ref = self.refs[info.idx_in_epoch % len(self.refs)]
         loaded = self.reader.load(ref)
         return loaded.clips.numpy(), np.array([loaded.label], dtype=np.int32)
@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             "ours K=4 span=2, P-frame shards": (pframes, DataConfig(**k4, span=2)),
         }
         baselines = {"baseline (decord per file)": files, "baseline on P-frame files": pframe_files}
-        dali_cases = {"DALI-driven workers K=1": (dataset, base), "DALI-driven workers K=4": (dataset, DataConfig(**k4))}
+        dali_cases = {"DALI-driven workers K=1": (dataset, base),
+                      "DALI-driven workers K=4": (dataset, DataConfig(**k4))}
         rates: dict[str, list[float]] = {name: [] for name in [*baselines, *cases, *dali_cases]}
         per_clip: dict[str, tuple[float, float, float]] = {}
         limit = []
@@ -304,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"ffmpeg -threads 1 decode: {ffmpeg_fps:.0f} frames/s (one core)")
-    print(f"{'case':30} {'clips/s':>8} {'x base':>7} {'ret/clip':>9} {'dec/clip':>9} {'dec fps/core':>12} {'x ffmpeg':>9}")
+    print(f"{'case':30} {'clips/s':>8} {'x base':>7} {'ret/clip':>9} {'dec/clip':>9} {'dec fps/core':>12} "
+          f"{'x ffmpeg':>9}")
     for r in rows:
         print(f"{r['case']:30} {r['clips_per_second']:8.1f} {r['vs_baseline']:7.2f} "
               f"{r['frames_returned_per_clip']:9.1f} {r['frames_decoded_per_clip']:9.1f} "

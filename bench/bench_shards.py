@@ -238,7 +238,8 @@ def summarize(cases: list[Case], videos: int) -> tuple[dict, dict]:
                 "value": round(over, 4), "target": f"< {TARGET_OVERHEAD:.0%}", "met": over < TARGET_OVERHEAD,
                 "ms_per_video": round(1000 * (statistics.median(c.times) - statistics.median(f.times)) / videos, 1),
                 # check: the median of the per-round ratios (each case runs right beside its baseline)
-                "paired_median": round(statistics.median(ct / ft - 1 for ct, ft in zip(c.times, f.times)), 4)}
+                "paired_median": round(statistics.median(
+                    ct / ft - 1 for ct, ft in zip(c.times, f.times, strict=True)), 4)}
     for kind in ("builder", "vmae CLI", "ffmpeg"):
         for mode in ("transcode", "copy"):
             speed = statistics.median(by[f"{kind} {mode} w1"].times) / statistics.median(by[f"{kind} {mode} w2"].times)

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from pipeline.config import DataConfig  # noqa: E402
-from pipeline.cpu_loader import BadSample, LoadedSample, _SampleReader  # noqa: E402
+from pipeline.cpu_loader import BadSample, LoadedSample, SampleReader  # noqa: E402
 from pipeline.loader import make_loader  # noqa: E402
 from pipeline.shardset import ShardSet  # noqa: E402
 from pipeline.views import denormalize  # noqa: E402
@@ -22,7 +22,7 @@ def contact_sheet(dataset: Path, cfg: DataConfig, out: Path, videos: int = 3) ->
     """One row per view of the first ``videos`` samples: its first, middle and last frame, whole, with the
     view's crop drawn on it (dashed when flipped), and beside them the first frame as the model gets it."""
     shardset = ShardSet(dataset)
-    reader = _SampleReader(shardset, cfg, epoch=0)
+    reader = SampleReader(shardset, cfg, epoch=0)
     loaded: list[LoadedSample] = []
     for ref in shardset.rank_part(0, cfg.seed, cfg.shuffle_buffer, 0, 1):
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import struct
 import time
 from collections import Counter
@@ -17,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.config import DataConfig
 from pipeline.decode import DecodeError, decode_frames
 from pipeline.sampling import ViewPlan, plan_views, sample_rng
 from pipeline.shardset import SampleRef, ShardSet
+from pipeline.stats import LoaderStats
 from pipeline.views import make_views
 
 log = logging.getLogger(__name__)
@@ -77,16 +79,16 @@ class BatchStream(IterableDataset):
             if epoch != part_epoch:
                 part = self.shardset.rank_part(epoch, self.cfg.seed, self.cfg.shuffle_buffer, self.rank,
                                                self.world_size)
-                reader = _SampleReader(self.shardset, self.cfg, epoch, reader)
+                reader = SampleReader(self.shardset, self.cfg, epoch, reader)
                 part_epoch = epoch
             yield reader.batch(part[b * size:(b + 1) * size])
             g += workers
 
 
-class _SampleReader:
+class SampleReader:
     """Reads, decodes and cuts samples inside one worker; counts and replaces the ones that fail."""
 
-    def __init__(self, shardset: ShardSet, cfg: DataConfig, epoch: int, previous: "_SampleReader | None" = None):
+    def __init__(self, shardset: ShardSet, cfg: DataConfig, epoch: int, previous: "SampleReader | None" = None):
         self.shardset, self.cfg, self.epoch = shardset, cfg, epoch
         # open shard files, keys already reported and the spare clips carry over from the previous epoch
         self.files: dict[int, object] = previous.files if previous else {}
@@ -205,3 +207,54 @@ def shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     numel = int(np.prod(shape))
     storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel, device="cpu")
     return torch.empty(0, dtype=dtype).new(storage).view(shape)
+
+
+class CpuLoader:
+    """The CPU path; iterate it once per epoch (``set_epoch`` first, as with a DistributedSampler).
+
+    One DataLoader and its workers serve the whole run: consecutive epochs continue the same stream; a
+    ``set_epoch`` that jumps elsewhere (a resume) starts a new one.
+    """
+
+    backend = "cpu"
+
+    def __init__(self, dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu"):
+        self.shardset = ShardSet(dataset)
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.device = torch.device(device)
+        self.epoch, self.start_batch = 0, 0
+        self.stats = LoaderStats()
+        self._stream = None  # (iterator, the (epoch, batch) it yields next)
+        self.per_epoch = BatchStream(self.shardset, cfg, rank, world_size, 0).batches_per_epoch()
+
+    def set_epoch(self, epoch: int, samples_seen: int = 0) -> None:
+        """Start ``epoch``; ``samples_seen`` (videos this rank already took in it) resumes mid-epoch."""
+        self.epoch = epoch
+        self.start_batch = samples_seen // self.cfg.batch_size
+
+    def __len__(self) -> int:
+        return self.per_epoch - self.start_batch
+
+    def __iter__(self):
+        position = (self.epoch, self.start_batch)
+        if self._stream is None or self._stream[1] != position:
+            self._stream = (iter(self._dataloader(*position)), position)
+        iterator = self._stream[0]
+        waited = time.perf_counter()
+        for b in range(self.start_batch, self.per_epoch):
+            batch = next(iterator)
+            self.stats.add(batch.pop("stats"))
+            batch["video"] = batch["video"].to(self.device, non_blocking=True)
+            batch["label"] = batch["label"].to(self.device, non_blocking=True)
+            self.stats.seconds += time.perf_counter() - waited
+            self._stream = (iterator, (self.epoch, b + 1) if b + 1 < self.per_epoch else (self.epoch + 1, 0))
+            yield batch
+            waited = time.perf_counter()
+        self.epoch, self.start_batch = self.epoch + 1, 0  # unless set_epoch says otherwise, the next epoch
+
+    def _dataloader(self, epoch: int, start_batch: int) -> DataLoader:
+        stream = BatchStream(self.shardset, self.cfg, self.rank, self.world_size, epoch, start_batch)
+        workers = self.cfg.workers or os.cpu_count() or 1
+        return DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=self.cfg.prefetch,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)

@@ -19,6 +19,7 @@ import torch
 
 from pipeline.config import DataConfig
 from pipeline.shardset import ShardSet
+from pipeline.stats import LoaderStats
 from shards.tars import INDEX_VERSION
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,6 @@ class DaliLoader:
 
     def __init__(self, dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu"):
-        from pipeline.loader import LoaderStats
-
         self.shardset = ShardSet(dataset)
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.device = torch.device(device)

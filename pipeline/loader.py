@@ -9,106 +9,18 @@ are adjacent.
 from __future__ import annotations
 
 import logging
-import os
-import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from pipeline.config import DataConfig
-from pipeline.cpu_loader import BatchStream
+from pipeline.cpu_loader import CpuLoader
 from pipeline.shardset import ShardSet
+from pipeline.stats import LoaderStats
+
+__all__ = ["CpuLoader", "LoaderStats", "make_loader", "pick_backend"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LoaderStats:
-    """What the loader did since it was made: rates, decode work and every replaced sample by reason."""
-
-    batches: int = 0
-    videos: int = 0
-    clips: int = 0
-    decoded_frames: int = 0
-    padded: int = 0
-    decode_seconds: float = 0.0  # summed over workers: decoder time alone
-    failed: Counter = field(default_factory=Counter)
-    seconds: float = 0.0  # wall time spent inside the iterator, waiting included
-
-    def add(self, batch_stats: dict) -> None:
-        self.batches += 1
-        for key in ("videos", "clips", "decoded_frames", "padded", "decode_seconds"):
-            setattr(self, key, getattr(self, key) + batch_stats.get(key, 0))
-        self.failed.update(batch_stats["failed"])
-
-    @property
-    def clips_per_second(self) -> float:
-        return self.clips / self.seconds if self.seconds else 0.0
-
-    @property
-    def decoded_frames_per_clip(self) -> float:
-        return self.decoded_frames / self.clips if self.clips else 0.0
-
-    def as_dict(self) -> dict:
-        return {"batches": self.batches, "videos": self.videos, "clips": self.clips,
-                "decoded_frames": self.decoded_frames, "padded": self.padded,
-                "decode_seconds": round(self.decode_seconds, 3), "failed": dict(self.failed),
-                "seconds": round(self.seconds, 3), "clips_per_second": round(self.clips_per_second, 2),
-                "decoded_frames_per_clip": round(self.decoded_frames_per_clip, 2)}
-
-
-class CpuLoader:
-    """The CPU path; iterate it once per epoch (``set_epoch`` first, as with a DistributedSampler).
-
-    One DataLoader and its workers serve the whole run: consecutive epochs continue the same stream; a
-    ``set_epoch`` that jumps elsewhere (a resume) starts a new one.
-    """
-
-    backend = "cpu"
-
-    def __init__(self, dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu"):
-        self.shardset = ShardSet(dataset)
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.device = torch.device(device)
-        self.epoch, self.start_batch = 0, 0
-        self.stats = LoaderStats()
-        self._stream = None  # (iterator, the (epoch, batch) it yields next)
-        self.per_epoch = BatchStream(self.shardset, cfg, rank, world_size, 0).batches_per_epoch()
-
-    def set_epoch(self, epoch: int, samples_seen: int = 0) -> None:
-        """Start ``epoch``; ``samples_seen`` (videos this rank already took in it) resumes mid-epoch."""
-        self.epoch = epoch
-        self.start_batch = samples_seen // self.cfg.batch_size
-
-    def __len__(self) -> int:
-        return self.per_epoch - self.start_batch
-
-    def __iter__(self):
-        position = (self.epoch, self.start_batch)
-        if self._stream is None or self._stream[1] != position:
-            self._stream = (iter(self._dataloader(*position)), position)
-        iterator = self._stream[0]
-        waited = time.perf_counter()
-        for b in range(self.start_batch, self.per_epoch):
-            batch = next(iterator)
-            self.stats.add(batch.pop("stats"))
-            batch["video"] = batch["video"].to(self.device, non_blocking=True)
-            batch["label"] = batch["label"].to(self.device, non_blocking=True)
-            self.stats.seconds += time.perf_counter() - waited
-            self._stream = (iterator, (self.epoch, b + 1) if b + 1 < self.per_epoch else (self.epoch + 1, 0))
-            yield batch
-            waited = time.perf_counter()
-        self.epoch, self.start_batch = self.epoch + 1, 0  # unless set_epoch says otherwise, the next epoch
-
-    def _dataloader(self, epoch: int, start_batch: int) -> DataLoader:
-        stream = BatchStream(self.shardset, self.cfg, self.rank, self.world_size, epoch, start_batch)
-        workers = self.cfg.workers or os.cpu_count() or 1
-        return DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=self.cfg.prefetch,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False)
 
 
 def pick_backend(cfg: DataConfig, video_ext: str) -> str:
