@@ -29,7 +29,7 @@ from shards.config import ShardConfig
 from shards.encode import EXTENSION, Encoded, die_with_parent, encode, ffmpeg_exe, output_fps, output_size
 from shards.plan import Plan, PlannedItem, make_plan, read_class_file
 from shards.probe import RejectedInput, VideoInfo, probe
-from shards.sources import list_inputs
+from shards.sources import VIDEO_EXTENSIONS, SourceError, list_inputs
 from shards.tars import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,9 @@ def ffmpeg_version() -> str:
 def build_shards(input_path: Path, out_dir: Path, cfg: ShardConfig, progress: bool = True) -> BuildSummary:
     started = time.perf_counter()
     inputs = list_inputs(input_path, Path(cfg.root) if cfg.root else None)
+    if not inputs:
+        raise SourceError(f"{input_path}: no videos found (looked for {', '.join(sorted(VIDEO_EXTENSIONS))}); "
+                          "nothing was written")
     plan = make_plan(inputs, cfg.seed, read_class_file(Path(cfg.classes)) if cfg.classes else None)
     params = build_params(cfg, plan.classes)
     out_dir.mkdir(parents=True, exist_ok=True)

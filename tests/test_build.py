@@ -222,3 +222,11 @@ def test_webdataset_and_tar_read_the_shards(built):
     with tarfile.open(urls[0]) as tar:
         member = tar.getmembers()[0]
         assert (member.mtime, member.mode, member.uname) == (946684800, 0o444, "vmae")
+
+
+def test_an_input_without_videos_is_refused_before_writing(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("no videos here")
+    proc = subprocess.run([sys.executable, "-m", "tools.cli", "shards", "build", str(tmp_path / "in"),
+                           str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 1 and "no videos found" in proc.stderr and not (tmp_path / "out").exists()
