@@ -21,6 +21,10 @@ from shards.tars import index_path, make_index, read_member, sample_members
 REQUIRED_MEMBERS = ("json", "cls", "frames", "label")
 
 
+class DatasetError(ValueError):
+    """A dataset folder that is not (or no longer) a readable build output; the message says what to do."""
+
+
 @dataclass(frozen=True)
 class Problem:
     where: str  # shard name, or shard/key
@@ -44,11 +48,16 @@ class VerifyReport:
 def load_manifest(dataset: Path) -> dict:
     path = dataset / MANIFEST
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {dataset} is not a finished `vmae shards build` output "
-                                "(re-run the build to finish it)")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        raise DatasetError(f"{path} not found: {dataset} is not a finished `vmae shards build` output "
+                           "(re-run the build to finish it)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path} is not JSON ({err}): the dataset's manifest is damaged; rebuild the dataset") \
+            from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise DatasetError(f"{path}: format {found!r}, expected {FORMAT!r} (written by another tool or version?)")
     return manifest
 
 

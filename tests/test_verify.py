@@ -78,6 +78,12 @@ def test_wrong_frame_count_and_label_are_found(copy):
 def test_not_a_dataset(tmp_path):
     proc = run_cli("shards", "verify", str(tmp_path))
     assert proc.returncode == 1 and "manifest.json not found" in proc.stderr
+    (tmp_path / "manifest.json").write_text("{not json")
+    proc = run_cli("shards", "inspect", str(tmp_path))
+    assert proc.returncode == 1 and "damaged" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "manifest.json").write_text('{"format": "other/9"}')
+    proc = run_cli("shards", "verify", str(tmp_path))
+    assert proc.returncode == 1 and "other/9" in proc.stderr
 
 
 def test_inspect_tabulates_the_dataset(built):

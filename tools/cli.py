@@ -191,8 +191,9 @@ def _run_config(args: argparse.Namespace) -> int:
 def _user_errors() -> tuple[type[Exception], ...]:
     from shards.build import BuildError
     from shards.sources import SourceError
+    from shards.verify import DatasetError
 
-    return (BuildError, SourceError, FileNotFoundError, NotADirectoryError, PermissionError)
+    return (BuildError, SourceError, DatasetError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
 _USER_ERRORS = _user_errors()
