@@ -1,0 +1,69 @@
+"""Every attention backend agrees with the written-out reference, forward and backward."""
+
+import pytest
+import torch
+
+from model.attention import Attention, attention, resolve_backend
+
+
+def qkv(shape=(2, 4, 157, 64), dtype=torch.float32, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g).to(device=device, dtype=dtype).requires_grad_() for _ in range(3)]
+
+
+def forward_and_grads(backend, tensors):
+    out = attention(*tensors, backend=backend)
+    grads = torch.autograd.grad(out.float().square().sum(), tensors)
+    return out, grads
+
+
+@pytest.mark.parametrize("n", [1, 156, 157])
+def test_sdpa_matches_math_on_cpu(n):
+    tensors = qkv((2, 3, n, 64))
+    ref, ref_grads = forward_and_grads("math", tensors)
+    out, grads = forward_and_grads("sdpa", tensors)
+    assert out.shape == (2, 3, n, 64)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-3)
+
+
+def test_bf16_sdpa_stays_close_to_fp32_math():
+    tensors = qkv((1, 2, 64, 64))
+    ref = attention(*tensors, backend="math")
+    out = attention(*[t.detach().bfloat16() for t in tensors], backend="sdpa")
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+
+
+def test_auto_is_sdpa_on_cpu_and_bad_choices_are_refused():
+    assert resolve_backend("auto", torch.device("cpu")) == "sdpa"
+    with pytest.raises(ValueError, match="no CPU kernels"):
+        resolve_backend("xformers", torch.device("cpu"))
+    with pytest.raises(ValueError, match="one of"):
+        resolve_backend("flash9", torch.device("cpu"))
+
+
+def test_attention_module_is_permutation_equivariant_and_backend_independent():
+    torch.manual_seed(0)
+    module = Attention(96, 4)
+    x = torch.randn(2, 10, 96)
+    perm = torch.randperm(10)
+    out = module(x)
+    torch.testing.assert_close(module(x[:, perm]), out[:, perm], atol=1e-5, rtol=1e-5)
+    module.backend = "math"
+    torch.testing.assert_close(module(x), out, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="not divisible"):
+        Attention(100, 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["xformers", "sdpa"])
+@pytest.mark.parametrize("n", [156, 1568])
+def test_cuda_backends_match_math_in_bf16(backend, n):
+    tensors = qkv((2, 12, n, 64), dtype=torch.bfloat16, device="cuda")
+    ref, ref_grads = forward_and_grads("math", [t.detach().float().requires_grad_() for t in tensors])
+    out, grads = forward_and_grads(backend, tensors)
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g.float(), r, atol=5e-2, rtol=5e-2)
