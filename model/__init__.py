@@ -1,5 +1,6 @@
 """The MAE-ST model: tubelet embedding, masking, visible-token ViT encoder, light decoder (issue 4).
 
-So far: ``model.attention`` (the one attention function and its backends), ``model.masking`` (the masking
-strategies) and ``model.embed`` (tubelet embedding, separable learned or sin-cos positions).
+``model.mae`` holds the autoencoder, its presets (tiny, vit-s/b/l/h) and the fine-tuning classifier;
+``model.attention`` the one attention function and its backends; ``model.masking`` the masking strategies;
+``model.embed`` the tubelet embedding and the positions.
 """

@@ -1,0 +1,199 @@
+"""The MAE-ST model: tubelets → mask → ViT encoder on the visible tokens only → light decoder → loss on the
+masked patches against per-patch normalized pixels (arXiv 2205.09113), plus the classifier for fine-tuning.
+
+``dense=True`` runs the encoder on every token, masked ones replaced by a learned mask token (MAE-ST Table 1's
+"with mask tokens" row), for the speed comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath, Mlp, trunc_normal_
+
+from model.attention import Attention
+from model.embed import PositionEmbed, TubeletEmbed
+from model.masking import Mask, make_mask
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    decoder_dim: int = 512
+    decoder_depth: int = 4
+    decoder_heads: int = 16
+    mlp_ratio: float = 4.0
+    frames: int = 16
+    size: int = 224
+    tubelet: tuple[int, int, int] = (2, 16, 16)
+    positions: str = "separable"  # or "sincos" (VideoMAE)
+    mask: str = "random"
+    mask_ratio: float = 0.9
+    target: str = "slice"  # "slice": one frame per temporal patch (MAE-ST); "tube": the whole tubelet (VideoMAE)
+    norm_pix_loss: bool = True
+    dense: bool = False
+    drop_path: float = 0.0
+    attention: str = "auto"
+
+
+PRESETS = {
+    "tiny": ModelConfig(dim=192, depth=4, heads=3, decoder_dim=128, decoder_depth=2, decoder_heads=4),
+    "vit-s": ModelConfig(dim=384, depth=12, heads=6),
+    "vit-b": ModelConfig(dim=768, depth=12, heads=12),
+    "vit-l": ModelConfig(dim=1024, depth=24, heads=16),
+    "vit-h": ModelConfig(dim=1280, depth=32, heads=16),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"model preset must be one of {', '.join(PRESETS)}; got {name!r}")
+    return replace(PRESETS[name], **overrides)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (timm's layout) whose attention goes through ``model.attention``."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float, backend: str):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads, qkv_bias=True, backend=backend)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class Encoder(nn.Module):
+    """Tubelet embedding, positions and a ViT; runs on whichever tokens it is given."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.patch_embed = TubeletEmbed(cfg.frames, cfg.size, cfg.tubelet, 3, cfg.dim)
+        self.pos_embed = PositionEmbed(self.patch_embed.grid, cfg.dim, cfg.positions)
+        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # stochastic depth rule
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, r, cfg.attention) for r in rates)
+        self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+
+    def forward(self, video: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        tokens = self.patch_embed(video)
+        if keep is not None:  # visible tokens only: gather before the blocks, no mask tokens
+            tokens = tokens.gather(1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        x = self.pos_embed(tokens, keep)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+class MaskedVideoAutoencoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.grid = self.encoder.patch_embed.grid
+        t, p, q = cfg.tubelet
+        self.pred_frames = 1 if cfg.target == "slice" else t
+        if cfg.dense:
+            self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.decoder_embed = nn.Linear(cfg.dim, cfg.decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
+        self.decoder_pos = PositionEmbed(self.grid, cfg.decoder_dim, cfg.positions)
+        self.decoder_blocks = nn.ModuleList(Block(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio, 0.0,
+                                                  cfg.attention) for _ in range(cfg.decoder_depth))
+        self.decoder_norm = nn.LayerNorm(cfg.decoder_dim, eps=1e-6)
+        self.decoder_pred = nn.Linear(cfg.decoder_dim, self.pred_frames * p * q * 3)
+        self.apply(_init_weights)
+        trunc_normal_(self.mask_token, std=0.02)
+        if cfg.dense:
+            trunc_normal_(self.encoder_mask_token, std=0.02)
+
+    def forward(self, video: torch.Tensor, generator: torch.Generator | None = None,
+                mask: Mask | None = None) -> tuple[torch.Tensor, torch.Tensor, Mask]:
+        """Loss, predictions [B, N, pixels per token] and the mask used."""
+        if mask is None:
+            mask = make_mask(self.cfg.mask, video.shape[0], self.grid, self.cfg.mask_ratio, generator)
+        mask = Mask(mask.keep.to(video.device), mask.hidden.to(video.device), mask.masked.to(video.device))
+        latent = self.encode(video, mask)
+        pred = self.decode(latent, mask)
+        return masked_loss(pred, self.targets(video), mask.masked), pred, mask
+
+    def encode(self, video: torch.Tensor, mask: Mask) -> torch.Tensor:
+        if not self.cfg.dense:
+            return self.encoder(video, mask.keep)
+        enc = self.encoder
+        tokens = enc.patch_embed(video)
+        tokens = torch.where(mask.masked.unsqueeze(-1), self.encoder_mask_token.to(tokens.dtype), tokens)
+        x = enc.pos_embed(tokens)
+        for block in enc.blocks:
+            x = block(x)
+        return enc.norm(x)
+
+    def decode(self, latent: torch.Tensor, mask: Mask) -> torch.Tensor:
+        x = self.decoder_embed(latent)
+        if not self.cfg.dense:  # visible tokens back in their places, mask tokens everywhere else
+            full = self.mask_token.to(x.dtype).expand(x.shape[0], mask.masked.shape[1], -1).clone()
+            x = full.scatter(1, mask.keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
+        x = self.decoder_pos(x)
+        for block in self.decoder_blocks:
+            x = block(x)
+        return self.decoder_pred(self.decoder_norm(x))
+
+    def targets(self, video: torch.Tensor) -> torch.Tensor:
+        """Pixels each token should predict [B, N, pixels], per-patch normalized if ``norm_pix_loss``."""
+        target = patchify(video, self.cfg.tubelet, self.pred_frames)
+        if self.cfg.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6).sqrt()
+        return target
+
+
+def patchify(video: torch.Tensor, tubelet: tuple[int, int, int], frames_per_token: int) -> torch.Tensor:
+    """[B, 3, T, H, W] → [B, N, frames_per_token·p·q·3] in token order; with one frame per token, each token's
+    first frame (MAE-ST predicts one time slice per temporal patch)."""
+    b, c, t, h, w = video.shape
+    tt, p, q = tubelet
+    x = video.reshape(b, c, t // tt, tt, h // p, p, w // q, q)[:, :, :, :frames_per_token]
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # B, T', H', W', frames, p, q, C
+    return x.reshape(b, (t // tt) * (h // p) * (w // q), -1)
+
+
+def masked_loss(pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the masked tokens only."""
+    per_token = (pred.float() - target.float()).square().mean(dim=-1)
+    weights = masked.float()
+    return (per_token * weights).sum() / weights.sum().clamp(min=1)
+
+
+class VideoClassifier(nn.Module):
+    """The encoder on all tokens, mean-pooled, normalized, and a linear head: the fine-tuning model."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int):
+        super().__init__()
+        self.encoder = Encoder(cfg)
+        self.encoder.norm = nn.Identity()  # pooled features are normalized instead (fc_norm)
+        self.fc_norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.head = nn.Linear(cfg.dim, num_classes)
+        self.apply(_init_weights)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fc_norm(self.encoder(video).mean(dim=1)))
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv3d):
+        nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))

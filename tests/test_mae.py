@@ -1,0 +1,99 @@
+"""The MAE-ST model against the papers' own counts, and its loss, targets and modes on the tiny preset."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from model.mae import MaskedVideoAutoencoder, VideoClassifier, masked_loss, patchify, preset
+from model.masking import make_mask
+
+TINY = dict(frames=8, size=64)
+
+
+def gmacs(module, *args, **kwargs) -> float:
+    """Multiply-accumulates (the papers' "FLOPs") of one forward, counted by torch's FLOP counter."""
+    with FlopCounterMode(display=False) as counter:
+        module(*args, **kwargs)
+    return counter.get_total_flops() / 2e9
+
+
+@pytest.mark.parametrize("name, params_m, gflops", [("vit-b", 87, 180), ("vit-l", 304, 598), ("vit-h", 632, 1193)])
+def test_classifier_backbones_match_pyslowfast(name, params_m, gflops):
+    """PySlowFast's MAE-ST model zoo: 16x4 input, one view, 400 classes (counted on the meta device: no memory)."""
+    with torch.device("meta"):
+        model = VideoClassifier(preset(name), 400)
+        count = sum(p.numel() for p in model.parameters()) / 1e6
+        flops = gmacs(model, torch.empty(1, 3, 16, 224, 224))
+    assert count == pytest.approx(params_m, rel=0.01)
+    assert flops == pytest.approx(gflops, rel=0.03)
+
+
+def test_visible_token_encoder_saves_what_mae_st_table_1_says():
+    """ViT-L, 512x4 decoder, 90 % masking: 81.0 GFLOPs visible-only vs 627.5 with mask tokens (7.7x)."""
+    mask = make_mask("random", 1, (8, 14, 14), 0.9, torch.Generator().manual_seed(0))
+    counts = {}
+    for dense in (False, True):
+        with torch.device("meta"):
+            model = MaskedVideoAutoencoder(preset("vit-l", dense=dense))
+            counts[dense] = gmacs(model, torch.empty(1, 3, 16, 224, 224), mask=mask)
+    assert counts[False] == pytest.approx(81.0, rel=0.03)
+    assert counts[True] == pytest.approx(627.5, rel=0.03)
+    assert counts[True] / counts[False] == pytest.approx(7.7, rel=0.05)
+
+
+def test_tiny_model_trains_one_step():
+    torch.manual_seed(0)
+    model = MaskedVideoAutoencoder(preset("tiny", **TINY))
+    video = torch.randn(2, 3, 8, 64, 64)
+    loss, pred, mask = model(video, torch.Generator().manual_seed(0))
+    assert pred.shape == (2, 64, 16 * 16 * 3) and mask.visible_count == 6 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+def test_loss_sees_only_masked_tokens():
+    pred, target = torch.randn(2, 64, 12), torch.randn(2, 64, 12)
+    mask = make_mask("random", 2, (4, 4, 4), 0.75, torch.Generator().manual_seed(1))
+    changed = pred.clone()
+    changed[~mask.masked] += 100.0  # predictions for visible tokens do not matter
+    assert masked_loss(changed, target, mask.masked) == masked_loss(pred, target, mask.masked)
+    expected = (pred - target).square().mean(-1)[mask.masked].mean()
+    torch.testing.assert_close(masked_loss(pred, target, mask.masked), expected)
+
+
+def test_targets_are_per_patch_normalized_slices_or_tubes():
+    video = torch.arange(2 * 3 * 4 * 8 * 8, dtype=torch.float32).view(2, 3, 4, 8, 8)
+    tube = patchify(video, (2, 4, 4), 2)
+    slice_ = patchify(video, (2, 4, 4), 1)
+    assert tube.shape == (2, 2 * 2 * 2, 2 * 4 * 4 * 3) and slice_.shape == (2, 8, 4 * 4 * 3)
+    # token 0 is t=0..1, h=0..3, w=0..3; its slice is frame 0 only, channels last
+    assert slice_[0, 0, :3].tolist() == [video[0, 0, 0, 0, 0], video[0, 1, 0, 0, 0], video[0, 2, 0, 0, 0]]
+    model = MaskedVideoAutoencoder(preset("tiny", **TINY))
+    targets = model.targets(torch.rand(1, 3, 8, 64, 64))
+    torch.testing.assert_close(targets.mean(-1), torch.zeros(1, 64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(targets.var(-1), torch.ones(1, 64), atol=1e-3, rtol=0)
+
+
+def test_dense_and_visible_encoders_agree_when_nothing_is_masked():
+    torch.manual_seed(0)
+    sparse = MaskedVideoAutoencoder(preset("tiny", **TINY, mask_ratio=0.0))
+    dense = MaskedVideoAutoencoder(preset("tiny", **TINY, mask_ratio=0.0, dense=True))
+    dense.load_state_dict(sparse.state_dict(), strict=False)
+    video = torch.randn(1, 3, 8, 64, 64)
+    mask = make_mask("random", 1, (4, 4, 4), 0.0)
+    torch.testing.assert_close(dense.encode(video, mask), sparse.encode(video, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_backend_does_not_change_the_model():
+    torch.manual_seed(0)
+    model = MaskedVideoAutoencoder(preset("tiny", **TINY, attention="math"))
+    video, mask = torch.randn(1, 3, 8, 64, 64), make_mask("tube", 1, (4, 4, 4), 0.5)
+    reference = model(video, mask=mask)[0]
+    for block in [*model.encoder.blocks, *model.decoder_blocks]:
+        block.attn.backend = "sdpa"
+    torch.testing.assert_close(model(video, mask=mask)[0], reference, atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(ValueError, match="vit-b"):
+        preset("vit-z")
