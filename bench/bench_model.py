@@ -1,0 +1,93 @@
+"""Step time of the MAE-ST model on this machine's CPU, visible-token encoder against the dense one (issue 4).
+
+    python bench/bench_model.py [--preset vit-b] [--batch 2] [--steps 3] [--out bench/results/model.json]
+
+One step = forward + backward, fp32, 16x224x224 clips, mask ratio 0.9. Reported: median step time of each mode
+after one warm-up step, their ratio (MAE-ST measured 5.8x for ViT-L on A100s; the FLOP ratio is the ceiling),
+FLOPs counted by torch's FLOP counter for the same step, and the achieved FLOP/s as a fraction of this machine's
+fp32 matmul rate measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.mae import MaskedVideoAutoencoder, preset  # noqa: E402
+
+
+def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a square fp32 matmul (median of ``repeats``): the machine's practical peak."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return 2 * size**3 / statistics.median(times)
+
+
+def step_flops(model: MaskedVideoAutoencoder, video: torch.Tensor) -> float:
+    with FlopCounterMode(display=False) as counter:
+        loss = model(video, torch.Generator().manual_seed(0))[0]
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def step_seconds(model: MaskedVideoAutoencoder, video: torch.Tensor, steps: int) -> list[float]:
+    times = []
+    for i in range(steps + 1):
+        started = time.perf_counter()
+        loss = model(video, torch.Generator().manual_seed(i))[0]
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        if i:  # the first step is a warm-up
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="vit-b")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/model.json"))
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    video = torch.randn(args.batch, 3, 16, 224, 224)
+    peak = matmul_rate()
+    rows = {}
+    for dense in (False, True):
+        model = MaskedVideoAutoencoder(preset(args.preset, dense=dense, attention="sdpa"))
+        flops = step_flops(model, video)
+        times = step_seconds(model, video, args.steps)
+        seconds = statistics.median(times)
+        rows["dense" if dense else "visible"] = {
+            "step_seconds": round(seconds, 3), "runs": [round(t, 3) for t in times],
+            "gflops_per_step": round(flops / 1e9, 1), "achieved_gflops_per_s": round(flops / seconds / 1e9, 1),
+            "fraction_of_matmul_rate": round(flops / seconds / peak, 3)}
+        del model
+    peak_after = matmul_rate()
+    result = {"preset": args.preset, "batch": args.batch, "threads": torch.get_num_threads(),
+              "matmul_gflops_per_s": [round(peak / 1e9, 1), round(peak_after / 1e9, 1)], "rows": rows,
+              "speedup_visible_vs_dense": round(rows["dense"]["step_seconds"] / rows["visible"]["step_seconds"], 2),
+              "flop_ratio": round(rows["dense"]["gflops_per_step"] / rows["visible"]["gflops_per_step"], 2)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
