@@ -44,6 +44,7 @@ bench: setup
 	$(BIN)/python bench/bench_shards.py --repeats 5
 	$(BIN)/python bench/bench_codecs.py --repeats 3
 	$(BIN)/python bench/bench_loader.py --repeats 3
+	$(BIN)/python bench/bench_model.py --preset vit-b --batch 2
 
 clean:
 	rm -rf runs .pytest_cache
