@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 from timm.layers import DropPath, Mlp, trunc_normal_
 
 from model.attention import Attention
@@ -38,6 +39,7 @@ class ModelConfig:
     dense: bool = False
     drop_path: float = 0.0
     attention: str = "auto"
+    checkpoint: bool = False  # recompute each block's activations in backward (ViT-L/H memory)
 
 
 PRESETS = {
@@ -81,15 +83,16 @@ class Encoder(nn.Module):
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # stochastic depth rule
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, r, cfg.attention) for r in rates)
         self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.checkpoint = cfg.checkpoint
 
     def forward(self, video: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         tokens = self.patch_embed(video)
         if keep is not None:  # visible tokens only: gather before the blocks, no mask tokens
             tokens = tokens.gather(1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-        x = self.pos_embed(tokens, keep)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
+        return self.run_blocks(self.pos_embed(tokens, keep))
+
+    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(run_blocks(self.blocks, x, self.checkpoint))
 
 
 class MaskedVideoAutoencoder(nn.Module):
@@ -130,19 +133,14 @@ class MaskedVideoAutoencoder(nn.Module):
         enc = self.encoder
         tokens = enc.patch_embed(video)
         tokens = torch.where(mask.masked.unsqueeze(-1), self.encoder_mask_token.to(tokens.dtype), tokens)
-        x = enc.pos_embed(tokens)
-        for block in enc.blocks:
-            x = block(x)
-        return enc.norm(x)
+        return enc.run_blocks(enc.pos_embed(tokens))
 
     def decode(self, latent: torch.Tensor, mask: Mask) -> torch.Tensor:
         x = self.decoder_embed(latent)
         if not self.cfg.dense:  # visible tokens back in their places, mask tokens everywhere else
             full = self.mask_token.to(x.dtype).expand(x.shape[0], mask.masked.shape[1], -1).clone()
             x = full.scatter(1, mask.keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
-        x = self.decoder_pos(x)
-        for block in self.decoder_blocks:
-            x = block(x)
+        x = run_blocks(self.decoder_blocks, self.decoder_pos(x), self.cfg.checkpoint)
         return self.decoder_pred(self.decoder_norm(x))
 
     def targets(self, video: torch.Tensor) -> torch.Tensor:
@@ -153,6 +151,25 @@ class MaskedVideoAutoencoder(nn.Module):
             var = target.var(dim=-1, keepdim=True)
             target = (target - mean) / (var + 1e-6).sqrt()
         return target
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpoint: bool) -> torch.Tensor:
+    for block in blocks:
+        if checkpoint and x.requires_grad:
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        else:
+            x = block(x)
+    return x
+
+
+def unpatchify(tokens: torch.Tensor, grid: tuple[int, int, int], tubelet: tuple[int, int, int],
+               frames_per_token: int) -> torch.Tensor:
+    """The inverse of ``patchify``: [B, N, frames·p·q·3] → [B, 3, T'·frames, H, W] (pictures of predictions)."""
+    b = tokens.shape[0]
+    t, h, w = grid
+    _, p, q = tubelet
+    x = tokens.reshape(b, t, h, w, frames_per_token, p, q, 3).permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return x.reshape(b, 3, t * frames_per_token, h * p, w * q)
 
 
 def patchify(video: torch.Tensor, tubelet: tuple[int, int, int], frames_per_token: int) -> torch.Tensor:
@@ -173,7 +190,9 @@ def masked_loss(pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor) 
 
 
 class VideoClassifier(nn.Module):
-    """The encoder on all tokens, mean-pooled, normalized, and a linear head: the fine-tuning model."""
+    """The encoder on all tokens, mean-pooled, normalized, and a linear head: the fine-tuning model.
+
+    ``load_pretrained_encoder`` takes the encoder of a pretraining state dict or checkpoint file."""
 
     def __init__(self, cfg: ModelConfig, num_classes: int):
         super().__init__()
@@ -185,6 +204,24 @@ class VideoClassifier(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc_norm(self.encoder(video).mean(dim=1)))
+
+    def load_pretrained_encoder(self, source: dict | str) -> list[str]:
+        """Copy every encoder tensor of a MaskedVideoAutoencoder state dict (or a file holding one, read with
+        ``weights_only=True``: an untrusted pickle runs no code); returns the keys of this model left as they were
+        (the head and fc_norm). Refuses a state dict whose encoder does not fit, naming the tensors."""
+        state = torch.load(source, map_location="cpu", weights_only=True) if isinstance(source, str) else source
+        state = state.get("model", state)
+        encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        if not encoder:
+            raise ValueError("no encoder.* tensors in the pretrained state dict")
+        encoder.pop("norm.weight", None), encoder.pop("norm.bias", None)  # the classifier normalizes pooled features
+        try:
+            missing, unexpected = self.encoder.load_state_dict(encoder, strict=False)
+        except RuntimeError as err:  # shapes differ: another preset, tubelet or clip size
+            raise ValueError(f"pretrained encoder does not fit: {err}") from None
+        if missing or unexpected:
+            raise ValueError(f"pretrained encoder does not fit: missing {missing}, unexpected {unexpected}")
+        return [k for k in self.state_dict() if not k.startswith("encoder.")]
 
 
 def _init_weights(module: nn.Module) -> None:

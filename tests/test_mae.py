@@ -97,3 +97,41 @@ def test_attention_backend_does_not_change_the_model():
 def test_unknown_preset_is_refused():
     with pytest.raises(ValueError, match="vit-b"):
         preset("vit-z")
+
+
+def test_unpatchify_inverts_patchify():
+    from model.mae import unpatchify
+
+    video = torch.randn(2, 3, 8, 32, 48)
+    for frames in (1, 2):
+        tokens = patchify(video, (2, 16, 16), frames)
+        back = unpatchify(tokens, (4, 2, 3), (2, 16, 16), frames)
+        expected = video if frames == 2 else video[:, :, ::2]
+        assert torch.equal(back, expected)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = MaskedVideoAutoencoder(preset("tiny", **TINY))
+    ckpt = MaskedVideoAutoencoder(preset("tiny", **TINY, checkpoint=True))
+    ckpt.load_state_dict(plain.state_dict())
+    video, mask = torch.randn(1, 3, 8, 64, 64), make_mask("random", 1, (4, 4, 4), 0.75)
+    for model in (plain, ckpt):
+        model(video, mask=mask)[0].backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_classifier_takes_every_encoder_tensor_of_a_pretraining_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    mae = MaskedVideoAutoencoder(preset("tiny", **TINY))
+    path = tmp_path / "pretrained.pt"
+    torch.save({"model": mae.state_dict()}, path)
+    classifier = VideoClassifier(preset("tiny", **TINY), num_classes=5)
+    untouched = classifier.load_pretrained_encoder(str(path))
+    assert sorted(untouched) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    for name, tensor in classifier.encoder.state_dict().items():
+        if not name.startswith("norm."):
+            assert torch.equal(tensor, mae.encoder.state_dict()[name]), name
+    with pytest.raises(ValueError, match="does not fit"):
+        VideoClassifier(preset("tiny", frames=8, size=64, dim=96, heads=3), 5).load_pretrained_encoder(str(path))
