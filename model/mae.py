@@ -16,7 +16,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 
 from model.attention import Attention
 from model.embed import PositionEmbed, TubeletEmbed
-from model.masking import Mask, make_mask
+from model.masking import Mask, decoder_subset, make_mask
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class ModelConfig:
     target: str = "slice"  # "slice": one frame per temporal patch (MAE-ST); "tube": the whole tubelet (VideoMAE)
     norm_pix_loss: bool = True
     dense: bool = False
+    decoder_mask_ratio: float = 0.0  # VideoMAE V2 dual masking: share of the hidden tokens the decoder skips
     drop_path: float = 0.0
     attention: str = "auto"
     checkpoint: bool = False  # recompute each block's activations in backward (ViT-L/H memory)
@@ -124,8 +125,24 @@ class MaskedVideoAutoencoder(nn.Module):
             mask = make_mask(self.cfg.mask, video.shape[0], self.grid, self.cfg.mask_ratio, generator)
         mask = Mask(mask.keep.to(video.device), mask.hidden.to(video.device), mask.masked.to(video.device))
         latent = self.encode(video, mask)
+        if self.cfg.decoder_mask_ratio and not self.cfg.dense:
+            return self._forward_dual(video, latent, mask, generator)
         pred = self.decode(latent, mask)
         return masked_loss(pred, self.targets(video), mask.masked), pred, mask
+
+    def _forward_dual(self, video: torch.Tensor, latent: torch.Tensor, mask: Mask,
+                      generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, Mask]:
+        """The decoder sees the visible tokens and a subset of the hidden ones; the loss covers only that subset.
+        Predictions come back in the [B, N, pixels] layout, zero where nothing was predicted."""
+        chosen = decoder_subset(mask, self.grid, self.cfg.decoder_mask_ratio, generator).to(video.device)
+        x = self.decoder_pos(self.decoder_embed(latent), mask.keep)
+        queries = self.mask_token.to(x.dtype).expand(x.shape[0], chosen.shape[1], -1)
+        x = run_blocks(self.decoder_blocks, torch.cat([x, self.decoder_pos(queries, chosen)], 1), self.cfg.checkpoint)
+        pred = self.decoder_pred(self.decoder_norm(x[:, mask.keep.shape[1]:]))  # [B, k, pixels]
+        target = self.targets(video)
+        index = chosen.unsqueeze(-1).expand(-1, -1, target.shape[-1])
+        loss = (pred.float() - target.gather(1, index).float()).square().mean()
+        return loss, torch.zeros_like(target, dtype=pred.dtype).scatter(1, index, pred), mask
 
     def encode(self, video: torch.Tensor, mask: Mask) -> torch.Tensor:
         if not self.cfg.dense:

@@ -73,6 +73,21 @@ def _block(batch: int, grid: tuple[int, int, int], ratio: float, generator) -> t
     return _hide_lowest(score, target)
 
 
+def decoder_subset(mask: Mask, grid: tuple[int, int, int], ratio: float,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """VideoMAE V2's dual masking: the hidden tokens the decoder reconstructs, [B, k] ascending, k equal for every
+    sample (int(N_masked·(1 − ratio))). Running-cell tokens come first: in each 2×2 spatial cell two of the four
+    positions, shifting by one each time step; random ones fill up when they run short."""
+    t, h, w = grid
+    tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+    in_cell = ((((hh % 2) * 2 + (ww % 2)) + tt) % 4 < 2).reshape(-1)
+    hidden = mask.hidden
+    k = max(1, int(hidden.shape[1] * (1 - ratio)))
+    score = (~in_cell[hidden]).float() + 0.5 * torch.rand(hidden.shape, generator=generator)
+    chosen = hidden.gather(1, score.argsort(dim=1)[:, :k])
+    return chosen.sort(dim=1).values
+
+
 def _visible(n: int, ratio: float) -> int:
     """MAE's count: int(N·(1 − ratio)) visible, at least one (1568 tokens at 0.9 → 156)."""
     return max(1, int(n * (1 - ratio)))

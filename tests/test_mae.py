@@ -135,3 +135,35 @@ def test_classifier_takes_every_encoder_tensor_of_a_pretraining_checkpoint(tmp_p
             assert torch.equal(tensor, mae.encoder.state_dict()[name]), name
     with pytest.raises(ValueError, match="does not fit"):
         VideoClassifier(preset("tiny", frames=8, size=64, dim=96, heads=3), 5).load_pretrained_encoder(str(path))
+
+
+def test_dual_masking_reconstructs_a_running_cell_half_of_the_hidden_tokens():
+    from model.masking import decoder_subset
+
+    grid = (8, 14, 14)
+    mask = make_mask("random", 3, grid, 0.9, torch.Generator().manual_seed(0))
+    chosen = decoder_subset(mask, grid, 0.5, torch.Generator().manual_seed(1))
+    assert chosen.shape == (3, int(mask.hidden.shape[1] * 0.5))
+    assert mask.masked.gather(1, chosen).all()  # only hidden tokens are reconstructed
+    t, h, w = chosen // 196, (chosen % 196) // 14, chosen % 14
+    in_cell = (((h % 2) * 2 + (w % 2)) + t) % 4 < 2
+    assert in_cell.float().mean() > 0.95  # nearly all from the running cell
+
+
+def test_dual_masking_cuts_decoder_cost_and_scores_only_what_it_predicts():
+    mask = make_mask("random", 1, (8, 14, 14), 0.9, torch.Generator().manual_seed(0))
+    counts = {}
+    for ratio in (0.0, 0.5):
+        with torch.device("meta"):
+            model = MaskedVideoAutoencoder(preset("vit-b", decoder_mask_ratio=ratio))
+            counts[ratio] = gmacs(model, torch.empty(1, 3, 16, 224, 224), mask=mask)
+    assert counts[0.5] < 0.75 * counts[0.0]
+    torch.manual_seed(0)
+    model = MaskedVideoAutoencoder(preset("tiny", **TINY, decoder_mask_ratio=0.5))
+    video = torch.randn(2, 3, 8, 64, 64)
+    loss, pred, mask = model(video, torch.Generator().manual_seed(0))
+    predicted = pred.abs().sum(-1) > 0
+    assert (predicted & ~mask.masked).sum() == 0 and predicted.sum(1).tolist() == [29, 29]
+    target = model.targets(video)
+    torch.testing.assert_close(loss, (pred - target).square().mean(-1)[predicted].mean())
+    loss.backward()
