@@ -5,7 +5,9 @@
 One step = forward + backward, fp32, 16x224x224 clips, mask ratio 0.9. Reported: median step time of each mode
 after one warm-up step, their ratio (MAE-ST measured 5.8x for ViT-L on A100s; the FLOP ratio is the ceiling),
 FLOPs counted by torch's FLOP counter for the same step, and the achieved FLOP/s as a fraction of this machine's
-fp32 matmul rate measured in the same run.
+fp32 matmul rate measured in the same run. With transformers installed, HuggingFace's VideoMAEForPreTraining of
+the same sizes (randomly initialized, no download) runs the same step, against ours in VideoMAE's setting (tube
+targets, sin-cos positions) without and with decoder masking.
 """
 
 from __future__ import annotations
@@ -57,6 +59,37 @@ def step_seconds(model: MaskedVideoAutoencoder, video: torch.Tensor, steps: int)
     return times
 
 
+def hf_videomae(name: str):
+    """HuggingFace transformers' VideoMAEForPreTraining with our preset's sizes, randomly initialized (no download)."""
+    from transformers import VideoMAEConfig, VideoMAEForPreTraining
+
+    cfg = preset(name)
+    return VideoMAEForPreTraining(VideoMAEConfig(
+        image_size=cfg.size, patch_size=cfg.tubelet[1], num_frames=cfg.frames, tubelet_size=cfg.tubelet[0],
+        hidden_size=cfg.dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads,
+        intermediate_size=int(cfg.dim * cfg.mlp_ratio), decoder_hidden_size=cfg.decoder_dim,
+        decoder_num_hidden_layers=cfg.decoder_depth, decoder_num_attention_heads=cfg.decoder_heads,
+        decoder_intermediate_size=int(cfg.decoder_dim * cfg.mlp_ratio), norm_pix_loss=True,
+        attn_implementation="sdpa"))
+
+
+def hf_step_seconds(model, video: torch.Tensor, ratio: float, steps: int) -> list[float]:
+    b, n = video.shape[0], 8 * 14 * 14
+    frames_first = video.transpose(1, 2).contiguous()  # HF takes [B, T, C, H, W]
+    times = []
+    for i in range(steps + 1):
+        g = torch.Generator().manual_seed(i)
+        masked = torch.zeros(b, n, dtype=torch.bool)
+        for row in range(b):
+            masked[row, torch.randperm(n, generator=g)[: n - int(n * (1 - ratio))]] = True
+        started = time.perf_counter()
+        model(pixel_values=frames_first, bool_masked_pos=masked).loss.backward()
+        model.zero_grad(set_to_none=True)
+        if i:
+            times.append(time.perf_counter() - started)
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="vit-b")
@@ -78,11 +111,28 @@ def main(argv: list[str] | None = None) -> int:
             "gflops_per_step": round(flops / 1e9, 1), "achieved_gflops_per_s": round(flops / seconds / 1e9, 1),
             "fraction_of_matmul_rate": round(flops / seconds / peak, 3)}
         del model
+    try:  # the same sizes in HuggingFace's VideoMAE (tube targets, sin-cos positions, as VideoMAE does)
+        hf = hf_videomae(args.preset)
+        rows["huggingface VideoMAEForPreTraining"] = {"step_seconds": round(statistics.median(
+            hf_step_seconds(hf, video, 0.9, args.steps)), 3)}
+        del hf
+        for name, extra in (("ours, VideoMAE's setting", {}), ("ours, VideoMAE's setting + decoder masking 0.5",
+                                                              {"decoder_mask_ratio": 0.5})):
+            model = MaskedVideoAutoencoder(preset(args.preset, target="tube", positions="sincos",
+                                                  attention="sdpa", **extra))
+            rows[name] = {"step_seconds": round(statistics.median(step_seconds(model, video, args.steps)), 3)}
+            del model
+    except ImportError:
+        print("transformers is not installed: the HuggingFace comparison is skipped")
     peak_after = matmul_rate()
     result = {"preset": args.preset, "batch": args.batch, "threads": torch.get_num_threads(),
               "matmul_gflops_per_s": [round(peak / 1e9, 1), round(peak_after / 1e9, 1)], "rows": rows,
               "speedup_visible_vs_dense": round(rows["dense"]["step_seconds"] / rows["visible"]["step_seconds"], 2),
               "flop_ratio": round(rows["dense"]["gflops_per_step"] / rows["visible"]["gflops_per_step"], 2)}
+    hf_row = rows.get("huggingface VideoMAEForPreTraining")
+    if hf_row:
+        for name in ("ours, VideoMAE's setting", "ours, VideoMAE's setting + decoder masking 0.5"):
+            result[f"{name} vs huggingface"] = round(rows[name]["step_seconds"] / hf_row["step_seconds"], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
