@@ -77,13 +77,6 @@ class ShardWriter:
         return {"name": self.tar_path.name, "index": idx_path.name, "samples": len(self.keys),
                 "bytes": self._file.size, "sha256": self._file.sha256.hexdigest()}
 
-    def abandon(self) -> None:
-        try:
-            self._tar.close()
-            self._file.close()
-        finally:
-            self.tmp_path.unlink(missing_ok=True)
-
 
 def index_path(tar_path: Path) -> Path:
     return tar_path.with_suffix(".idx")
