@@ -122,7 +122,7 @@ class SampleReader:
             stats["padded"] += int(loaded.plan.padded)
             stats["decode_seconds"] += loaded.seconds
         good = [i for i in range(len(refs)) if i not in bad]
-        if good:
+        if good and self.spare is None:  # kept once: only a batch where every sample fails needs it
             self.spare = (video[good[0] * k:(good[0] + 1) * k].clone(), labels[good[0]])
         elif self.spare is None:
             raise RuntimeError(f"every sample of a batch failed to load and none loaded before it "
@@ -160,14 +160,15 @@ class SampleReader:
         part = {m: blob[o - base:o - base + n] for m, (o, n) in members.items()}
         try:
             meta = json.loads(part["json"])
+            height, width = int(meta["height"]), int(meta["width"])
             num_frames = struct.unpack("<i", part["frames"])[0]
             label = struct.unpack("<i", part["label"])[0]
-        except (ValueError, struct.error) as err:
-            raise BadSample("bad_metadata", str(err)) from None
+        except (ValueError, KeyError, TypeError, struct.error) as err:
+            raise BadSample("bad_metadata", f"{type(err).__name__}: {err}") from None
         if num_frames <= 0:
             raise BadSample("bad_metadata", f"frame count {num_frames}")
         rng = sample_rng(self.cfg.seed, self.epoch, key)
-        plan = plan_views(num_frames, meta["height"], meta["width"], self.cfg, rng, self.align)
+        plan = plan_views(num_frames, height, width, self.cfg, rng, self.align)
         unique, inverse = plan.union()
         started = time.perf_counter()
         try:
@@ -175,9 +176,9 @@ class SampleReader:
         except DecodeError as err:
             raise BadSample("decode_error", str(err)) from None
         decode_seconds = time.perf_counter() - started
-        if frames.shape[1:3] != (meta["height"], meta["width"]):
+        if frames.shape[1:3] != (height, width):
             raise BadSample("bad_metadata", f"frames are {tuple(frames.shape[1:3])}, the sample says "
-                                            f"{meta['height']}x{meta['width']}")
+                                            f"{height}x{width}")
         clips = make_views(frames, plan, inverse, self.cfg, out=out)
         return LoadedSample(key, label, plan, unique, inverse, frames, clips, decode_seconds)
 

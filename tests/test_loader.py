@@ -355,3 +355,24 @@ def test_loader_samples_on_p_frames_of_such_shards(pframe_dataset):
     assert (plan.frames % 4 == 0).all()
     frames, padded = temporal_windows(10, small(stride=4, frames=4), np.random.default_rng(0), align=4)
     assert padded and frames.max() == 8  # a short video repeats its last aligned frame
+
+
+@pytest.mark.slow
+def test_a_sample_with_incomplete_metadata_is_a_counted_bad_sample(built, tmp_path):
+    from pipeline.cpu_loader import BadSample, SampleReader
+    from pipeline.shardset import SampleRef
+
+    out = tmp_path / "ds"
+    shutil.copytree(built[0], out)
+    tar = out / "shard-000002.tar"
+    samples = [(k, {e: read_member(tar, o, s) for e, o, s in m}) for k, m in sample_members(tar)]
+    samples[0][1]["json"] = b'{"label": 0}'  # no width or height
+    writer = ShardWriter(tar)
+    for key, members in samples:
+        writer.write(key, members)
+    writer.seal()
+    reader = SampleReader(ShardSet(out), small(), epoch=0)
+    with pytest.raises(BadSample) as err:
+        reader.load(SampleRef(2, 0))
+    assert err.value.reason == "bad_metadata" and "height" in str(err.value)
+    assert reader.load(SampleRef(2, 1)).clips.shape == (2, 3, 8, 64, 64)
