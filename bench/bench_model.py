@@ -24,19 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from model.flops import matmul_rate  # noqa: E402
 from model.mae import MaskedVideoAutoencoder, preset  # noqa: E402
-
-
-def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a square fp32 matmul (median of ``repeats``): the machine's practical peak."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - started)
-    return 2 * size**3 / statistics.median(times)
 
 
 def step_flops(model: MaskedVideoAutoencoder, video: torch.Tensor) -> float:

@@ -118,6 +118,11 @@ class MaskedVideoAutoencoder(nn.Module):
         if cfg.dense:
             trunc_normal_(self.encoder_mask_token, std=0.02)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters AdamW leaves undecayed besides biases and norms: positions and mask tokens (MAE's rule)."""
+        return {name for name, _ in self.named_parameters() if "pos_embed" in name or "mask_token" in name
+                or "decoder_pos" in name}
+
     def forward(self, video: torch.Tensor, generator: torch.Generator | None = None,
                 mask: Mask | None = None) -> tuple[torch.Tensor, torch.Tensor, Mask]:
         """Loss, predictions [B, N, pixels per token] and the mask used."""

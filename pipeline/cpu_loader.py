@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import struct
 import time
 from collections import Counter
@@ -57,12 +58,13 @@ class BatchStream(IterableDataset):
     """
 
     def __init__(self, shardset: ShardSet, cfg: DataConfig, rank: int, world_size: int, epoch: int,
-                 start_batch: int = 0):
+                 start_batch: int = 0, accumulation: int = 1):
         self.shardset, self.cfg = shardset, cfg
         self.rank, self.world_size, self.epoch, self.start_batch = rank, world_size, epoch, start_batch
+        self.chunk = cfg.batch_size * accumulation  # videos this rank takes per optimizer step
 
     def batches_per_epoch(self) -> int:
-        return len(self.shardset) // self.world_size // self.cfg.batch_size
+        return len(self.shardset) // (self.world_size * self.chunk) * (self.chunk // self.cfg.batch_size)
 
     def __iter__(self):
         info = get_worker_info()
@@ -70,7 +72,7 @@ class BatchStream(IterableDataset):
         per_epoch, size = self.batches_per_epoch(), self.cfg.batch_size
         if per_epoch == 0:
             raise ValueError(f"{self.shardset.dataset}: {len(self.shardset)} samples over {self.world_size} rank(s) "
-                             f"do not fill one batch of {size}")
+                             f"do not fill one step of {self.chunk} videos per rank")
         part, reader, part_epoch = None, None, None
         g = worker
         while True:
@@ -78,7 +80,7 @@ class BatchStream(IterableDataset):
             epoch += self.epoch
             if epoch != part_epoch:
                 part = self.shardset.rank_part(epoch, self.cfg.seed, self.cfg.shuffle_buffer, self.rank,
-                                               self.world_size)
+                                               self.world_size, self.chunk)
                 reader = SampleReader(self.shardset, self.cfg, epoch, reader)
                 part_epoch = epoch
             yield reader.batch(part[b * size:(b + 1) * size])
@@ -220,14 +222,14 @@ class CpuLoader:
     backend = "cpu"
 
     def __init__(self, dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", accumulation: int = 1):
         self.shardset = ShardSet(dataset)
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.cfg, self.rank, self.world_size, self.accumulation = cfg, rank, world_size, accumulation
         self.device = torch.device(device)
         self.epoch, self.start_batch = 0, 0
         self.stats = LoaderStats()
         self._stream = None  # (iterator, the (epoch, batch) it yields next)
-        self.per_epoch = BatchStream(self.shardset, cfg, rank, world_size, 0).batches_per_epoch()
+        self.per_epoch = BatchStream(self.shardset, cfg, rank, world_size, 0, 0, accumulation).batches_per_epoch()
 
     def set_epoch(self, epoch: int, samples_seen: int = 0) -> None:
         """Start ``epoch``; ``samples_seen`` (videos this rank already took in it) resumes mid-epoch."""
@@ -255,7 +257,15 @@ class CpuLoader:
         self.epoch, self.start_batch = self.epoch + 1, 0  # unless set_epoch says otherwise, the next epoch
 
     def _dataloader(self, epoch: int, start_batch: int) -> DataLoader:
-        stream = BatchStream(self.shardset, self.cfg, self.rank, self.world_size, epoch, start_batch)
+        stream = BatchStream(self.shardset, self.cfg, self.rank, self.world_size, epoch, start_batch,
+                             self.accumulation)
         workers = self.cfg.workers or os.cpu_count() or 1
         return DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=self.cfg.prefetch,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+                          pin_memory=self.device.type == "cuda", persistent_workers=False,
+                          worker_init_fn=_ignore_sigterm)
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    """SLURM signals every process of a job before preemption: the workers keep serving batches while the
+    trainer writes its checkpoint, and leave when it shuts the DataLoader down."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

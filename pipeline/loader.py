@@ -29,8 +29,12 @@ def pick_backend(cfg: DataConfig, video_ext: str) -> str:
     return "dali" if torch.cuda.is_available() and _dali_available() else "cpu"
 
 
-def make_loader(dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int = 1, device: str | None = None):
-    """The loader for this machine: DALI with NVDEC on CUDA, CPU workers otherwise; the choice is logged."""
+def make_loader(dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int = 1, device: str | None = None,
+                accumulation: int = 1):
+    """The loader for this machine: DALI with NVDEC on CUDA, CPU workers otherwise; the choice is logged.
+
+    ``accumulation`` micro-batches make one optimizer step: the CPU path then hands each rank its share of every
+    global step (see ``ShardSet.rank_part``)."""
     shardset = ShardSet(dataset)
     backend = pick_backend(cfg, shardset.video_ext)
     if device is None:
@@ -44,7 +48,7 @@ def make_loader(dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int =
         from pipeline.dali_loader import DaliLoader
 
         return DaliLoader(dataset, cfg, rank, world_size, device)
-    return CpuLoader(dataset, cfg, rank, world_size, device)
+    return CpuLoader(dataset, cfg, rank, world_size, device, accumulation)
 
 
 def _dali_available() -> bool:

@@ -52,14 +52,19 @@ class ShardSet:
                 order[start:start + shuffle_buffer] = [block[i] for i in rng.permutation(len(block))]
         return order
 
-    def rank_part(self, epoch: int, seed: int, shuffle_buffer: int, rank: int, world_size: int) -> list[SampleRef]:
-        """This rank's contiguous, equal-length slice of the epoch (the remainder, fewer than world_size
-        samples, is left out so that every rank runs the same number of steps)."""
+    def rank_part(self, epoch: int, seed: int, shuffle_buffer: int, rank: int, world_size: int,
+                  chunk: int = 1) -> list[SampleRef]:
+        """This rank's share of the epoch: of every ``world_size × chunk`` consecutive samples (one global
+        optimizer step when ``chunk`` is the videos a rank takes per step), the rank-th ``chunk``. A global step
+        thus holds the same videos for any world size × micro-batch × accumulation with the same global batch;
+        the tail that fills no whole step is left out, so every rank runs the same number of steps."""
         order = self.epoch_order(epoch, seed, shuffle_buffer)
-        per_rank = len(order) // world_size
-        if per_rank == 0:
-            raise ValueError(f"{self.dataset}: {len(order)} samples cannot be split over {world_size} ranks")
-        return order[rank * per_rank:(rank + 1) * per_rank]
+        block = world_size * chunk
+        if len(order) < block:
+            raise ValueError(f"{self.dataset}: {len(order)} samples cannot fill one step of {world_size} rank(s) "
+                             f"x {chunk} videos")
+        return [order[start + rank * chunk + i] for start in range(0, len(order) - block + 1, block)
+                for i in range(chunk)]
 
 
 @lru_cache(maxsize=64)

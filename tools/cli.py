@@ -101,6 +101,27 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--batches", type=int, default=10, help="batches to time after a warm-up batch")
     _config_args(check, "data")
 
+    pretrain = _command(commands, "pretrain", _run_pretrain, "pretrain the MAE-ST model with DeepSpeed ZeRO",
+                        "Pretrain from one config on one CPU, one GPU, or many nodes: run it plainly for one "
+                        "process, or under `deepspeed`, `torchrun` or `srun` (tools/slurm_pretrain.sh). "
+                        "--resume auto (the default) continues from the newest complete checkpoint in --out. "
+                        "Model and data keys are set as model.KEY=VALUE and data.KEY=VALUE.")
+    pretrain.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # from `deepspeed`
+    _config_args(pretrain, "train")
+
+    visualize = _command(commands, "visualize", _run_visualize, "reconstruction pictures of a checkpoint",
+                         "Original / masked input / reconstruction of a few clips of DATASET, as a PNG grid.")
+    visualize.add_argument("checkpoint", type=Path, help="a checkpoint folder (OUT/checkpoints/stepN) or run folder")
+    visualize.add_argument("dataset", type=Path, help="dataset folder written by `vmae shards build`")
+    visualize.add_argument("--png", type=Path, help="where to write (default: reconstruction.png in the checkpoint)")
+    visualize.add_argument("--clips", type=int, default=4, help="clips to show")
+
+    export = _command(commands, "export", _run_export, "plain fp32 weights of a checkpoint",
+                      "Gather a checkpoint's ZeRO partitions into one fp32 state dict (like DeepSpeed's zero_to_fp32) "
+                      "for fine-tuning: {'model': state dict, 'config': YAML}, safe to read with weights_only=True.")
+    export.add_argument("checkpoint", type=Path, help="a checkpoint folder (OUT/checkpoints/stepN) or run folder")
+    export.add_argument("out", type=Path, help="file to write, e.g. vit-l.pt")
+
     config = _command(commands, "config", _run_config, "print the resolved configuration",
                       "Print the configuration after defaults, --config and overrides, as YAML.")
     _config_args(config, None)
@@ -183,17 +204,56 @@ def _run_loader_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_pretrain(args: argparse.Namespace) -> int:
+    from pipeline.train import pretrain
+    from tools.report import print_train_summary
+
+    cfg = _config(args)
+    summary = pretrain(cfg, to_yaml(cfg))
+    if summary is not None and not _is_worker_rank():
+        print_train_summary(summary)
+    return 0
+
+
+def _is_worker_rank() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) != 0
+
+
+def _run_visualize(args: argparse.Namespace) -> int:
+    from pipeline.checkpoint import resolve_checkpoint, saved_config
+    from pipeline.pretrained import visualize_checkpoint
+
+    folder = resolve_checkpoint(args.checkpoint)
+    cfg = load_config(str(saved_config(folder)))
+    png = visualize_checkpoint(folder, cfg, args.dataset, args.png or folder / "reconstruction.png", args.clips)
+    log.info("wrote %s", png)
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pipeline.checkpoint import export_weights, resolve_checkpoint
+
+    written = export_weights(resolve_checkpoint(args.checkpoint), args.out)
+    log.info("wrote %s", written)
+    return 0
+
+
 def _run_config(args: argparse.Namespace) -> int:
     sys.stdout.write(to_yaml(_config(args)))
     return 0
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.train_config import TrainError
     from shards.build import BuildError
     from shards.sources import SourceError
     from shards.verify import DatasetError
 
-    return (BuildError, SourceError, DatasetError, FileNotFoundError, NotADirectoryError, PermissionError)
+    return (BuildError, SourceError, DatasetError, TrainError, CheckpointError, FileNotFoundError,
+            NotADirectoryError, PermissionError)
 
 
 _USER_ERRORS = _user_errors()

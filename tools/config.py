@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config import DataConfig
+from pipeline.train_config import ModelOptions, TrainConfig
 from shards.config import ShardConfig, SynthConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -34,6 +35,8 @@ class VmaeConfig:
     shards: ShardConfig = field(default_factory=ShardConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def resolve_preset(name: str) -> Path:

@@ -65,3 +65,23 @@ def print_dataset_stats(stats: dict) -> None:
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
+
+
+def print_train_summary(summary: dict) -> None:
+    table = Table(title="pretrain", show_header=False)
+    status = f"stopped by {summary['stopped']}; --resume auto continues" if summary.get("stopped") else "done"
+    rows = [
+        ("status", status),
+        ("steps", f"{summary['steps']} of {summary['run_steps']} ({summary['steps_this_run']} in this run, "
+                  f"{summary['skipped_steps']} skipped), epoch {summary['epoch']}"),
+        ("throughput", f"{summary['clips_per_s']:.2f} clips/s, waiting for data {summary['data_wait_pct']:.1f} %"),
+        ("loss", f"{summary['first_loss']:.4f} → {summary['final_loss']:.4f} (mean of the last steps)"
+         if summary.get("first_loss") is not None else "no step taken"),
+        ("time", f"{summary['seconds']:.1f} s"),
+    ]
+    for key in ("checkpoint", "weights", "picture", "metrics"):
+        if summary.get(key):
+            rows.append((key, summary[key]))
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)

@@ -1,0 +1,61 @@
+"""Counted FLOPs of a training step and the device's peak: the two halves of MFU."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from model.mae import MaskedVideoAutoencoder, ModelConfig
+from model.masking import make_mask
+
+# Dense bf16 tensor-core peaks (vendor datasheets, SXM parts); matched against torch.cuda.get_device_name().
+GPU_PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "GH200": 989e12, "B200": 2250e12,
+                 "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12, "A10": 125e12}
+
+
+def training_flops(cfg: ModelConfig, clips: int = 1) -> float:
+    """FLOPs of one forward and backward over ``clips`` clips, counted on the meta device (no memory, no time)."""
+    with torch.device("meta"):
+        model = MaskedVideoAutoencoder(cfg)
+        video = torch.empty(clips, 3, cfg.frames, cfg.size, cfg.size)
+    mask = make_mask(cfg.mask, clips, model.grid, cfg.mask_ratio, torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        model(video, torch.Generator().manual_seed(0), mask=mask)[0].backward()
+    return float(counter.get_total_flops())
+
+
+def matmul_rate(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32,
+                device: str = "cpu") -> float:
+    """FLOP/s of a square matmul (median of ``repeats``): the machine's practical peak."""
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        started = time.perf_counter()
+        a @ b
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    return 2 * size**3 / statistics.median(times)
+
+
+def device_peak_flops(device: torch.device, override_tflops: float = 0.0) -> tuple[float, str]:
+    """The peak MFU is measured against, and where it came from."""
+    if override_tflops:
+        return override_tflops * 1e12, "train.peak_tflops"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peak in GPU_PEAK_BF16.items():
+            if key in name:
+                return peak, f"{name} bf16 datasheet"
+        return matmul_rate(8192, 5, torch.bfloat16, str(device)), f"{name}: bf16 matmul measured"
+    return matmul_rate(), "CPU fp32 matmul measured"
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)

@@ -1,0 +1,214 @@
+"""Checkpoints a killed run can trust: DeepSpeed's files plus our training position, marked complete only after
+every rank has written, pruned to the last k, and exported as plain fp32 weights for fine-tuning.
+
+Layout: ``OUT/checkpoints/step000001200/`` holds DeepSpeed's model and optimizer files, ``rank00000.pt`` (each
+rank's position and RNG states), ``config.yaml``, and last ``complete.json``. A folder without that marker was
+cut short (a kill, a full disk) and is never resumed from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+MARKER = "complete.json"
+PREFIX = "step"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message says which and what to do."""
+
+
+def checkpoint_root(out: Path) -> Path:
+    return Path(out) / "checkpoints"
+
+
+def tag_of(step: int) -> str:
+    return f"{PREFIX}{step:09d}"
+
+
+def complete_checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first."""
+    root = checkpoint_root(out)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob(f"{PREFIX}*") if (p / MARKER).is_file())
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    done = complete_checkpoints(out)
+    return done[-1] if done else None
+
+
+def save_checkpoint(engine, out: Path, position: dict, config_yaml: str, keep_last: int) -> Path:
+    """Write the checkpoint of ``position["step"]`` from every rank; the marker goes last, after a barrier."""
+    rank = dist.get_rank()
+    root = checkpoint_root(out)
+    tag = tag_of(position["step"])
+    target = root / tag
+    if not weights_finite(engine.module):
+        raise CheckpointError(f"refusing to write {target}: the weights hold NaN or inf values")
+    failure = None
+    try:
+        if rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            if target.exists():  # a save of this step cut short earlier
+                shutil.rmtree(target)
+        _barrier()
+        engine.save_checkpoint(str(root), tag=tag, client_state={"position": position}, save_latest=False)
+        _atomic_save({"position": position, "rng": rng_states()}, target / f"rank{rank:05d}.pt")
+    except OSError as err:
+        failure = f"{type(err).__name__}: {err}"
+    if _any_rank(failure is not None):
+        previous = latest_checkpoint(out)
+        raise CheckpointError(
+            f"could not write checkpoint {target} ({failure or 'another rank failed'}); "
+            f"{'the previous checkpoint ' + str(previous) + ' is intact' if previous else 'no earlier checkpoint'}. "
+            "Free disk space or fix the permissions of train.out, then re-run with --resume auto")
+    if rank == 0:
+        try:
+            (target / "config.yaml").write_text(config_yaml)
+            _atomic_write(target / MARKER, json.dumps({"step": position["step"], "world_size": dist.get_world_size(),
+                                                       "position": position}))
+        except OSError as err:
+            failure = f"{type(err).__name__}: {err}"
+        else:
+            prune(out, keep_last)
+    if _any_rank(failure is not None):
+        raise CheckpointError(f"could not finish checkpoint {target} ({failure}); the previous one is intact")
+    return target
+
+
+def prune(out: Path, keep_last: int) -> None:
+    """Delete complete checkpoints beyond the newest ``keep_last`` and incomplete ones older than the newest."""
+    done = complete_checkpoints(out)
+    for old in done[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    if done:
+        for partial in checkpoint_root(out).glob(f"{PREFIX}*"):
+            if not (partial / MARKER).exists() and partial.name < done[-1].name:
+                shutil.rmtree(partial, ignore_errors=True)
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint folder, or a run folder meaning its newest complete checkpoint."""
+    path = Path(path)
+    if (path / MARKER).is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise CheckpointError(f"{path} is neither a complete checkpoint nor a run folder holding one")
+    return latest
+
+
+def saved_config(folder: Path) -> Path:
+    path = Path(folder) / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no config.yaml: not a `vmae pretrain` checkpoint")
+    return path
+
+
+def load_checkpoint(engine, folder: Path) -> dict:
+    """Restore weights, optimizer and this rank's RNG; returns the training position."""
+    folder = Path(folder)
+    if not (folder / MARKER).is_file():
+        raise CheckpointError(f"{folder} is not a complete checkpoint (no {MARKER}); pass another or --resume auto")
+    saved_world = json.loads((folder / MARKER).read_text())["world_size"]
+    path, client = engine.load_checkpoint(str(folder.parent), tag=folder.name, load_optimizer_states=True,
+                                          load_lr_scheduler_states=False)
+    if path is None:
+        raise CheckpointError(f"DeepSpeed could not load {folder}")
+    rank_file = folder / f"rank{dist.get_rank():05d}.pt"
+    if saved_world == dist.get_world_size() and rank_file.is_file():
+        set_rng_states(torch.load(rank_file, map_location="cpu", weights_only=False)["rng"])
+    return client["position"]
+
+
+def weights_finite(module: torch.nn.Module) -> bool:
+    """True on every rank when every (local part of every) parameter is finite."""
+    bad = False
+    for p in module.parameters():
+        local = getattr(p, "ds_tensor", p)  # ZeRO-3 keeps only this rank's partition
+        if local.numel() and not bool(torch.isfinite(local).all()):
+            bad = True
+            break
+    return not _any_rank(bad)
+
+
+def export_weights(folder: Path, destination: Path) -> Path:
+    """Plain fp32 weights of a checkpoint ({"model": state dict, "config": ...}), gathered from the ZeRO
+    partitions like DeepSpeed's zero_to_fp32; readable with ``torch.load(..., weights_only=True)``."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    folder = Path(folder)
+    if not (folder / MARKER).is_file():
+        raise CheckpointError(f"{folder} is not a complete checkpoint (no {MARKER})")
+    if any(folder.glob("*optim_states.pt")) and any(folder.glob("*zero_pp_rank_*")):
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints its progress
+            state = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+    else:  # no ZeRO partitions: the module's own weights
+        files = sorted(folder.glob("mp_rank_*_model_states.pt"))
+        if not files:
+            raise CheckpointError(f"{folder} holds no model states")
+        state = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    state = {k: v.float().contiguous() for k, v in state.items()}
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    config = (folder / "config.yaml").read_text() if (folder / "config.yaml").exists() else ""
+    _atomic_save({"model": state, "config": config}, destination)
+    return destination
+
+
+def rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _any_rank(flag: bool) -> bool:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

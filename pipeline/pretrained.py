@@ -1,0 +1,34 @@
+"""Looking at a finished checkpoint without DeepSpeed: its config, its weights, its reconstructions."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from model.mae import MaskedVideoAutoencoder
+from pipeline.checkpoint import export_weights
+from pipeline.loader import make_loader
+from pipeline.visualize import reconstruction_grid
+
+
+def load_pretrained(folder: Path, cfg) -> MaskedVideoAutoencoder:
+    """The autoencoder of a checkpoint folder (``cfg``: its config.yaml, loaded), on the CPU, in eval mode."""
+    exported = Path(folder) / "weights.fp32.pt"
+    if not exported.exists():
+        export_weights(folder, exported)
+    state = torch.load(exported, map_location="cpu", weights_only=True)["model"]
+    model = MaskedVideoAutoencoder(cfg.model.model_config(cfg.data))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def visualize_checkpoint(folder: Path, cfg, dataset: Path, png: Path, clips: int = 4) -> Path:
+    """Reconstructions of the first clips of ``dataset`` (centre crops, one view each) by a checkpoint."""
+    model = load_pretrained(folder, cfg)
+    data = replace(cfg.data, augment=False, views=1, batch_size=clips, backend="cpu", workers=1,
+                   dtype="float32")
+    batch = next(iter(make_loader(Path(dataset), data, device="cpu")))
+    return reconstruction_grid(model, batch["video"], data, png, clips=clips,
+                               title=f"{Path(folder).name}: {cfg.model.mask_ratio:.0%} {cfg.model.mask} masking")

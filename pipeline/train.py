@@ -1,0 +1,382 @@
+"""`vmae pretrain`: the loader and the MAE-ST model in a DeepSpeed engine, read top to bottom.
+
+One process per accelerator (or one CPU process). Every global step holds the same videos and the same masks for
+any world size x micro-batch x accumulation with the same global batch: rank r takes the r-th share of each step's
+videos (``ShardSet.rank_part``) and a clip's mask is a function of (seed, step, its place in the global batch).
+A resumed run therefore continues the loss curve step for step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from model.flops import device_peak_flops, training_flops
+from model.mae import MaskedVideoAutoencoder
+from model.masking import Mask, make_mask
+from pipeline.checkpoint import (CheckpointError, export_weights, latest_checkpoint, load_checkpoint,
+                                 save_checkpoint)
+from pipeline.engine import Launch, init_distributed, make_engine, pick_precision, set_lr
+from pipeline.loader import make_loader
+from pipeline.metrics import MetricsWriter, peak_memory_gb
+from pipeline.train_config import BatchSplit, TrainError, batch_split, lr_at, peak_lr
+from pipeline.visualize import reconstruction_grid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Position:
+    """Where a run is; saved in every checkpoint."""
+
+    step: int = 0  # optimizer steps taken, applied or skipped
+    epoch: int = 0
+    epoch_step: int = 0  # steps taken in this epoch
+    samples_seen: int = 0  # videos, all ranks, since the start
+    skipped_steps: int = 0
+    nonfinite_in_row: int = 0
+
+
+@dataclass
+class Plan:
+    split: BatchSplit
+    steps_per_epoch: int
+    total_steps: int  # what the schedule spans
+    run_steps: int  # where this run stops
+    warmup_steps: int
+    peak_lr: float
+
+
+def check_before_start(cfg, world_size: int) -> None:
+    """Refuse a config that cannot run, before any process group, model or loader is made."""
+    from pipeline.shardset import ShardSet
+
+    if not cfg.train.dataset:
+        raise TrainError("train.dataset is not set: pass --dataset DIR (a folder written by `vmae shards build`)")
+    dataset = Path(cfg.train.dataset)
+    if not (dataset / "manifest.json").is_file():
+        raise TrainError(f"train.dataset={dataset}: no manifest.json there; build it with `vmae shards build`")
+    batch_split(cfg.train, cfg.data, world_size)  # raises on an impossible split
+    cfg.model.model_config(cfg.data)  # raises when clips and tubelets do not fit
+    samples = len(ShardSet(dataset))
+    if samples < cfg.train.global_batch:
+        raise TrainError(f"train.global_batch={cfg.train.global_batch} is more than the {samples} videos of "
+                         f"{dataset}: lower it")
+    out = Path(cfg.train.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise TrainError(f"train.out={out} is not a writable folder ({err.strerror or err}); pick another") from None
+
+
+def pretrain(cfg, config_yaml: str) -> dict:
+    """Run (or resume) pretraining as ``cfg`` says; returns rank 0's summary."""
+    import os
+
+    check_before_start(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    launch = init_distributed()
+    if launch.rank:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for all
+    train, data = cfg.train, cfg.data
+    out = Path(train.out)
+    split = batch_split(train, data, launch.world_size)
+    precision = pick_precision(train, launch.device)
+    model_cfg = cfg.model.model_config(data)
+    log.info("launch: %s, %d rank(s) on %s, ZeRO-%d, %s; global batch %d videos = %d ranks x %d x %d accumulation",
+             launch.launcher, launch.world_size, launch.device, train.zero_stage, precision, split.global_batch,
+             launch.world_size, split.micro_batch, split.accumulation)
+    if precision == "bf16" and launch.device.type == "cpu":
+        log.warning("bf16 on this CPU runs backward several times slower than fp32 (train.precision=fp32)")
+
+    torch.manual_seed(train.seed)  # the same initial weights on every rank
+    model = MaskedVideoAutoencoder(model_cfg)
+    engine = make_engine(model, train, split, precision)
+    loader = make_loader(Path(train.dataset), data, launch.rank, launch.world_size, str(launch.device),
+                         split.accumulation)
+    plan = make_plan(cfg, split, loader.per_epoch)
+    position = resume_position(engine, cfg, out)
+    if train.log_samples:
+        truncate_sample_keys(out, launch.rank, position.step)
+    log.info("schedule: %d steps per epoch, %d steps in all (%d warm-up), peak lr %.3g (base %.3g x %d %s / 256); "
+             "this run stops at step %d", plan.steps_per_epoch, plan.total_steps, plan.warmup_steps, plan.peak_lr,
+             train.base_lr, split.global_batch * (data.views if train.lr_batch_unit == "clips" else 1),
+             train.lr_batch_unit, plan.run_steps)
+
+    flops_per_clip = training_flops(model_cfg)
+    peak, peak_source = device_peak_flops(launch.device, train.peak_tflops)
+    log.info("MFU against %.1f TFLOP/s (%s); %.1f GFLOP per clip forward+backward", peak / 1e12, peak_source,
+             flops_per_clip / 1e9)
+    metrics = MetricsWriter(out, plan.run_steps, position.step, enabled=launch.rank == 0)
+    stopper = TermSignal()
+    summary = Summary()
+    last_batch = None
+    try:
+        while position.step < plan.run_steps:
+            loader.set_epoch(position.epoch, position.epoch_step * split.videos_per_rank_step)
+            batches = iter(loader)
+            while position.step < plan.run_steps and position.epoch_step < plan.steps_per_epoch:
+                record, last_batch = train_step(engine, batches, position, plan, cfg, launch, model_cfg, stopper)
+                summary.add(record)
+                finish_step(position, plan, record, split)
+                if position.step % train.log_every == 0 or position.step == plan.run_steps or record["stop"]:
+                    record.update(summary.window(flops_per_clip, peak, launch.world_size))
+                    record["peak_memory_gb"] = round(peak_memory_gb(launch.device), 3)
+                    metrics.write(public(record, position))
+                metrics.step(1, {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}",
+                                 "clips/s": f"{summary.clips_per_second():.1f}"})
+                if record["skipped"]:
+                    on_skipped_step(position, train.max_nonfinite, out)
+                if record["stop"]:
+                    log.warning("SIGTERM: writing a checkpoint at step %d, then exiting", position.step)
+                    save(engine, out, position, config_yaml, train.keep_last)
+                    summary.stopped = "SIGTERM"
+                    return finish(summary, position, plan, out, launch, metrics, None)
+                if position.step % train.checkpoint_every == 0 and position.step < plan.run_steps:
+                    save(engine, out, position, config_yaml, train.keep_last)
+                if train.visualize_every and position.step % train.visualize_every == 0 and launch.rank == 0:
+                    picture(engine, last_batch, cfg, out / "pictures" / f"step{position.step:09d}.png", position)
+            if position.epoch_step >= plan.steps_per_epoch:
+                position.epoch, position.epoch_step = position.epoch + 1, 0
+        folder = save(engine, out, position, config_yaml, train.keep_last)
+        return finish(summary, position, plan, out, launch, metrics, (engine, last_batch, cfg, folder))
+    finally:
+        stopper.restore()
+        metrics.close()
+
+
+def make_plan(cfg, split: BatchSplit, loader_batches_per_epoch: int) -> Plan:
+    steps_per_epoch = loader_batches_per_epoch // split.accumulation
+    total = cfg.train.epochs * steps_per_epoch
+    run = min(cfg.train.max_steps, total) if cfg.train.max_steps else total
+    return Plan(split, steps_per_epoch, total, run, round(cfg.train.warmup_epochs * steps_per_epoch),
+                peak_lr(cfg.train, split))
+
+
+def resume_position(engine, cfg, out: Path) -> Position:
+    resume = cfg.train.resume
+    if resume == "never":
+        return Position()
+    folder = latest_checkpoint(out) if resume == "auto" else Path(resume)
+    if folder is None:
+        log.info("no complete checkpoint in %s: starting at step 0", out / "checkpoints")
+        return Position()
+    position = Position(**load_checkpoint(engine, folder))
+    log.info("resumed from %s: step %d, epoch %d (+%d steps), %d videos seen", folder, position.step,
+             position.epoch, position.epoch_step, position.samples_seen)
+    return position
+
+
+def train_step(engine, batches, position: Position, plan: Plan, cfg, launch: Launch, model_cfg,
+               stopper: "TermSignal") -> tuple[dict, dict]:
+    """One optimizer step: ``accumulation`` micro-batches forward and backward, then the update."""
+    split, train = plan.split, cfg.train
+    lr = lr_at(position.step, plan.total_steps, plan.warmup_steps, plan.peak_lr, train.min_lr)
+    set_lr(engine, lr)
+    grid = engine.module.grid
+    wait = compute = 0.0
+    loss_sum = torch.zeros((), device=launch.device)
+    keys: list[str] = []
+    for micro in range(split.accumulation):
+        started = time.perf_counter()
+        batch = next(batches)
+        fetched = time.perf_counter()
+        wait += fetched - started
+        first_video = launch.rank * split.videos_per_rank_step + micro * split.micro_batch
+        mask = clip_masks(model_cfg, grid, train.seed, position.step, first_video * split.views,
+                          batch["video"].shape[0])
+        torch.manual_seed(seed_of(train.seed, position.step, launch.rank, micro))  # drop path: per step
+        video = batch["video"].to(torch.bfloat16) if engine.bfloat16_enabled() else batch["video"]
+        loss = engine(video, mask=mask)[0]
+        if position.step in train.inject_nonfinite:
+            loss = loss * float("nan")
+        engine.backward(loss)
+        engine.step()
+        loss_sum += loss.detach().float()
+        keys += batch["key"]
+        compute += time.perf_counter() - fetched
+    # one all-reduce per step: mean loss over micro-batches and ranks, and whether any rank got SIGTERM
+    agreed = torch.stack([loss_sum / split.accumulation, torch.tensor(float(stopper.received),
+                                                                      device=launch.device)])
+    dist.all_reduce(agreed)
+    loss_mean, stop = (agreed / torch.tensor([launch.world_size, 1.0], device=launch.device)).tolist()
+    grad_norm = engine.get_global_grad_norm()
+    if train.log_samples:
+        write_sample_keys(Path(train.out), launch.rank, position.step, keys)
+    record = {"loss": loss_mean, "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else None,
+              "skipped": not engine.was_step_applied(), "stop": stop > 0, "data_wait": wait, "compute": compute,
+              "clips": split.global_batch * split.views, "videos": split.global_batch,
+              "tokens": split.global_batch * split.views * mask.visible_count}
+    return record, batch
+
+
+def clip_masks(model_cfg, grid: tuple[int, int, int], seed: int, step: int, first_clip: int, count: int) -> Mask:
+    """Masks of clips ``first_clip`` … of a global step, each drawn from its own seed (seed, step, clip): the
+    same clip gets the same mask whichever rank and micro-batch it lands in."""
+    masks = [make_mask(model_cfg.mask, 1, grid, model_cfg.mask_ratio,
+                       torch.Generator().manual_seed(seed_of(seed, step, first_clip + i)))
+             for i in range(count)]
+    return Mask(*(torch.cat([getattr(m, f) for m in masks]) for f in ("keep", "hidden", "masked")))
+
+
+def seed_of(*numbers: int) -> int:
+    return int(np.random.SeedSequence(numbers).generate_state(1, np.uint64)[0] >> 1)
+
+
+def finish_step(position: Position, plan: Plan, record: dict, split: BatchSplit) -> None:
+    position.step += 1
+    position.epoch_step += 1
+    position.samples_seen += split.global_batch
+    if record["skipped"]:
+        position.skipped_steps += 1
+        position.nonfinite_in_row += 1
+    else:
+        position.nonfinite_in_row = 0
+
+
+def on_skipped_step(position: Position, limit: int, out: Path) -> None:
+    log.warning("step %d skipped: non-finite loss or gradient (%d in a row, %d in all); weights unchanged",
+                position.step, position.nonfinite_in_row, position.skipped_steps)
+    if position.nonfinite_in_row >= limit:
+        last = latest_checkpoint(out)
+        raise TrainError(f"{position.nonfinite_in_row} steps in a row had a non-finite loss or gradient "
+                         f"(train.max_nonfinite={limit}): stopping. The last good checkpoint is "
+                         f"{last or 'none'}; lower train.base_lr, raise train.warmup_epochs or check the data")
+
+
+def save(engine, out: Path, position: Position, config_yaml: str, keep_last: int) -> Path:
+    started = time.perf_counter()
+    try:
+        folder = save_checkpoint(engine, out, asdict(position), config_yaml, keep_last)
+    except CheckpointError as err:
+        raise TrainError(str(err)) from None
+    log.info("checkpoint %s (%.1f s)", folder, time.perf_counter() - started)
+    return folder
+
+
+def picture(engine, batch: dict | None, cfg, path: Path, position: Position) -> Path | None:
+    if batch is None:
+        return None
+    video = batch["video"][:: cfg.data.views][:3]  # the first view of a few videos
+    if engine.bfloat16_enabled():
+        video = video.to(torch.bfloat16)
+    written = reconstruction_grid(engine.module, video, cfg.data, path,
+                                  title=f"step {position.step}, masked {cfg.model.mask_ratio:.0%} ({cfg.model.mask})")
+    log.info("reconstructions: %s", written)
+    return written
+
+
+def finish(summary: "Summary", position: Position, plan: Plan, out: Path, launch: Launch, metrics: MetricsWriter,
+           final) -> dict:
+    result = summary.final(position, plan)
+    result["metrics"] = str(metrics.path)
+    if final is not None:
+        engine, batch, cfg, folder = final
+        result["checkpoint"] = str(folder)
+        if launch.rank == 0:
+            result["weights"] = str(export_weights(folder, out / "pretrained.pt"))
+            shot = picture(engine, batch, cfg, out / "reconstruction.png", position)
+            result["picture"] = str(shot) if shot else None
+        _barrier()
+    return result
+
+
+class Summary:
+    """Running totals of a run, and the rates of the last logging window."""
+
+    def __init__(self):
+        self.steps = self.clips = self.videos = self.tokens = 0
+        self.wait = self.compute = 0.0
+        self.window_start = (0, 0.0, 0.0, 0, 0, 0)
+        self.losses: list[float] = []
+        self.started = time.perf_counter()
+        self.stopped = None
+
+    def add(self, record: dict) -> None:
+        self.steps += 1
+        self.clips += record["clips"]
+        self.videos += record["videos"]
+        self.tokens += record["tokens"]
+        self.wait += record["data_wait"]
+        self.compute += record["compute"]
+        if not record["skipped"]:
+            self.losses.append(record["loss"])
+
+    def clips_per_second(self) -> float:
+        busy = self.wait + self.compute
+        return self.clips / busy if busy else 0.0
+
+    def window(self, flops_per_clip: float, peak: float, world_size: int) -> dict:
+        now = (self.steps, self.wait, self.compute, self.clips, self.tokens, self.videos)
+        steps, wait, compute, clips, tokens, videos = (a - b for a, b in zip(now, self.window_start, strict=True))
+        self.window_start = now
+        seconds = max(wait + compute, 1e-9)
+        return {"step_time": seconds / max(steps, 1), "data_wait_pct": 100 * wait / seconds,
+                "clips_per_s": clips / seconds, "videos_per_s": videos / seconds, "tokens_per_s": tokens / seconds,
+                "mfu": flops_per_clip * clips / seconds / (peak * world_size)}
+
+    def final(self, position: Position, plan: Plan) -> dict:
+        busy = self.wait + self.compute
+        tail = self.losses[-max(1, min(10, len(self.losses))):] if self.losses else [float("nan")]
+        return {"steps": position.step, "run_steps": plan.run_steps, "epoch": position.epoch,
+                "steps_this_run": self.steps, "skipped_steps": position.skipped_steps,
+                "clips_per_s": self.clips / busy if busy else 0.0,
+                "data_wait_pct": 100 * self.wait / busy if busy else 0.0,
+                "final_loss": sum(tail) / len(tail), "first_loss": self.losses[0] if self.losses else None,
+                "seconds": time.perf_counter() - self.started, "stopped": self.stopped}
+
+
+def public(record: dict, position: Position) -> dict:
+    """The JSON line of a step: numbers only, rounded for reading."""
+    keep = {k: v for k, v in record.items() if k != "stop"}
+    keep.update(step=position.step, epoch=position.epoch, samples_seen=position.samples_seen,
+                skipped_steps=position.skipped_steps)
+    for key in ("data_wait", "compute", "step_time", "data_wait_pct", "clips_per_s", "videos_per_s",
+                "tokens_per_s", "mfu"):
+        if key in keep:
+            keep[key] = round(keep[key], 5)
+    return keep
+
+
+def write_sample_keys(out: Path, rank: int, step: int, keys: list[str]) -> None:
+    folder = out / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / f"rank{rank:05d}.jsonl").open("a") as fh:
+        fh.write(json.dumps({"step": step, "keys": keys}) + "\n")
+
+
+def truncate_sample_keys(out: Path, rank: int, step: int) -> None:
+    """Drop the keys of steps a resumed run takes again."""
+    path = out / "samples" / f"rank{rank:05d}.jsonl"
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+class TermSignal:
+    """Remembers a SIGTERM (what SLURM sends before preemption) so the loop can checkpoint and exit."""
+
+    def __init__(self):
+        self.received = False
+        self.previous = signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_term(self, signum, frame) -> None:
+        self.received = True
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

@@ -1,0 +1,167 @@
+"""The ``model`` and ``train`` config sections of `vmae pretrain`, and the rules that tie them to a launch:
+the batch split over ranks, the lr scaling and the schedule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from model.mae import PRESETS, ModelConfig, preset
+from model.masking import STRATEGIES
+from pipeline.config import DataConfig
+from shards.config import field_help
+
+PRECISIONS = ("auto", "bf16", "fp32")
+LR_BATCH_UNITS = ("videos", "clips")
+RESUME = ("auto", "never")
+
+
+class TrainError(RuntimeError):
+    """Training cannot start or go on for a reason the user can act on; the message says which."""
+
+
+@dataclass
+class ModelOptions:
+    """A preset plus the knobs of MAE-ST's ablations; clip length and size come from the data section."""
+
+    preset: str = field(default="vit-l", metadata=field_help(
+        "model size", choices=tuple(PRESETS)))
+    mask: str = field(default="random", metadata=field_help("masking strategy", choices=STRATEGIES))
+    mask_ratio: float = field(default=0.9, metadata=field_help("share of spacetime patches hidden from the encoder"))
+    decoder_mask_ratio: float = field(default=0.0, metadata=field_help(
+        "VideoMAE V2 dual masking: share of the hidden tokens the decoder skips (0: off)"))
+    target: str = field(default="slice", metadata=field_help(
+        "slice: one frame per temporal patch (MAE-ST); tube: the whole tubelet (VideoMAE)", choices=("slice", "tube")))
+    positions: str = field(default="separable", metadata=field_help(
+        "position embedding: learned separable space+time (MAE-ST) or fixed sin-cos (VideoMAE)",
+        choices=("separable", "sincos")))
+    norm_pix_loss: bool = field(default=True, metadata=field_help("targets are per-patch normalized pixels"))
+    drop_path: float = field(default=0.0, metadata=field_help("stochastic depth rate of the last encoder block"))
+    attention: str = field(default="auto", metadata=field_help(
+        "attention kernel: auto (xformers on CUDA, else SDPA), xformers, sdpa, math",
+        choices=("auto", "xformers", "sdpa", "math")))
+    checkpoint: bool = field(default=False, metadata=field_help(
+        "recompute each block's activations in backward (ViT-L/H memory)"))
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"model.preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
+        if not 0 <= self.mask_ratio < 1 or not 0 <= self.decoder_mask_ratio < 1:
+            raise ValueError("model.mask_ratio and model.decoder_mask_ratio must be in [0, 1)")
+
+    def model_config(self, data: DataConfig) -> ModelConfig:
+        """The model for clips of ``data``: T = data.frames, S = data.crop_size."""
+        cfg = preset(self.preset, frames=data.frames, size=data.crop_size, mask=self.mask, mask_ratio=self.mask_ratio,
+                     decoder_mask_ratio=self.decoder_mask_ratio, target=self.target, positions=self.positions,
+                     norm_pix_loss=self.norm_pix_loss, drop_path=self.drop_path, attention=self.attention,
+                     checkpoint=self.checkpoint)
+        t, p, q = cfg.tubelet
+        if data.frames % t or data.crop_size % p or data.crop_size % q:
+            raise ValueError(f"data.frames ({data.frames}) and data.crop_size ({data.crop_size}) must be multiples "
+                             f"of the tubelet {t}x{p}x{q}")
+        return cfg
+
+
+@dataclass
+class TrainConfig:
+    dataset: str | None = field(default=None, metadata=field_help("dataset folder written by `vmae shards build`"))
+    out: str = field(default="runs/pretrain", metadata=field_help(
+        "run folder: checkpoints, metrics.jsonl, TensorBoard events, pictures"))
+    # how much, in what batches
+    epochs: int = field(default=800, metadata=field_help("passes over the dataset"))
+    max_steps: int = field(default=0, metadata=field_help(
+        "stop after this many optimizer steps (0: epochs x steps per epoch); the schedule still spans the epochs"))
+    global_batch: int = field(default=512, metadata=field_help(
+        "videos per optimizer step over all ranks (each gives data.views clips); = ranks x data.batch_size x "
+        "gradient accumulation"))
+    # optimizer and schedule (MAE-ST's recipe)
+    base_lr: float = field(default=1.6e-3, metadata=field_help("lr per lr_batch_unit 256 (lr = base_lr x batch/256)"))
+    lr_batch_unit: str = field(default="videos", metadata=field_help(
+        "what the lr rule counts: videos (MAE-ST: repeated clips do not raise the lr) or clips",
+        choices=LR_BATCH_UNITS))
+    min_lr: float = field(default=0.0, metadata=field_help("lr at the end of the half-cosine"))
+    warmup_epochs: float = field(default=120.0, metadata=field_help("linear warm-up length, stepped per step"))
+    weight_decay: float = field(default=0.05, metadata=field_help("AdamW weight decay (none on biases, norms, "
+                                                                   "positions and mask tokens)"))
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95], metadata=field_help("AdamW betas"))
+    gradient_clipping: float = field(default=0.02, metadata=field_help(
+        "max global gradient norm (MAE-ST: 0.02; 0: off); set explicitly since DeepSpeed defaults to 1.0"))
+    # DeepSpeed
+    zero_stage: int = field(default=1, metadata=field_help("ZeRO stage 0-3"))
+    precision: str = field(default="auto", metadata=field_help(
+        "bf16 or fp32 (auto: bf16 on CUDA, fp32 on CPU, where bf16 backward is ~5x slower); fp16 is not offered",
+        choices=PRECISIONS))
+    # checkpoints, metrics, faults
+    checkpoint_every: int = field(default=1000, metadata=field_help("steps between checkpoints (one at the end too)"))
+    keep_last: int = field(default=3, metadata=field_help("complete checkpoints kept (older ones are deleted)"))
+    resume: str = field(default="auto", metadata=field_help(
+        "auto: continue from the newest complete checkpoint in out, if any; never; or a checkpoint folder"))
+    log_every: int = field(default=10, metadata=field_help("steps between metric lines (console, JSONL, TensorBoard)"))
+    visualize_every: int = field(default=0, metadata=field_help(
+        "steps between reconstruction pictures (0: only at the end)"))
+    max_nonfinite: int = field(default=20, metadata=field_help(
+        "stop after this many skipped (non-finite loss or gradient) steps in a row"))
+    peak_tflops: float = field(default=0.0, metadata=field_help(
+        "the device's peak for MFU (0: known GPUs by name; on CPU a matmul measured at start)"))
+    seed: int = field(default=0, metadata=field_help("seed of the initial weights and the masks"))
+    log_samples: bool = field(default=False, metadata=field_help(
+        "write each step's sample keys per rank to samples.jsonl (audits resume: none twice, none skipped)"))
+    inject_nonfinite: list[int] = field(default_factory=list, metadata=field_help(
+        "testing aid: steps whose loss is made NaN"))
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "global_batch", "checkpoint_every", "keep_last", "log_every", "max_nonfinite"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"train.{key} must be > 0, got {getattr(self, key)}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"train.zero_stage must be 0, 1, 2 or 3; got {self.zero_stage}")
+        if self.precision not in PRECISIONS:
+            hint = " (fp16 needs loss scaling and is not offered: use bf16)" if self.precision == "fp16" else ""
+            raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}{hint}")
+        if self.lr_batch_unit not in LR_BATCH_UNITS:
+            raise ValueError(f"train.lr_batch_unit must be videos or clips; got {self.lr_batch_unit!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas must be two values in [0, 1), got {self.betas}")
+        if self.base_lr <= 0 or self.min_lr < 0 or self.warmup_epochs < 0 or self.gradient_clipping < 0:
+            raise ValueError("train.base_lr must be > 0; train.min_lr, warmup_epochs and gradient_clipping >= 0")
+
+
+@dataclass(frozen=True)
+class BatchSplit:
+    """How one global batch is cut over ranks and micro-batches."""
+
+    world_size: int
+    micro_batch: int  # videos per rank per forward (data.batch_size)
+    accumulation: int
+    views: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.world_size * self.micro_batch * self.accumulation
+
+    @property
+    def videos_per_rank_step(self) -> int:
+        return self.micro_batch * self.accumulation
+
+
+def batch_split(train: TrainConfig, data: DataConfig, world_size: int) -> BatchSplit:
+    """The accumulation that makes ``train.global_batch``, or an error naming the keys when none does."""
+    per_forward = world_size * data.batch_size
+    if train.global_batch % per_forward:
+        raise ValueError(f"train.global_batch={train.global_batch} is not a multiple of {world_size} rank(s) x "
+                         f"data.batch_size={data.batch_size}: pick a global batch or micro-batch that divides")
+    return BatchSplit(world_size, data.batch_size, train.global_batch // per_forward, data.views)
+
+
+def peak_lr(train: TrainConfig, split: BatchSplit) -> float:
+    """base_lr x effective batch / 256, the batch counted in videos (MAE-ST) or clips."""
+    batch = split.global_batch * (split.views if train.lr_batch_unit == "clips" else 1)
+    return train.base_lr * batch / 256
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: float) -> float:
+    """Linear warm-up from 0 over ``warmup_steps``, then a half-cosine from ``peak`` down to ``floor``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
