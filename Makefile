@@ -33,6 +33,7 @@ demo: setup
 	$(BIN)/vmae shards verify $(DEMO)/shards
 	$(BIN)/vmae shards inspect $(DEMO)/shards
 	$(BIN)/vmae loader-check $(DEMO)/shards --sheet $(DEMO)/views.png --batches 4 --batch-size 4
+	$(BIN)/vmae pretrain --config demo --dataset $(DEMO)/shards --out $(DEMO)/pretrain
 
 test: setup
 	$(BIN)/python -m pytest -q -ra

@@ -54,7 +54,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 def save_checkpoint(engine, out: Path, position: dict, config_yaml: str, keep_last: int) -> Path:
     """Write the checkpoint of ``position["step"]`` from every rank; the marker goes last, after a barrier."""
-    rank = dist.get_rank()
+    rank = dist.get_rank() if dist.is_initialized() else 0
     root = checkpoint_root(out)
     tag = tag_of(position["step"])
     target = root / tag
@@ -80,7 +80,8 @@ def save_checkpoint(engine, out: Path, position: dict, config_yaml: str, keep_la
     if rank == 0:
         try:
             (target / "config.yaml").write_text(config_yaml)
-            _atomic_write(target / MARKER, json.dumps({"step": position["step"], "world_size": dist.get_world_size(),
+            world = dist.get_world_size() if dist.is_initialized() else 1
+            _atomic_write(target / MARKER, json.dumps({"step": position["step"], "world_size": world,
                                                        "position": position}))
         except OSError as err:
             failure = f"{type(err).__name__}: {err}"

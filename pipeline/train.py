@@ -8,6 +8,7 @@ A resumed run therefore continues the loss curve step for step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -18,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from model.flops import device_peak_flops, training_flops
 from model.mae import MaskedVideoAutoencoder
 from model.masking import Mask, make_mask
 from pipeline.checkpoint import (CheckpointError, export_weights, latest_checkpoint, load_checkpoint,
-                                 save_checkpoint)
+                                 save_checkpoint, tag_of)
 from pipeline.engine import Launch, init_distributed, make_engine, pick_precision, set_lr
 from pipeline.loader import make_loader
 from pipeline.metrics import MetricsWriter, peak_memory_gb
@@ -84,7 +86,10 @@ def pretrain(cfg, config_yaml: str) -> dict:
     """Run (or resume) pretraining as ``cfg`` says; returns rank 0's summary."""
     import os
 
-    check_before_start(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    try:
+        check_before_start(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError as err:  # the sections' own checks name the key
+        raise TrainError(str(err)) from None
     launch = init_distributed()
     if launch.rank:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for all
@@ -121,6 +126,9 @@ def pretrain(cfg, config_yaml: str) -> dict:
     stopper = TermSignal()
     summary = Summary()
     last_batch = None
+    quiet_bar = contextlib.ExitStack()
+    if launch.rank == 0:  # log lines above the progress bar, not through it
+        quiet_bar.enter_context(logging_redirect_tqdm())
     try:
         while position.step < plan.run_steps:
             loader.set_epoch(position.epoch, position.epoch_step * split.videos_per_rank_step)
@@ -148,11 +156,16 @@ def pretrain(cfg, config_yaml: str) -> dict:
                     picture(engine, last_batch, cfg, out / "pictures" / f"step{position.step:09d}.png", position)
             if position.epoch_step >= plan.steps_per_epoch:
                 position.epoch, position.epoch_step = position.epoch + 1, 0
-        folder = save(engine, out, position, config_yaml, train.keep_last)
-        return finish(summary, position, plan, out, launch, metrics, (engine, last_batch, cfg, folder))
+        done = latest_checkpoint(out)
+        if summary.steps or done is None or done.name != tag_of(position.step):
+            done = save(engine, out, position, config_yaml, train.keep_last)
+        else:
+            log.info("nothing to do: %s is already at step %d of %d", done, position.step, plan.run_steps)
+        return finish(summary, position, plan, out, launch, metrics, (engine, last_batch, cfg, done))
     finally:
         stopper.restore()
         metrics.close()
+        quiet_bar.close()
 
 
 def make_plan(cfg, split: BatchSplit, loader_batches_per_epoch: int) -> Plan:
