@@ -46,6 +46,8 @@ bench: setup
 	$(BIN)/python bench/bench_codecs.py --repeats 3
 	$(BIN)/python bench/bench_loader.py --repeats 3
 	$(BIN)/python bench/bench_model.py --preset vit-b --batch 2
+	$(BIN)/python bench/bench_pretrain.py --preset vit-s --repeats 3
+	$(BIN)/python bench/bench_pretrain.py --preset tiny --repeats 3
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,6 +1,6 @@
 """End-to-end pretraining throughput against its two halves, measured in the same run (issue 5).
 
-    python bench/bench_pretrain.py [--repeats 3] [--steps 12] [--out bench/results/pretrain.json]
+    python bench/bench_pretrain.py [--preset vit-s] [--repeats 3] [--steps 12] [--out FILE]
 
 Three measurements, each in its own process (so each gets a fresh process group), interleaved over ``--repeats``
 rounds and reported as medians:
@@ -37,11 +37,11 @@ sys.path.insert(0, str(ROOT))
 WARMUP = 3
 
 
-def config(dataset: Path, out: Path, steps: int, workers: int) -> dict:
+def config(dataset: Path, out: Path, steps: int, workers: int, preset: str) -> dict:
     return {
         "data": {"frames": 16, "stride": 4, "views": 4, "crop_size": 112, "batch_size": 4, "workers": workers,
                  "backend": "cpu"},
-        "model": {"preset": "vit-s"},
+        "model": {"preset": preset},
         "train": {"dataset": str(dataset), "out": str(out), "epochs": 100, "max_steps": steps + WARMUP,
                   "global_batch": 4, "base_lr": 1e-3, "warmup_epochs": 1, "checkpoint_every": 10_000,
                   "log_every": 1, "zero_stage": 1, "precision": "fp32", "resume": "never"},
@@ -95,14 +95,15 @@ def model_alone(cfg) -> float:
     return video.shape[0] * len(times[WARMUP:]) / sum(times[WARMUP:])
 
 
-def end_to_end(cfg) -> float:
+def end_to_end(cfg) -> tuple[float, float]:
     from pipeline.metrics import read_metrics
     from pipeline.train import pretrain
     from tools.config import to_yaml
 
     pretrain(cfg, to_yaml(cfg))
     records = read_metrics(Path(cfg.train.out) / "metrics.jsonl")[WARMUP:]
-    return sum(r["clips"] for r in records) / sum(r["data_wait"] + r["compute"] for r in records)
+    busy = sum(r["data_wait"] + r["compute"] for r in records)
+    return sum(r["clips"] for r in records) / busy, 100 * sum(r["data_wait"] for r in records) / busy
 
 
 def child(mode: str, config_file: Path) -> None:
@@ -111,11 +112,12 @@ def child(mode: str, config_file: Path) -> None:
 
     setup_logging("WARNING")
     cfg = load_config(str(config_file))
-    rate = {"loader": loader_alone, "model": model_alone, "end-to-end": end_to_end}[mode](cfg)
-    print(json.dumps({"clips_per_s": rate}))
+    result = {"loader": loader_alone, "model": model_alone, "end-to-end": end_to_end}[mode](cfg)
+    rate, wait = result if isinstance(result, tuple) else (result, None)
+    print(json.dumps({"clips_per_s": rate, "data_wait_pct": wait}))
 
 
-def measure(mode: str, config_file: Path, threads: int) -> float:
+def measure(mode: str, config_file: Path, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
@@ -123,14 +125,16 @@ def measure(mode: str, config_file: Path, threads: int) -> float:
                           capture_output=True, text=True, timeout=1200)
     if proc.returncode:
         raise RuntimeError(f"{mode} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])["clips_per_s"]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=12, help="timed steps per measurement (after 3 warm-up)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/pretrain.json"))
+    parser.add_argument("--preset", default="vit-s", help="model preset (tiny: a model about as fast as the loader)")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/pretrain-PRESET.json")
+    parser.add_argument("--settings", default="shared,partitioned", help="comma-separated: shared, partitioned")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -143,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
 
     cores = os.cpu_count() or 1
     settings = {"shared": (cores, cores), "partitioned": (max(1, cores // 2), max(1, cores - cores // 2))}
+    settings = {name: settings[name] for name in args.settings.split(",")}
     rates: dict[str, dict[str, list[float]]] = {s: {"loader": [], "model": [], "end-to-end": []} for s in settings}
+    waits: dict[str, list[float]] = {s: [] for s in settings}
     with tempfile.TemporaryDirectory(prefix="vmae-bench-pretrain-") as tmp:
         videos, dataset = Path(tmp) / "videos", Path(tmp) / "shards"
         make_synthetic_videos(videos, SynthConfig(classes=4, videos_per_class=5, workers=cores))
@@ -153,13 +159,16 @@ def main(argv: list[str] | None = None) -> int:
             for setting, (workers, threads) in settings.items():
                 cfg_file = Path(tmp) / f"{setting}.yaml"
                 cfg_file.write_text(yaml.safe_dump(config(dataset, Path(tmp) / f"run-{setting}", args.steps,
-                                                          workers)))
+                                                          workers, args.preset)))
                 for mode in rates[setting]:
-                    rates[setting][mode].append(measure(mode, cfg_file, threads))
+                    result = measure(mode, cfg_file, threads)
+                    rates[setting][mode].append(result["clips_per_s"])
+                    if mode == "end-to-end":
+                        waits[setting].append(result["data_wait_pct"])
                     print(f"{setting:12s} {mode:11s} {rates[setting][mode][-1]:7.2f} clips/s", flush=True)
 
     report = {"machine": f"{platform.processor() or platform.machine()}, {cores} cores, no GPU",
-              "config": "vit-s, 4 views x 16x112 clips (stride 4), 4 videos per step, ZeRO-1 fp32, 1 process",
+              "config": f"{args.preset}, 4 views x 16x112 clips (stride 4), 4 videos per step, ZeRO-1 fp32, 1 process",
               "steps": args.steps, "repeats": args.repeats, "settings": {}}
     for setting, modes in rates.items():
         median = {mode: statistics.median(values) for mode, values in modes.items()}
@@ -167,13 +176,16 @@ def main(argv: list[str] | None = None) -> int:
         report["settings"][setting] = {
             "decode_workers_and_threads": settings[setting], "clips_per_s": median, "runs": modes,
             "end_to_end_over_slower_half": median["end-to-end"] / slower,
+            "end_to_end_data_wait_pct": statistics.median(waits[setting]),
             "slower_half": "loader" if median["loader"] < median["model"] else "model"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    out = args.out or Path(f"bench/results/pretrain-{args.preset}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
     for setting, row in report["settings"].items():
         r = row["clips_per_s"]
         print(f"{setting:12s} loader {r['loader']:.2f}  model {r['model']:.2f}  end-to-end {r['end-to-end']:.2f} "
-              f"clips/s: {row['end_to_end_over_slower_half']:.2f} x the slower half ({row['slower_half']})")
+              f"clips/s: {row['end_to_end_over_slower_half']:.2f} x the slower half ({row['slower_half']}), "
+              f"waiting for data {row['end_to_end_data_wait_pct']:.1f} %")
     return 0
 
 

@@ -38,6 +38,9 @@ class DataConfig:
         "CPU path decoder (both seek)", choices=CPU_DECODERS))
     workers: int = field(default=0, metadata=field_help("decode worker processes per rank (0: all cores)"))
     prefetch: int = field(default=2, metadata=field_help("batches each worker prepares ahead"))
+    worker_nice: int = field(default=10, metadata=field_help(
+        "CPU priority the decode workers give up (nice increment): a loader that is ahead only takes cycles the "
+        "training process leaves idle (0: equal priority)"))
     shuffle_buffer: int = field(default=256, metadata=field_help("samples mixed across shard boundaries each epoch"))
     dtype: str = field(default="float32", metadata=field_help("clip dtype handed to the model", choices=DTYPES))
     seed: int = field(default=0, metadata=field_help("seed of the sample order and of every random draw"))

@@ -7,6 +7,7 @@ round-robin yields the rank's batches in order and the stream does not depend on
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -262,10 +263,12 @@ class CpuLoader:
         workers = self.cfg.workers or os.cpu_count() or 1
         return DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=self.cfg.prefetch,
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
-                          worker_init_fn=_ignore_sigterm)
+                          worker_init_fn=functools.partial(_init_worker, nice=self.cfg.worker_nice))
 
 
-def _ignore_sigterm(worker_id: int) -> None:
-    """SLURM signals every process of a job before preemption: the workers keep serving batches while the
-    trainer writes its checkpoint, and leave when it shuts the DataLoader down."""
+def _init_worker(worker_id: int, nice: int) -> None:
+    # SLURM signals every process of a job before preemption: the workers keep serving batches while the
+    # trainer writes its checkpoint, and leave when it shuts the DataLoader down
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if nice:  # on a CPU-only machine the model's threads then preempt decoding that is ahead of them
+        os.nice(nice)

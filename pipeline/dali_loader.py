@@ -125,6 +125,7 @@ class DaliLoader:
         self._private = None  # temporary folder for filtered index copies
         self.rebuilds = 0
         self.steps = len(self.shardset) // world_size // cfg.batch_size
+        self.per_epoch = self.steps  # batches per epoch, as the CPU path names it
         self.skip = 0
         self._build()
 

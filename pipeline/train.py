@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -75,7 +76,7 @@ def check_before_start(cfg, world_size: int) -> None:
     out = Path(cfg.train.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"  # one per process: ranks probe at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
@@ -84,8 +85,6 @@ def check_before_start(cfg, world_size: int) -> None:
 
 def pretrain(cfg, config_yaml: str) -> dict:
     """Run (or resume) pretraining as ``cfg`` says; returns rank 0's summary."""
-    import os
-
     try:
         check_before_start(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError as err:  # the sections' own checks name the key
