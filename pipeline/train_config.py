@@ -122,6 +122,8 @@ class TrainConfig:
             raise ValueError(f"train.lr_batch_unit must be videos or clips; got {self.lr_batch_unit!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"train.betas must be two values in [0, 1), got {self.betas}")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"train.warmup_epochs={self.warmup_epochs} must be less than train.epochs={self.epochs}")
         if self.base_lr <= 0 or self.min_lr < 0 or self.warmup_epochs < 0 or self.gradient_clipping < 0:
             raise ValueError("train.base_lr must be > 0; train.min_lr, warmup_epochs and gradient_clipping >= 0")
 

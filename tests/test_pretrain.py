@@ -59,9 +59,10 @@ def write_config(tmp: Path, cfg: dict) -> Path:
     return path
 
 
-def vmae_pretrain(config: Path, *extra: str, launcher: tuple[str, ...] = (), wait: bool = True, timeout=300):
-    command = [*launcher, "-m", "tools.cli", "pretrain", "--config", str(config), *extra] if launcher else \
-        [sys.executable, "-m", "tools.cli", "pretrain", "--config", str(config), *extra]
+def vmae_pretrain(config: Path, *extra: str, launcher: tuple[str, ...] = (sys.executable, "-m"), wait: bool = True,
+                  timeout=300):
+    """`vmae pretrain` as a module under ``launcher`` (which ends with its own "run a module" flag)."""
+    command = [*launcher, "tools.cli", "pretrain", "--config", str(config), *extra]
     proc = subprocess.Popen(command, cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     if not wait:
@@ -71,7 +72,7 @@ def vmae_pretrain(config: Path, *extra: str, launcher: tuple[str, ...] = (), wai
 
 
 def torchrun(*args: str) -> tuple[str, ...]:
-    return (sys.executable, "-m", "torch.distributed.run", *args)
+    return (sys.executable, "-m", "torch.distributed.run", *args, "-m")
 
 
 def losses(out: Path) -> list[float]:
@@ -178,6 +179,17 @@ def test_two_nodes_with_accumulation_agree_with_one(reference, built, tmp_path):
     assert len(ranks) == 2
     assert all(len(a) == len(b) == 2 and not set(a) & set(b) for a, b in zip(*ranks, strict=True))
     assert sample_steps(tmp_path / "run") == sample_steps(reference)  # together: the one-node run's videos
+
+
+@pytest.mark.slow
+def test_the_deepspeed_launcher_runs_the_same_job(reference, built, tmp_path):
+    cfg = run_config(built[0], tmp_path / "run", data__batch_size=2, max_steps=4)
+    env_cpu = ("env", "DS_ACCELERATOR=cpu", sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
+               "--master_port", str(free_port()), "--module")
+    code, output = vmae_pretrain(write_config(tmp_path, cfg), launcher=env_cpu)
+    assert code == 0, output
+    assert "launch: deepspeed, 2 rank(s)" in output
+    assert losses(tmp_path / "run") == pytest.approx(losses(reference)[:4], rel=1e-4, abs=1e-5)
 
 
 @pytest.mark.slow
@@ -292,6 +304,7 @@ def test_a_full_disk_leaves_the_previous_checkpoint_intact(reference, tmp_path):
     ("train.dataset=/nonexistent", "no manifest.json"),
     ("model.preset=vit-z", "model.preset"),
     ("data.crop_size=40", "tubelet"),
+    ("train.warmup_epochs=20", "train.warmup_epochs=20.0 must be less than train.epochs=20"),
 ])
 def test_config_errors_are_refused_at_start(built, tmp_path, capfd, override, message):
     config = write_config(tmp_path, run_config(built[0], tmp_path / "run"))

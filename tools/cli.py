@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vmae", description="Masked-autoencoder pretraining on video: build shards, load, pretrain, profile.",
         epilog=EPILOG)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    # the `deepspeed` launcher passes --local_rank=N before the command; the rank is read from LOCAL_RANK
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     shards = commands.add_parser("shards", help="build, verify and inspect WebDataset video shards",
@@ -106,7 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "process, or under `deepspeed`, `torchrun` or `srun` (tools/slurm_pretrain.sh). "
                         "--resume auto (the default) continues from the newest complete checkpoint in --out. "
                         "Model and data keys are set as model.KEY=VALUE and data.KEY=VALUE.")
-    pretrain.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # from `deepspeed`
     _config_args(pretrain, "train")
 
     visualize = _command(commands, "visualize", _run_visualize, "reconstruction pictures of a checkpoint",
