@@ -127,12 +127,17 @@ def load_checkpoint(engine, folder: Path) -> dict:
     if not (folder / MARKER).is_file():
         raise CheckpointError(f"{folder} is not a complete checkpoint (no {MARKER}); pass another or --resume auto")
     saved_world = json.loads((folder / MARKER).read_text())["world_size"]
+    world = dist.get_world_size()
+    if saved_world != world and any(folder.glob("*zero_pp_rank_*")):
+        raise CheckpointError(f"{folder} was written by {saved_world} rank(s) and this run has {world}: ZeRO's "
+                              f"optimizer partitions do not re-split. Resume with {saved_world} rank(s) (the global "
+                              "batch, schedule and data order do not depend on the split)")
     path, client = engine.load_checkpoint(str(folder.parent), tag=folder.name, load_optimizer_states=True,
                                           load_lr_scheduler_states=False)
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load {folder}")
     rank_file = folder / f"rank{dist.get_rank():05d}.pt"
-    if saved_world == dist.get_world_size() and rank_file.is_file():
+    if saved_world == world and rank_file.is_file():
         set_rng_states(torch.load(rank_file, map_location="cpu", weights_only=False)["rng"])
     return client["position"]
 

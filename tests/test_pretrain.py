@@ -240,6 +240,18 @@ def test_killed_run_resumes_on_the_same_loss_curve(reference, built, tmp_path):
 
 
 @pytest.mark.slow
+def test_resuming_zero_partitions_on_another_world_size_is_refused(reference, built, tmp_path):
+    import shutil
+
+    shutil.copytree(reference / "checkpoints", tmp_path / "run" / "checkpoints")
+    cfg = run_config(built[0], tmp_path / "run", data__batch_size=2, max_steps=10)
+    code, output = vmae_pretrain(write_config(tmp_path, cfg), launcher=torchrun(
+        "--nproc_per_node", "2", "--master_port", str(free_port())))
+    assert code != 0
+    assert "written by 1 rank(s) and this run has 2" in output
+
+
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(built, tmp_path):
     out = tmp_path / "run"
     proc = vmae_pretrain(write_config(tmp_path, run_config(built[0], out, max_steps=500, checkpoint_every=1000)),
