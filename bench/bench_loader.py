@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -46,12 +46,12 @@ from pipeline.config import DataConfig  # noqa: E402
 from pipeline.loader import CpuLoader  # noqa: E402
 from pipeline.sampling import plan_views  # noqa: E402
 from pipeline.shardset import SampleRef, ShardSet  # noqa: E402
-from pipeline.views import make_views  # noqa: E402
 from shards.build import build_shards  # noqa: E402
 from shards.config import ShardConfig, SynthConfig  # noqa: E402
 from shards.encode import ffmpeg_exe  # noqa: E402
 from shards.synth import copy_sample_videos, make_synthetic_videos  # noqa: E402
 from shards.tars import read_member  # noqa: E402
+from tools.baselines import PerFileDecord  # noqa: E402
 
 WORKERS = 2
 GOP = 16
@@ -77,27 +77,6 @@ def make_data(root: Path, videos: Path, name: str, pframe_interval: int) -> tupl
 
 
 # ------------------------------------------------------------------ the baseline: VideoMAE's per-file loader
-
-class PerFileDecord(Dataset):
-    """One item = one clip: open the mp4 with decord, get_batch the clip's frames, crop and normalize."""
-
-    def __init__(self, files: list[Path], cfg: DataConfig):
-        self.files, self.cfg = files, cfg
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        import decord
-
-        reader = decord.VideoReader(str(self.files[i]), num_threads=1, ctx=decord.cpu(0))
-        n = len(reader)
-        rng = np.random.default_rng(i + int(time.time_ns() % 1000))
-        plan = plan_views(n, reader[0].shape[0], reader[0].shape[1], self.cfg, rng)
-        frames = torch.from_numpy(reader.get_batch(plan.frames[0].tolist()).asnumpy())
-        inverse = np.arange(self.cfg.frames)[None, :]
-        return make_views(frames, plan, inverse, self.cfg)[0]
-
 
 def baseline_rate(files: list[Path], cfg: DataConfig, batches: int) -> float:
     """Clips/s of the per-file loader over ``batches`` batches after one warm-up batch."""

@@ -51,6 +51,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def available_backends(device: torch.device) -> list[str]:
+    """The backends that run on ``device``, fastest-expected first."""
+    fused = ["xformers"] if device.type == "cuda" and _xformers_problem() is None else []
+    return [*fused, "sdpa", "math"]
+
+
 @lru_cache(maxsize=None)
 def _auto_backend(device_type: str) -> str:
     choice, why = "sdpa", "not on CUDA"

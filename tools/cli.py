@@ -19,6 +19,7 @@ EPILOG = ("Every option is also a config key: --config FILE|PRESET loads YAML, a
           "overrides win over both (e.g. shards.short_side=256). `vmae config` prints the resolved config.")
 
 
+STAGE_NAMES = ("decode", "load", "model", "train")  # tools.profile.STAGES, without importing torch for --help
 OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
 
 
@@ -122,6 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
                       "for fine-tuning: {'model': state dict, 'config': YAML}, safe to read with weights_only=True.")
     export.add_argument("checkpoint", type=Path, help="a checkpoint folder (OUT/checkpoints/stepN) or run folder")
     export.add_argument("out", type=Path, help="file to write, e.g. vit-l.pt")
+
+    profile = _command(commands, "profile", _run_profile, "where the throughput goes, and what to change",
+                       "Measure decode, load, model and train each alone, then together, on your dataset and config; "
+                       "name the bottleneck and its headroom, suggest settings; write profile.json and profile.png.")
+    profile.add_argument("--stages", default=",".join(STAGE_NAMES), help="comma-separated subset of "
+                         f"{','.join(STAGE_NAMES)} (default: all)")
+    profile.add_argument("--seconds", type=float, default=10.0, help="measuring time per stage (after warm-up)")
+    profile.add_argument("--report", type=Path, default=Path("profile"), help="folder for profile.json and .png")
+    profile.add_argument("--baselines", action="store_true",
+                         help="also VideoMAE's per-file decord loader and the dense (all-token) encoder, as ratios")
+    profile.add_argument("--sweep", nargs="+", metavar="KEY=V1,V2", default=[],
+                         help="loader grid, e.g. data.workers=1,2 data.views=1,2,4 (put overrides before it)")
+    profile.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"),
+                         help="print two profiles side by side with ratios, and exit")
+    profile.add_argument("--slow", action="append", default=[], metavar="STAGE=SECONDS", help=argparse.SUPPRESS)
+    _config_args(profile, "train", only=("dataset",))
 
     config = _command(commands, "config", _run_config, "print the resolved configuration",
                       "Print the configuration after defaults, --config and overrides, as YAML.")
@@ -238,6 +255,30 @@ def _run_export(args: argparse.Namespace) -> int:
 
     written = export_weights(resolve_checkpoint(args.checkpoint), args.out)
     log.info("wrote %s", written)
+    return 0
+
+
+def _run_profile(args: argparse.Namespace) -> int:
+    from tools.profile import compare_profiles, run_profile
+    from tools.report import print_comparison, print_profile
+
+    if args.compare:
+        a, b = (json.loads(path.read_text()) for path in args.compare)
+        print_comparison(compare_profiles(a, b), *args.compare)
+        return 0
+    cfg = _config(args)
+    sweep = {}
+    for item in args.sweep:
+        key, _, values = item.partition("=")
+        if not values or not key.startswith("data."):
+            raise ConfigError(f"--sweep {item!r}: give a data key and its values, e.g. data.workers=1,2")
+        sweep[key] = values.split(",")
+    slow = {stage: float(sec) for stage, _, sec in (item.partition("=") for item in args.slow)}
+    report = run_profile(cfg, tuple(s for s in args.stages.split(",") if s), args.seconds, args.report, sweep,
+                         make_cfg=lambda extra: load_config(args.config, [*args.overrides, *extra],
+                                                            flag_values(args)),
+                         baselines=args.baselines, slow=slow)
+    print_profile(report, args.report)
     return 0
 
 

@@ -85,3 +85,42 @@ def print_train_summary(summary: dict) -> None:
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+
+
+def print_profile(report: dict, folder: Path) -> None:
+    from tools.profile import _rates
+
+    wide = console if console.is_terminal else Console(width=150)
+    table = Table(title=f"vmae profile ({report['machine']['cpu']}, {report['machine']['cores']} cores"
+                        f"{', ' + report['machine']['gpu'] if report['machine']['gpu'] else ''})")
+    for column in ("figure", "median", "unit", "spread", "notes"):
+        table.add_column(column, justify="right" if column in ("median", "spread") else "left")
+    for name, rate in _rates(report["stages"]):
+        notes = ", ".join(f"{k.replace('_', ' ')} {_short(v)}" for k, v in rate.items()
+                          if k not in ("median", "unit", "spread", "trusted", "windows"))
+        spread = f"{rate['spread']:.0%}" + ("" if rate["trusted"] else " (too wide)")
+        table.add_row(name, f"{rate['median']:.2f}", rate["unit"], spread, notes)
+    wide.print(table)
+    for line in report["verdict"].get("advice", []):
+        wide.print(f"• {line}")
+    if report.get("untrusted"):
+        console.print(f"spread too wide to trust (> 25 %): {', '.join(report['untrusted'])}; raise --seconds")
+    ratios = report["stages"].get("baselines", {}).get("ratios", {})
+    for name, ratio in ratios.items():
+        console.print(f"baseline ratio {name}: {ratio:.2f}x")
+    console.print(f"written: {folder / 'profile.json'}, {folder / 'profile.png'} ({report['wall_seconds']} s)")
+
+
+def print_comparison(rows: list[tuple[str, float, float, float]], a: Path, b: Path) -> None:
+    table = Table(title=f"{a} vs {b}")
+    for column in ("figure", str(a.name), str(b.name), "b / a"):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    for name, first, second, ratio in rows:
+        table.add_row(name, f"{first:.2f}", f"{second:.2f}", f"{ratio:.2f}x")
+    console.print(table)
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)

@@ -1,0 +1,116 @@
+"""`vmae profile`: every stage measured within its bound, the slower stage named, runs compared."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tools.cli import main
+from tools.profile import Rate, compare_profiles, measure
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def small_config(tmp: Path, dataset: Path) -> Path:
+    path = tmp / "profile.yaml"
+    path.write_text(yaml.safe_dump({
+        "data": {"frames": 4, "stride": 2, "views": 2, "crop_size": 32, "batch_size": 4, "workers": 1,
+                 "backend": "cpu", "shuffle_buffer": 4, "prefetch": 1},
+        "model": {"preset": "tiny", "mask_ratio": 0.75},
+        "train": {"dataset": str(dataset), "epochs": 20, "global_batch": 4, "base_lr": 1e-3, "warmup_epochs": 1,
+                  "peak_tflops": 1.0},
+    }))
+    return path
+
+
+def medians(stages: dict) -> list[float]:
+    found = []
+    for value in stages.values():
+        if isinstance(value, dict) and "median" in value:
+            found.append(value["median"])
+        elif isinstance(value, dict):
+            found += medians(value)
+    return found
+
+
+@pytest.mark.slow
+def test_full_profile_is_bounded_complete_and_drawn(built, tmp_path):
+    config = small_config(tmp_path, built[0])
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "tools.cli", "profile", "--config", str(config), "--seconds", "2",
+                           "--report", str(tmp_path / "report")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert time.perf_counter() - started < 180
+    report = json.loads((tmp_path / "report" / "profile.json").read_text())
+    assert set(report["stages"]) == {"decode", "load", "model", "train"}
+    assert set(report["stages"]["load"]) == {"K=1", "K=2", "K=4"}
+    assert {"sdpa", "math"} <= set(report["stages"]["model"])
+    values = medians(report["stages"])
+    assert len(values) >= 8 and all(math.isfinite(v) and v > 0 for v in values)
+    assert 0 < report["stages"]["model"]["sdpa"]["mfu"] < 1.5
+    assert 0 <= report["stages"]["train"]["end_to_end"]["data_wait_pct"] <= 100
+    assert report["verdict"]["bottleneck"] in ("load", "model") and report["verdict"]["advice"]
+    assert report["machine"]["cores"] >= 1 and report["machine"]["versions"]["torch"]
+    assert (tmp_path / "report" / "profile.png").stat().st_size > 5_000
+    assert "is the limit" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("slowed", ["load", "model"])
+def test_the_artificially_slowed_stage_is_named_the_bottleneck(built, tmp_path, slowed, capfd):
+    config = small_config(tmp_path, built[0])
+    assert main(["profile", "--config", str(config), "--stages", "load,model", "--seconds", "1.5",
+                 "--report", str(tmp_path / "r"), "--slow", f"{slowed}=0.4"]) == 0
+    verdict = json.loads((tmp_path / "r" / "profile.json").read_text())["verdict"]
+    assert verdict["bottleneck"] == slowed
+    assert ("loading is the limit" if slowed == "load" else "the model is the limit") in capfd.readouterr().out
+
+
+@pytest.mark.slow
+def test_sweep_baselines_and_compare(built, tmp_path, capfd):
+    config = small_config(tmp_path, built[0])
+    assert main(["profile", "--config", str(config), "--stages", "load", "--seconds", "1",
+                 "--report", str(tmp_path / "a"), "--sweep", "data.workers=1,2", "data.views=1,2"]) == 0
+    a = json.loads((tmp_path / "a" / "profile.json").read_text())
+    assert [row["settings"] for row in a["stages"]["sweep"]] == [
+        {"data.workers": w, "data.views": v} for w in ("1", "2") for v in ("1", "2")]
+    assert all(row["median"] > 0 for row in a["stages"]["sweep"])
+    assert main(["profile", "--config", str(config), "--stages", "load,model", "--seconds", "1",
+                 "--report", str(tmp_path / "b"), "--baselines"]) == 0
+    b = json.loads((tmp_path / "b" / "profile.json").read_text())
+    ratios = b["stages"]["baselines"]["ratios"]
+    assert {"loader K=1 / per-file decord", "visible-token model / dense (sdpa)"} <= set(ratios)
+    assert ratios["visible-token model / dense (sdpa)"] > 1  # 2 of 8 tokens visible
+    capfd.readouterr()
+    assert main(["profile", "--compare", str(tmp_path / "a" / "profile.json"),
+                 str(tmp_path / "b" / "profile.json")]) == 0
+    printed = capfd.readouterr().out
+    assert "load/K=1" in printed and "x" in printed
+    rows = compare_profiles(a, b)
+    assert {name for name, *_ in rows} >= {"load/K=1", "load/K=2", "load/K=4"}
+
+
+def test_rates_have_medians_spreads_and_a_trust_flag():
+    steady = Rate("clips/s", [10.0, 10.5, 9.8, 10.1])
+    noisy = Rate("clips/s", [10.0, 30.0, 5.0])
+    assert steady.median == pytest.approx(10.05) and steady.as_dict()["trusted"]
+    assert not noisy.as_dict()["trusted"] and noisy.spread == pytest.approx(2.5)
+    calls = []
+    windows = measure(lambda: calls.append(1) or 2.0, seconds=0.05, warmup=2, min_steps=7)
+    assert len(calls) >= 9 and 1 <= len(windows) <= 5
+
+
+def test_bad_profile_requests_are_refused(built, tmp_path, capfd):
+    config = small_config(tmp_path, built[0])
+    assert main(["profile", "--config", str(config), "--sweep", "workers=1,2"]) == 2
+    assert "give a data key" in capfd.readouterr().err
+    assert main(["profile", "--config", str(config), "--stages", "load,warp"]) == 2
+    assert "unknown stage(s) warp" in capfd.readouterr().err

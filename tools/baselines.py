@@ -1,0 +1,56 @@
+"""What vmae is measured against: VideoMAE's per-file decord loader (one clip per decode), on the same videos and
+clip spec, with the same crop/normalize code, so that the comparison is of reading and decoding."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.config import DataConfig
+from pipeline.sampling import plan_views
+from pipeline.views import make_views
+
+
+class PerFileDecord(Dataset):
+    """One item = one clip: open the mp4 with decord, get_batch the clip's frames, crop and normalize."""
+
+    def __init__(self, files: list[Path], cfg: DataConfig):
+        self.files, self.cfg = files, cfg
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        import decord
+
+        reader = decord.VideoReader(str(self.files[i]), num_threads=1, ctx=decord.cpu(0))
+        n = len(reader)
+        rng = np.random.default_rng(i + int(time.time_ns() % 1000))
+        plan = plan_views(n, reader[0].shape[0], reader[0].shape[1], self.cfg, rng)
+        frames = torch.from_numpy(reader.get_batch(plan.frames[0].tolist()).asnumpy())
+        inverse = np.arange(self.cfg.frames)[None, :]
+        return make_views(frames, plan, inverse, self.cfg)[0]
+
+
+def per_file_loader(files: list[Path], cfg: DataConfig, workers: int) -> DataLoader:
+    return DataLoader(PerFileDecord(files, cfg), batch_size=cfg.batch_size, num_workers=workers, shuffle=True,
+                      drop_last=True, persistent_workers=workers > 0)
+
+
+def per_file_loader_rate(files: list[Path], cfg: DataConfig, seconds: float) -> list[float]:
+    """Clips/s windows of the per-file loader for about ``seconds`` (after a warm-up batch)."""
+    from tools.profile import measure
+
+    workers = cfg.workers or 1
+    loader = per_file_loader(files, cfg, workers)
+
+    def forever():
+        while True:
+            yield from loader
+
+    batches = forever()
+    return measure(lambda: next(batches).shape[0], seconds)
