@@ -276,8 +276,12 @@ def run_profile(cfg, stages: tuple[str, ...], seconds: float, out: Path, sweep: 
         if "model" in stages:
             figures["model"] = model_stage(cfg.model, cfg.data, seconds, sleep=slow.get("model", 0.0))
         if "train" in stages:
-            models = [r for r in figures.get("model", {}).values() if isinstance(r, Rate)]
-            step = cfg.data.batch_size * cfg.data.views / max(r.median for r in models) if models else 1.0
+            # steps that fill about ``seconds``: at the slower of the two halves, when they were measured
+            halves = [max((r.median for r in figures.get("model", {}).values() if isinstance(r, Rate)), default=0)]
+            load = figures.get("load", {}).get(f"K={cfg.data.views}")
+            halves.append(load.median if load else 0)
+            rate = min((h for h in halves if h > 0), default=0)
+            step = cfg.data.batch_size * cfg.data.views / rate if rate else 1.0
             figures["train"] = train_stage(cfg, seconds, step, scratch)
         if baselines:
             figures["baselines"] = baseline_stage(dataset, cfg, seconds, scratch, figures)
