@@ -45,7 +45,7 @@ def test_full_profile_is_bounded_complete_and_drawn(built, tmp_path):
     config = small_config(tmp_path, built[0])
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "tools.cli", "profile", "--config", str(config), "--seconds", "2",
-                           "--report", str(tmp_path / "report")], cwd=ROOT, capture_output=True, text=True,
+                           "--out", str(tmp_path / "report")], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert time.perf_counter() - started < 180
@@ -68,7 +68,7 @@ def test_full_profile_is_bounded_complete_and_drawn(built, tmp_path):
 def test_the_artificially_slowed_stage_is_named_the_bottleneck(built, tmp_path, slowed, capfd):
     config = small_config(tmp_path, built[0])
     assert main(["profile", "--config", str(config), "--stages", "load,model", "--seconds", "1.5",
-                 "--report", str(tmp_path / "r"), "--slow", f"{slowed}=0.4"]) == 0
+                 "--out", str(tmp_path / "r"), "--slow", f"{slowed}=0.4"]) == 0
     verdict = json.loads((tmp_path / "r" / "profile.json").read_text())["verdict"]
     assert verdict["bottleneck"] == slowed
     assert ("loading is the limit" if slowed == "load" else "the model is the limit") in capfd.readouterr().out
@@ -78,13 +78,13 @@ def test_the_artificially_slowed_stage_is_named_the_bottleneck(built, tmp_path, 
 def test_sweep_baselines_and_compare(built, tmp_path, capfd):
     config = small_config(tmp_path, built[0])
     assert main(["profile", "--config", str(config), "--stages", "load", "--seconds", "1",
-                 "--report", str(tmp_path / "a"), "--sweep", "data.workers=1,2", "data.views=1,2"]) == 0
+                 "--out", str(tmp_path / "a"), "--sweep", "data.workers=1,2", "data.views=1,2"]) == 0
     a = json.loads((tmp_path / "a" / "profile.json").read_text())
     assert [row["settings"] for row in a["stages"]["sweep"]] == [
         {"data.workers": w, "data.views": v} for w in ("1", "2") for v in ("1", "2")]
     assert all(row["median"] > 0 for row in a["stages"]["sweep"])
     assert main(["profile", "--config", str(config), "--stages", "load,model", "--seconds", "1",
-                 "--report", str(tmp_path / "b"), "--baselines"]) == 0
+                 "--out", str(tmp_path / "b"), "--baselines"]) == 0
     b = json.loads((tmp_path / "b" / "profile.json").read_text())
     ratios = b["stages"]["baselines"]["ratios"]
     assert {"loader K=1 / per-file decord", "visible-token model / dense (sdpa)"} <= set(ratios)
@@ -114,3 +114,12 @@ def test_bad_profile_requests_are_refused(built, tmp_path, capfd):
     assert "give a data key" in capfd.readouterr().err
     assert main(["profile", "--config", str(config), "--stages", "load,warp"]) == 2
     assert "unknown stage(s) warp" in capfd.readouterr().err
+
+
+@pytest.mark.gpu
+def test_nvdec_decode_rate_on_cuda(built):
+    pytest.importorskip("nvidia.dali")
+    from tools.profile import nvdec_rate
+
+    windows = nvdec_rate(built[0], seconds=2)
+    assert windows and all(w > 0 for w in windows)

@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--stages", default=",".join(STAGE_NAMES), help="comma-separated subset of "
                          f"{','.join(STAGE_NAMES)} (default: all)")
     profile.add_argument("--seconds", type=float, default=10.0, help="measuring time per stage (after warm-up)")
-    profile.add_argument("--report", type=Path, default=Path("profile"), help="folder for profile.json and .png")
+    profile.add_argument("--out", type=Path, default=Path("profile"), help="folder for profile.json and .png")
     profile.add_argument("--baselines", action="store_true",
                          help="also VideoMAE's per-file decord loader and the dense (all-token) encoder, as ratios")
     profile.add_argument("--sweep", nargs="+", metavar="KEY=V1,V2", default=[],
@@ -274,11 +274,11 @@ def _run_profile(args: argparse.Namespace) -> int:
             raise ConfigError(f"--sweep {item!r}: give a data key and its values, e.g. data.workers=1,2")
         sweep[key] = values.split(",")
     slow = {stage: float(sec) for stage, _, sec in (item.partition("=") for item in args.slow)}
-    report = run_profile(cfg, tuple(s for s in args.stages.split(",") if s), args.seconds, args.report, sweep,
+    report = run_profile(cfg, tuple(s for s in args.stages.split(",") if s), args.seconds, args.out, sweep,
                          make_cfg=lambda extra: load_config(args.config, [*args.overrides, *extra],
                                                             flag_values(args)),
                          baselines=args.baselines, slow=slow)
-    print_profile(report, args.report)
+    print_profile(report, args.out)
     return 0
 
 
