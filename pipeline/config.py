@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from shards.config import field_help
@@ -36,7 +37,8 @@ class DataConfig:
         "dali on CUDA (NVDEC), cpu otherwise; auto picks", choices=BACKENDS))
     cpu_decoder: str = field(default="torchcodec", metadata=field_help(
         "CPU path decoder (both seek)", choices=CPU_DECODERS))
-    workers: int = field(default=0, metadata=field_help("decode worker processes per rank (0: all cores)"))
+    workers: int = field(default=0, metadata=field_help(
+        "decode worker processes per rank (0: this machine's cores shared among its ranks)"))
     prefetch: int = field(default=2, metadata=field_help("batches each worker prepares ahead"))
     worker_nice: int = field(default=10, metadata=field_help(
         "CPU priority the decode workers give up (nice increment): a loader that is ahead only takes cycles the "
@@ -60,6 +62,15 @@ class DataConfig:
             raise ValueError("data.mean and data.std need three values each, std > 0")
         if self.span and self.span < 1:
             raise ValueError(f"data.span is in clip lengths and must be 0 or >= 1, got {self.span}")
+
+    @property
+    def worker_count(self) -> int:
+        """``workers``, or the cores divided among the ranks this machine runs (LOCAL_WORLD_SIZE, set by
+        torchrun; SLURM_NTASKS_PER_NODE under srun)."""
+        if self.workers:
+            return self.workers
+        ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0])
+        return max(1, (os.cpu_count() or 1) // max(ranks, 1))
 
     @property
     def clip_length(self) -> int:

@@ -260,7 +260,7 @@ class CpuLoader:
     def _dataloader(self, epoch: int, start_batch: int) -> DataLoader:
         stream = BatchStream(self.shardset, self.cfg, self.rank, self.world_size, epoch, start_batch,
                              self.accumulation)
-        workers = self.cfg.workers or os.cpu_count() or 1
+        workers = self.cfg.worker_count
         return DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=self.cfg.prefetch,
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
                           worker_init_fn=functools.partial(_init_worker, nice=self.cfg.worker_nice))

@@ -376,3 +376,17 @@ def test_a_sample_with_incomplete_metadata_is_a_counted_bad_sample(built, tmp_pa
         reader.load(SampleRef(2, 0))
     assert err.value.reason == "bad_metadata" and "height" in str(err.value)
     assert reader.load(SampleRef(2, 1)).clips.shape == (2, 3, 8, 64, 64)
+
+
+def test_default_workers_share_the_cores_among_the_ranks_of_a_machine(monkeypatch):
+    import os
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert DataConfig().worker_count == 64 and DataConfig(workers=3).worker_count == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert DataConfig().worker_count == 8
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "16(x4)")
+    assert DataConfig().worker_count == 4

@@ -150,7 +150,7 @@ def loader_rate(dataset: Path, data, seconds: float, sleep: float = 0.0) -> Rate
         return batch["video"].shape[0]
 
     # warm-up: worker start-up and the batches they prefetched before the clock starts
-    workers = data.workers or os.cpu_count() or 1
+    workers = data.worker_count
     windows = measure(step, seconds, warmup=workers * data.prefetch + 1, min_steps=2 * WINDOWS)
     extra = {"backend": loader.backend, "views": data.views,
              "decoded_frames_per_clip": round(loader.stats.decoded_frames_per_clip, 2)}
@@ -257,7 +257,7 @@ def verdict(figures: dict, cfg) -> dict:
             say.append(f"raise data.views to {max(loads)}: each decoded video then gives more clips")
         if not cfg.data.span:
             say.append("try data.span=2: all views from one window, so less of each video is decoded")
-        say.append(f"try more decode workers (data.workers, now {cfg.data.workers or os.cpu_count()}) or a deeper "
+        say.append(f"try more decode workers (data.workers, now {cfg.data.worker_count}) or a deeper "
                    f"data.prefetch (now {cfg.data.prefetch})")
         say.append("build shards with --pframe-interval equal to data.stride: clips then need no B-frame")
         decode = figures.get("decode", {})
