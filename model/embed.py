@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
-POSITIONS = ("separable", "sincos")
+POSITIONS = ("separable", "sincos", "sinusoid")
 
 
 class TubeletEmbed(nn.Module):
@@ -54,11 +54,12 @@ class PositionEmbed(nn.Module):
             trunc_normal_(self.space, std=0.02)
             trunc_normal_(self.time, std=0.02)
         else:
-            self.register_buffer("table", sincos_3d(grid, dim).unsqueeze(0), persistent=False)
+            table = sincos_3d(grid, dim) if kind == "sincos" else sinusoid_1d(t * h * w, dim)
+            self.register_buffer("table", table.unsqueeze(0), persistent=False)
 
     def full(self) -> torch.Tensor:
         """[1, N, D] positions of every token."""
-        if self.kind == "sincos":
+        if self.kind != "separable":
             return self.table
         t = self.grid[0]
         return (self.space.unsqueeze(1) + self.time.unsqueeze(2)).reshape(1, t * self.space.shape[1], -1)
@@ -70,6 +71,17 @@ class PositionEmbed(nn.Module):
             return tokens + positions
         index = keep.unsqueeze(-1).expand(-1, -1, positions.shape[-1])
         return tokens + positions.expand(keep.shape[0], -1, -1).gather(1, index)
+
+
+def sinusoid_1d(n: int, dim: int) -> torch.Tensor:
+    """[N, D] VideoMAE's fixed positions: one sinusoid table over the flattened token index, sin on even
+    channels and cos on odd ones (what its checkpoints, and HuggingFace's VideoMAE, were trained with)."""
+    position = torch.arange(n, dtype=torch.float64)[:, None]
+    rates = torch.pow(10000.0, 2 * (torch.arange(dim) // 2).double() / dim)[None, :]
+    angles = position / rates
+    table = torch.empty(n, dim, dtype=torch.float64)
+    table[:, 0::2], table[:, 1::2] = angles[:, 0::2].sin(), angles[:, 1::2].cos()
+    return table.float()
 
 
 def sincos_3d(grid: tuple[int, int, int], dim: int) -> torch.Tensor:

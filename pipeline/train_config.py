@@ -33,8 +33,8 @@ class ModelOptions:
     target: str = field(default="slice", metadata=field_help(
         "slice: one frame per temporal patch (MAE-ST); tube: the whole tubelet (VideoMAE)", choices=("slice", "tube")))
     positions: str = field(default="separable", metadata=field_help(
-        "position embedding: learned separable space+time (MAE-ST) or fixed sin-cos (VideoMAE)",
-        choices=("separable", "sincos")))
+        "position embedding: learned separable space+time (MAE-ST), fixed 3-D sin-cos, or VideoMAE's fixed "
+        "1-D sinusoid (to load VideoMAE checkpoints)", choices=("separable", "sincos", "sinusoid")))
     norm_pix_loss: bool = field(default=True, metadata=field_help("targets are per-patch normalized pixels"))
     drop_path: float = field(default=0.0, metadata=field_help("stochastic depth rate of the last encoder block"))
     attention: str = field(default="auto", metadata=field_help(
