@@ -29,6 +29,9 @@ class DataConfig:
     flip: bool = field(default=True, metadata=field_help("random horizontal flip, one draw per view"))
     augment: bool = field(default=True, metadata=field_help(
         "random crops and flips; off: the centre crop of the resized frame, no flip (evaluation, checks)"))
+    test_crops: int = field(default=1, metadata=field_help(
+        "with augment off: spatial crops per temporal window along the long side (3: MAE-ST's 7x3 testing is "
+        "views=21 test_crops=3); views counts every clip"))
     mean: list[float] = field(default_factory=lambda: [0.45, 0.45, 0.45], metadata=field_help("per-channel mean (0-1)"))
     std: list[float] = field(default_factory=lambda: [0.225, 0.225, 0.225], metadata=field_help("per-channel std"))
     # how batches are made
@@ -60,6 +63,8 @@ class DataConfig:
                 raise ValueError(f"data.{key} must be [low, high] with 0 < low <= high, got {getattr(self, key)}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("data.mean and data.std need three values each, std > 0")
+        if self.test_crops < 1 or self.views % self.test_crops:
+            raise ValueError(f"data.views ({self.views}) must be a multiple of data.test_crops ({self.test_crops})")
         if self.span and self.span < 1:
             raise ValueError(f"data.span is in clip lengths and must be 0 or >= 1, got {self.span}")
 

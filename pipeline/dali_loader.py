@@ -118,6 +118,8 @@ class DaliLoader:
         if self.decode_device == "cpu" and self.shardset.video_ext not in CPU_DECODABLE:
             raise ValueError(f"{dataset}: DALI's CPU decoder cannot read .{self.shardset.video_ext} (H.264) shards; "
                              "use the cpu backend (data.backend=cpu), or build shards with --codec vp9")
+        if cfg.test_crops > 1 and not cfg.augment:
+            raise ValueError("data.test_crops > 1 is cut by the CPU path only: use data.backend=cpu for evaluation")
         self.stats = LoaderStats()
         self.outputs = [f"view{k}" for k in range(cfg.views)] + ["label", "source"]
         self.indexes = [str(p.with_suffix(".idx")) for p in self.shardset.shards]

@@ -42,8 +42,9 @@ def plan_views(num_frames: int, height: int, width: int, cfg: DataConfig, rng: n
     if cfg.augment:
         crops = np.array([random_resized_crop(height, width, cfg.scale, cfg.ratio, rng) for _ in range(cfg.views)])
         flips = rng.random(cfg.views) < 0.5 if cfg.flip else np.zeros(cfg.views, bool)
-    else:
-        crops = np.array([center_square(height, width)] * cfg.views)
+    else:  # evaluation: every temporal window cut at test_crops places along the long side
+        per_window = [spread_square(height, width, c, cfg.test_crops) for c in range(cfg.test_crops)]
+        crops = np.array(per_window * (cfg.views // cfg.test_crops))
         flips = np.zeros(cfg.views, bool)
     return ViewPlan(frames=frames, crops=crops.astype(np.int64), flips=flips, padded=padded)
 
@@ -58,8 +59,10 @@ def temporal_windows(num_frames: int, cfg: DataConfig, rng: np.random.Generator,
         window_start = rng.integers(0, max(num_frames - window, 0) + 1)
         last_start = min(window_start + window, num_frames) - length
         starts = rng.integers(window_start, max(last_start, window_start) + 1, size=cfg.views)
-    elif not cfg.augment:  # evaluation: K windows spread evenly over the video
-        starts = np.linspace(0, max(num_frames - length, 0), cfg.views).round().astype(np.int64)
+    elif not cfg.augment:  # evaluation: windows spread evenly over the video, each repeated for its crops
+        windows = cfg.views // cfg.test_crops
+        starts = np.linspace(0, max(num_frames - length, 0), windows).round().astype(np.int64)
+        starts = np.repeat(starts, cfg.test_crops)
     else:
         starts = rng.integers(0, max(num_frames - length, 0) + 1, size=cfg.views)
     starts = starts - starts % align
@@ -89,6 +92,10 @@ def random_resized_crop(height: int, width: int, scale: list[float], ratio: list
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def center_square(height: int, width: int) -> tuple[int, int, int, int]:
+def spread_square(height: int, width: int, index: int, count: int) -> tuple[int, int, int, int]:
+    """The index-th of ``count`` short-side squares spread evenly along the long side (one: the centre;
+    three: start, centre, end, as MAE-ST's and SlowFast's test-time crops)."""
     side = min(height, width)
-    return (height - side) // 2, (width - side) // 2, side, side
+    room_y, room_x = height - side, width - side
+    at = 0.5 if count == 1 else index / (count - 1)
+    return int(round(room_y * at)), int(round(room_x * at)), side, side

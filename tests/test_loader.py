@@ -390,3 +390,17 @@ def test_default_workers_share_the_cores_among_the_ranks_of_a_machine(monkeypatc
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "16(x4)")
     assert DataConfig().worker_count == 4
+
+
+def test_evaluation_views_are_temporal_windows_times_spatial_crops():
+    from pipeline.sampling import plan_views
+
+    cfg = DataConfig(views=6, test_crops=3, augment=False, frames=4, stride=2)
+    plan = plan_views(100, 240, 320, cfg, np.random.default_rng(0))
+    assert [tuple(c) for c in plan.crops] == [(0, 0, 240, 240), (0, 40, 240, 240), (0, 80, 240, 240)] * 2
+    assert (plan.frames[0] == plan.frames[2]).all() and (plan.frames[3] == plan.frames[5]).all()
+    assert plan.frames[0, 0] == 0 and plan.frames[3, -1] == 99  # the two windows span the video
+    portrait = plan_views(100, 320, 240, cfg, np.random.default_rng(0))
+    assert [tuple(c)[:2] for c in portrait.crops[:3]] == [(0, 0), (40, 0), (80, 0)]
+    with pytest.raises(ValueError, match="multiple of data.test_crops"):
+        DataConfig(views=4, test_crops=3)

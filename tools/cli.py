@@ -140,6 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--slow", action="append", default=[], metavar="STAGE=SECONDS", help=argparse.SUPPRESS)
     _config_args(profile, "train", only=("dataset",))
 
+    probe = _command(commands, "linear-probe", _run_linear_probe, "how good is a pretrained encoder: a linear probe",
+                     "Freeze a checkpoint's encoder, take mean-pooled features of every video (evaluation views: "
+                     "windows spread over the video x crops along its long side), train a linear classifier on one "
+                     "part and score the other (softmax averaged over views); write report.json and confusion.png.")
+    probe.add_argument("checkpoint", type=Path, help="a pretraining checkpoint folder or run folder")
+    probe.add_argument("--dataset", type=Path, required=True, help="labelled dataset (`vmae shards build`)")
+    probe.add_argument("--val-dataset", type=Path, help="score on this dataset instead of a split of --dataset")
+    probe.add_argument("--val-fraction", type=float, default=0.3, help="share of videos held out (by key hash)")
+    probe.add_argument("--views", type=int, default=2, help="clips per video (temporal windows x crops)")
+    probe.add_argument("--test-crops", type=int, default=1, help="spatial crops per window (3: MAE-ST testing)")
+    probe.add_argument("--epochs", type=int, default=300, help="full-batch optimizer steps of the linear head")
+    probe.add_argument("--out", type=Path, help="where to write (default: linear-probe/ in the checkpoint)")
+
     config = _command(commands, "config", _run_config, "print the resolved configuration",
                       "Print the configuration after defaults, --config and overrides, as YAML.")
     _config_args(config, None)
@@ -279,6 +292,31 @@ def _run_profile(args: argparse.Namespace) -> int:
                                                             flag_values(args)),
                          baselines=args.baselines, slow=slow)
     print_profile(report, args.out)
+    return 0
+
+
+def _run_linear_probe(args: argparse.Namespace) -> int:
+    from pipeline.checkpoint import resolve_checkpoint, saved_config
+    from pipeline.downstream import evaluation_data, extract_features, linear_probe, split_by_key, write_report
+    from pipeline.pretrained import load_pretrained
+    from pipeline.shardset import ShardSet
+
+    folder = resolve_checkpoint(args.checkpoint)
+    cfg = load_config(str(saved_config(folder)))
+    encoder = load_pretrained(folder, cfg).encoder
+    data = evaluation_data(cfg.data, args.views, args.test_crops)
+    features = extract_features(encoder, args.dataset, data)
+    if args.val_dataset:
+        train, val = features, extract_features(encoder, args.val_dataset, data)
+    else:
+        train, val = split_by_key(features, args.val_fraction)
+    names = ShardSet(args.dataset).classes
+    report = linear_probe(train, val, len(names), epochs=args.epochs)
+    report.update(checkpoint=str(folder), dataset=str(args.dataset), test_crops=args.test_crops)
+    written = write_report(report, names, args.out or folder / "linear-probe")
+    print(f"linear probe of {folder.name}: top-1 {report['top1']:.1%} (single view {report['top1_single_view']:.1%}, "
+          f"chance {report['chance']:.1%}) on {report['val_videos']} videos; train {report['train_top1']:.1%}")
+    log.info("wrote %s and %s", *written)
     return 0
 
 
