@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
 DEMO := runs/demo
 
-.PHONY: setup demo test test-fast bench clean ffmpeg
+.PHONY: setup demo test test-fast bench learn clean ffmpeg
 
 setup: $(STAMP) ffmpeg
 
@@ -48,6 +48,10 @@ bench: setup
 	$(BIN)/python bench/bench_model.py --preset vit-b --batch 2
 	$(BIN)/python bench/bench_pretrain.py --preset vit-s --repeats 3
 	$(BIN)/python bench/bench_pretrain.py --preset tiny --repeats 3
+
+# does pretraining help? MAE pretrain + fine-tune vs scratch for the same time, over seeds, and the masking ablation
+learn: setup
+	$(BIN)/python bench/learn.py --out runs/learn --out-json bench/results/learn.json
 
 clean:
 	rm -rf runs .pytest_cache

@@ -8,7 +8,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from model.mae import MaskedVideoAutoencoder, ModelConfig
+from model.mae import MaskedVideoAutoencoder, ModelConfig, VideoClassifier
 from model.masking import make_mask
 
 # Dense bf16 tensor-core peaks (vendor datasheets, SXM parts); matched against torch.cuda.get_device_name().
@@ -24,6 +24,16 @@ def training_flops(cfg: ModelConfig, clips: int = 1) -> float:
     mask = make_mask(cfg.mask, clips, model.grid, cfg.mask_ratio, torch.Generator().manual_seed(0))
     with FlopCounterMode(display=False) as counter:
         model(video, torch.Generator().manual_seed(0), mask=mask)[0].backward()
+    return float(counter.get_total_flops())
+
+
+def classifier_training_flops(cfg: ModelConfig, classes: int, clips: int = 1) -> float:
+    """FLOPs of one fine-tuning forward and backward (all tokens) over ``clips`` clips, counted on the meta device."""
+    with torch.device("meta"):
+        model = VideoClassifier(cfg, classes)
+        video = torch.empty(clips, 3, cfg.frames, cfg.size, cfg.size)
+    with FlopCounterMode(display=False) as counter:
+        model(video).sum().backward()
     return float(counter.get_total_flops())
 
 

@@ -227,6 +227,14 @@ class VideoClassifier(nn.Module):
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc_norm(self.encoder(video).mean(dim=1)))
 
+    def no_weight_decay(self) -> set[str]:
+        return {name for name, _ in self.named_parameters() if "pos_embed" in name}
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layers for timm's layer-wise lr decay: the embeddings (0), block i (i + 1), then fc_norm and the head,
+        which match nothing and so form the last layer (lr x 1)."""
+        return {"stem": r"^encoder\.(?:patch_embed|pos_embed)", "blocks": [(r"^encoder\.blocks\.(\d+)", None)]}
+
     def load_pretrained_encoder(self, source: dict | str) -> list[str]:
         """Copy every encoder tensor of a MaskedVideoAutoencoder state dict (or a file holding one, read with
         ``weights_only=True``: an untrusted pickle runs no code); returns the keys of this model left as they were

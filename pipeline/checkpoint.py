@@ -177,6 +177,38 @@ def export_weights(folder: Path, destination: Path) -> Path:
     return destination
 
 
+def weights_file(source: Path, run_file: str, rank: int = 0) -> Path:
+    """Plain weights for ``source``: the file itself, a run folder's ``run_file`` (pretrained.pt, finetuned.pt), or
+    a checkpoint's weights gathered once (by rank 0) into weights.fp32.pt next to it."""
+    source = Path(source)
+    if source.is_file():
+        return source
+    if not source.exists():
+        raise CheckpointError(f"{source} does not exist: pass a run folder, a checkpoint folder or an exported .pt")
+    if (source / run_file).is_file():
+        return source / run_file
+    folder = resolve_checkpoint(source)
+    exported = folder / "weights.fp32.pt"
+    if rank == 0 and not exported.exists():
+        export_weights(folder, exported)
+    _barrier()
+    return exported
+
+
+def config_text(source: Path) -> str:
+    """The config YAML a run, checkpoint folder or exported weights file was trained with."""
+    source = Path(source)
+    if source.is_file():
+        text = torch.load(source, map_location="cpu", weights_only=True).get("config", "")
+        if not text:
+            raise CheckpointError(f"{source} carries no config: export it with `vmae export` or pass the run folder")
+        return text
+    for name in ("pretrained.pt", "finetuned.pt"):
+        if (source / name).is_file():
+            return config_text(source / name)
+    return saved_config(resolve_checkpoint(source)).read_text()
+
+
 def rng_states() -> dict:
     states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():

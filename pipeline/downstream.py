@@ -1,4 +1,5 @@
-"""Does the representation help? Multi-view features of a frozen encoder and a linear probe on them.
+"""Does the representation help? Multi-view testing of a fine-tuned classifier, and a linear probe on the
+features of a frozen encoder.
 
 Evaluation views follow the papers: ``data.views`` clips per video = temporal windows spread over the video ×
 ``data.test_crops`` spatial crops along its long side (MAE-ST tests Kinetics with 7 × 3), centre crops, no flips;
@@ -12,11 +13,13 @@ import logging
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.mae import VideoClassifier
 from pipeline.config import DataConfig
 from pipeline.loader import make_loader
 
@@ -42,13 +45,19 @@ def evaluation_data(data: DataConfig, views: int, test_crops: int) -> DataConfig
                    backend="cpu", dtype="float32", shuffle_buffer=1)
 
 
-@torch.no_grad()
 def extract_features(encoder: nn.Module, dataset: Path, data: DataConfig, chunk: int = 16) -> Features:
-    """Mean-pooled encoder tokens of every view of every video (all tokens: nothing is masked at test time).
-    A video the loader cannot read is left out and logged."""
+    """Mean-pooled encoder tokens of every view of every video (all tokens: nothing is masked at test time)."""
+    encoder.eval()
+    return view_outputs(lambda clips: encoder(clips).mean(dim=1), dataset, data, chunk)
+
+
+@torch.no_grad()
+def view_outputs(fn: Callable[[torch.Tensor], torch.Tensor], dataset: Path, data: DataConfig,
+                 chunk: int = 16) -> Features:
+    """``fn`` of every view of every video, [N, K, D] (K = data.views), in chunks of ``chunk`` videos on the
+    device ``fn``'s model is on. A video the loader cannot read is left out and logged."""
     loader = make_loader(Path(dataset), data, device="cpu")
     loader.set_epoch(0)
-    encoder.eval()
     videos, labels, keys, features = [], [], [], []
     failures = 0
     for batch in loader:
@@ -58,20 +67,67 @@ def extract_features(encoder: nn.Module, dataset: Path, data: DataConfig, chunk:
             continue
         videos.append(batch["video"]), labels.append(int(batch["label"][0])), keys.append(batch["key"][0])
         if len(videos) == chunk:
-            features.append(_encode(encoder, videos, data.views))
+            features.append(_per_view(fn, videos, data.views))
             videos = []
     if videos:
-        features.append(_encode(encoder, videos, data.views))
+        features.append(_per_view(fn, videos, data.views))
     failed = dict(loader.stats.failed)
     if failed:
         log.warning("left out of the features: %s", failed)
     return Features(torch.cat(features), torch.tensor(labels), keys)
 
 
-def _encode(encoder: nn.Module, videos: list[torch.Tensor], views: int) -> torch.Tensor:
-    clips = torch.cat(videos)  # [n·K, 3, T, S, S]
-    pooled = encoder(clips).mean(dim=1)  # [n·K, D]
-    return pooled.view(len(videos), views, -1)
+def _per_view(fn: Callable[[torch.Tensor], torch.Tensor], videos: list[torch.Tensor], views: int) -> torch.Tensor:
+    out = fn(torch.cat(videos))  # [n·K, 3, T, S, S] → [n·K, D]
+    return out.float().cpu().view(len(videos), views, -1)
+
+
+def load_classifier(weights: Path, cfg, classes: int, device: str = "cpu") -> VideoClassifier:
+    """A fine-tuned classifier from plain weights (``vmae export`` / finetuned.pt), in eval mode."""
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model = VideoClassifier(cfg.model.model_config(cfg.data), classes)
+    try:
+        model.load_state_dict(state.get("model", state))
+    except RuntimeError as err:
+        raise ValueError(f"{weights} does not hold a classifier of {classes} classes for model.preset="
+                         f"{cfg.model.preset}: {err}") from None
+    return model.to(device).eval()
+
+
+def evaluate_classifier(weights: Path, cfg, dataset: Path, out: Path, views: int | None = None,
+                        test_crops: int | None = None) -> dict:
+    """The papers' multi-view test: softmax averaged over temporal windows x spatial crops; top-1/top-5, the
+    confusion matrix, report.json and confusion.png in ``out``."""
+    from pipeline.shardset import ShardSet
+
+    trained_on = Path(cfg.train.dataset or dataset)
+    names = ShardSet(trained_on if (trained_on / "manifest.json").is_file() else dataset).classes
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_classifier(Path(weights), cfg, len(names), device)
+    views, test_crops = views or cfg.finetune.test_views, test_crops or cfg.finetune.test_crops
+    data = evaluation_data(cfg.data, views, test_crops)
+    scores = view_outputs(lambda clips: model(clips.to(device)).softmax(dim=-1), dataset, data)
+    labels = remap_labels(scores.labels, ShardSet(dataset).classes, names, dataset)
+    report = {"weights": str(weights), "dataset": str(dataset), "val_videos": len(scores.keys),
+              "test_crops": test_crops, **scores_report(scores.views, labels, len(names))}
+    written = write_report(report, names, out)
+    log.info("multi-view test (%d views = %d windows x %d crops) on %d videos: top-1 %.1f%%, top-%d %.1f%%; "
+             "wrote %s and %s", views, views // test_crops, test_crops, report["val_videos"], 100 * report["top1"],
+             min(5, len(names)), 100 * report[f"top{min(5, len(names))}"], *written)
+    return report
+
+
+def remap_labels(labels: torch.Tensor, dataset_classes: list[str], model_classes: list[str],
+                 dataset: Path) -> torch.Tensor:
+    """Labels of ``dataset`` as indices of the model's classes, matched by name."""
+    if dataset_classes == model_classes:
+        return labels
+    unknown = sorted(set(dataset_classes) - set(model_classes))
+    if unknown:
+        raise ValueError(f"{dataset} has classes the model was not trained on: {unknown[:5]}; evaluate on a "
+                         "dataset labelled with the fine-tuning classes")
+    index = torch.tensor([model_classes.index(name) for name in dataset_classes])
+    return index[labels]
 
 
 def split_by_key(features: Features, val_fraction: float) -> tuple[Features, Features]:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from timm.optim import param_groups_weight_decay
 
 from pipeline.train_config import BatchSplit, TrainConfig
 
@@ -112,9 +111,8 @@ def optimizer_clips(train: TrainConfig, precision: str) -> bool:
     return train.zero_stage == 0 and precision == "fp32"
 
 
-def make_optimizer(model: torch.nn.Module, train: TrainConfig, precision: str) -> torch.optim.Optimizer:
-    """AdamW, decay on weight matrices only (not biases, norms, positions or mask tokens)."""
-    groups = param_groups_weight_decay(model, train.weight_decay, no_weight_decay_list=model.no_weight_decay())
+def make_optimizer(groups: list[dict], train: TrainConfig, precision: str) -> torch.optim.Optimizer:
+    """AdamW over the task's parameter groups (each may carry an ``lr_scale``: layer-wise lr decay)."""
     if optimizer_clips(train, precision):
         return FiniteAdamW(groups, max_norm=train.gradient_clipping, lr=0.0, betas=tuple(train.betas), eps=1e-8)
     return torch.optim.AdamW(groups, lr=0.0, betas=tuple(train.betas), eps=1e-8)
@@ -144,15 +142,16 @@ class FiniteAdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
-def make_engine(model: torch.nn.Module, train: TrainConfig, split: BatchSplit, precision: str):
+def make_engine(model: torch.nn.Module, groups: list[dict], train: TrainConfig, split: BatchSplit, precision: str):
     import deepspeed
 
-    optimizer = make_optimizer(model, train, precision)
+    optimizer = make_optimizer(groups, train, precision)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            config=deepspeed_config(train, split, precision))
     return engine
 
 
 def set_lr(engine, lr: float) -> None:
+    """The schedule's lr, times each group's ``lr_scale`` (DeepSpeed's ZeRO optimizers keep the groups' keys)."""
     for group in engine.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 class MetricsWriter:
     """metrics.jsonl + TensorBoard events + a tqdm bar; a resumed run drops what came after its checkpoint."""
 
-    def __init__(self, out: Path, total_steps: int, start_step: int, enabled: bool):
+    def __init__(self, out: Path, total_steps: int, start_step: int, enabled: bool, name: str = "pretrain"):
         self.enabled = enabled
         self.path = Path(out) / "metrics.jsonl"
         self.bar = None
@@ -30,7 +30,7 @@ class MetricsWriter:
 
         self.tb = SummaryWriter(str(Path(out) / "tensorboard"), purge_step=start_step + 1)
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr,
-                        mininterval=1.0, desc="pretrain")
+                        mininterval=1.0, desc=name)
 
     def step(self, done: int, postfix: dict) -> None:
         if self.bar is not None:

@@ -8,17 +8,14 @@ from pathlib import Path
 import torch
 
 from model.mae import MaskedVideoAutoencoder
-from pipeline.checkpoint import export_weights
+from pipeline.checkpoint import weights_file
 from pipeline.loader import make_loader
 from pipeline.visualize import reconstruction_grid
 
 
 def load_pretrained(folder: Path, cfg) -> MaskedVideoAutoencoder:
     """The autoencoder of a checkpoint folder (``cfg``: its config.yaml, loaded), on the CPU, in eval mode."""
-    exported = Path(folder) / "weights.fp32.pt"
-    if not exported.exists():
-        export_weights(folder, exported)
-    state = torch.load(exported, map_location="cpu", weights_only=True)["model"]
+    state = torch.load(weights_file(folder, "pretrained.pt"), map_location="cpu", weights_only=True)["model"]
     model = MaskedVideoAutoencoder(cfg.model.model_config(cfg.data))
     model.load_state_dict(state)
     return model.eval()

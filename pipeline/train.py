@@ -1,9 +1,10 @@
-"""`vmae pretrain`: the loader and the MAE-ST model in a DeepSpeed engine, read top to bottom.
+"""`vmae pretrain` and `vmae finetune`: the loader and a model in a DeepSpeed engine, read top to bottom.
 
 One process per accelerator (or one CPU process). Every global step holds the same videos and the same masks for
 any world size x micro-batch x accumulation with the same global batch: rank r takes the r-th share of each step's
-videos (``ShardSet.rank_part``) and a clip's mask is a function of (seed, step, its place in the global batch).
-A resumed run therefore continues the loss curve step for step.
+videos (``ShardSet.rank_part``) and a clip's random draws (mask, mixup) are functions of (seed, step, its place in
+the global batch). A resumed run therefore continues the loss curve step for step. What is trained — MAE
+pretraining or classification — is a task (``pipeline.tasks``); the loop is the same.
 """
 
 from __future__ import annotations
@@ -17,21 +18,17 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from model.flops import device_peak_flops, training_flops
-from model.mae import MaskedVideoAutoencoder
-from model.masking import Mask, make_mask
-from pipeline.checkpoint import (CheckpointError, export_weights, latest_checkpoint, load_checkpoint,
-                                 save_checkpoint, tag_of)
+from model.flops import device_peak_flops
+from pipeline.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, tag_of)
 from pipeline.engine import Launch, init_distributed, make_engine, pick_precision, set_lr
 from pipeline.loader import make_loader
 from pipeline.metrics import MetricsWriter, peak_memory_gb
+from pipeline.tasks import FinetuneTask, PretrainTask, seed_of
 from pipeline.train_config import BatchSplit, TrainError, batch_split, lr_at, peak_lr
-from pipeline.visualize import reconstruction_grid
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +81,35 @@ def check_before_start(cfg, world_size: int) -> None:
 
 
 def pretrain(cfg, config_yaml: str) -> dict:
-    """Run (or resume) pretraining as ``cfg`` says; returns rank 0's summary."""
+    """Run (or resume) MAE pretraining as ``cfg`` says; returns rank 0's summary."""
+    check(cfg)
+    return run(cfg, config_yaml, PretrainTask(cfg))
+
+
+def finetune(cfg, config_yaml: str) -> dict:
+    """Run (or resume) fine-tuning of the classifier as ``cfg`` says; returns rank 0's summary."""
+    from pipeline.shardset import ShardSet
+
+    check(cfg)
+    if cfg.finetune.val_dataset and not (Path(cfg.finetune.val_dataset) / "manifest.json").is_file():
+        raise TrainError(f"finetune.val_dataset={cfg.finetune.val_dataset}: no manifest.json there; build it with "
+                         "`vmae shards build`")
+    classes = ShardSet(Path(cfg.train.dataset)).classes
+    if len(classes) < 2:
+        raise TrainError(f"{cfg.train.dataset} has {len(classes)} class(es): fine-tuning needs labelled videos of "
+                         "at least two (build the shards from class sub-folders or a CSV with labels)")
+    return run(cfg, config_yaml, FinetuneTask(cfg, classes))
+
+
+def check(cfg) -> None:
     try:
         check_before_start(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError as err:  # the sections' own checks name the key
         raise TrainError(str(err)) from None
+
+
+def run(cfg, config_yaml: str, task) -> dict:
+    """The training loop of any task: resume, steps, metrics, checkpoints, SIGTERM, non-finite steps."""
     launch = init_distributed()
     if launch.rank:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for all
@@ -96,16 +117,15 @@ def pretrain(cfg, config_yaml: str) -> dict:
     out = Path(train.out)
     split = batch_split(train, data, launch.world_size)
     precision = pick_precision(train, launch.device)
-    model_cfg = cfg.model.model_config(data)
-    log.info("launch: %s, %d rank(s) on %s, ZeRO-%d, %s; global batch %d videos = %d ranks x %d x %d accumulation",
-             launch.launcher, launch.world_size, launch.device, train.zero_stage, precision, split.global_batch,
-             launch.world_size, split.micro_batch, split.accumulation)
+    log.info("%s launch: %s, %d rank(s) on %s, ZeRO-%d, %s; global batch %d videos = %d ranks x %d x %d accumulation",
+             task.name, launch.launcher, launch.world_size, launch.device, train.zero_stage, precision,
+             split.global_batch, launch.world_size, split.micro_batch, split.accumulation)
     if precision == "bf16" and launch.device.type == "cpu":
         log.warning("bf16 on this CPU runs backward several times slower than fp32 (train.precision=fp32)")
 
     torch.manual_seed(train.seed)  # the same initial weights on every rank
-    model = MaskedVideoAutoencoder(model_cfg)
-    engine = make_engine(model, train, split, precision)
+    model = task.build_model(launch)
+    engine = make_engine(model, task.param_groups(model), train, split, precision)
     loader = make_loader(Path(train.dataset), data, launch.rank, launch.world_size, str(launch.device),
                          split.accumulation)
     plan = make_plan(cfg, split, loader.per_epoch)
@@ -117,13 +137,13 @@ def pretrain(cfg, config_yaml: str) -> dict:
              train.base_lr, split.global_batch * (data.views if train.lr_batch_unit == "clips" else 1),
              train.lr_batch_unit, plan.run_steps)
 
-    flops_per_clip = training_flops(model_cfg)
+    flops_per_clip = task.flops_per_clip()
     peak, peak_source = device_peak_flops(launch.device, train.peak_tflops)
     log.info("MFU against %.1f TFLOP/s (%s); %.1f GFLOP per clip forward+backward", peak / 1e12, peak_source,
              flops_per_clip / 1e9)
-    metrics = MetricsWriter(out, plan.run_steps, position.step, enabled=launch.rank == 0)
+    metrics = MetricsWriter(out, plan.run_steps, position.step, enabled=launch.rank == 0, name=task.name)
     stopper = TermSignal()
-    summary = Summary()
+    summary = Summary(task.name)
     last_batch = None
     quiet_bar = contextlib.ExitStack()
     if launch.rank == 0:  # log lines above the progress bar, not through it
@@ -133,7 +153,7 @@ def pretrain(cfg, config_yaml: str) -> dict:
             loader.set_epoch(position.epoch, position.epoch_step * split.videos_per_rank_step)
             batches = iter(loader)
             while position.step < plan.run_steps and position.epoch_step < plan.steps_per_epoch:
-                record, last_batch = train_step(engine, batches, position, plan, cfg, launch, model_cfg, stopper)
+                record, last_batch = train_step(engine, batches, position, plan, cfg, launch, task, stopper)
                 summary.add(record)
                 finish_step(position, plan, record, split)
                 if position.step % train.log_every == 0 or position.step == plan.run_steps or record["stop"]:
@@ -152,7 +172,8 @@ def pretrain(cfg, config_yaml: str) -> dict:
                 if position.step % train.checkpoint_every == 0 and position.step < plan.run_steps:
                     save(engine, out, position, config_yaml, train.keep_last)
                 if train.visualize_every and position.step % train.visualize_every == 0 and launch.rank == 0:
-                    picture(engine, last_batch, cfg, out / "pictures" / f"step{position.step:09d}.png", position)
+                    task.picture(engine, last_batch, out / "pictures" / f"step{position.step:09d}.png",
+                                 position.step)
             if position.epoch_step >= plan.steps_per_epoch:
                 position.epoch, position.epoch_step = position.epoch + 1, 0
         done = latest_checkpoint(out)
@@ -160,7 +181,7 @@ def pretrain(cfg, config_yaml: str) -> dict:
             done = save(engine, out, position, config_yaml, train.keep_last)
         else:
             log.info("nothing to do: %s is already at step %d of %d", done, position.step, plan.run_steps)
-        return finish(summary, position, plan, out, launch, metrics, (engine, last_batch, cfg, done))
+        return finish(summary, position, plan, out, launch, metrics, (task, engine, last_batch, done))
     finally:
         stopper.restore()
         metrics.close()
@@ -189,13 +210,12 @@ def resume_position(engine, cfg, out: Path) -> Position:
     return position
 
 
-def train_step(engine, batches, position: Position, plan: Plan, cfg, launch: Launch, model_cfg,
+def train_step(engine, batches, position: Position, plan: Plan, cfg, launch: Launch, task,
                stopper: "TermSignal") -> tuple[dict, dict]:
     """One optimizer step: ``accumulation`` micro-batches forward and backward, then the update."""
     split, train = plan.split, cfg.train
     lr = lr_at(position.step, plan.total_steps, plan.warmup_steps, plan.peak_lr, train.min_lr)
     set_lr(engine, lr)
-    grid = engine.module.grid
     wait = compute = 0.0
     loss_sum = torch.zeros((), device=launch.device)
     keys: list[str] = []
@@ -205,11 +225,9 @@ def train_step(engine, batches, position: Position, plan: Plan, cfg, launch: Lau
         fetched = time.perf_counter()
         wait += fetched - started
         first_video = launch.rank * split.videos_per_rank_step + micro * split.micro_batch
-        mask = clip_masks(model_cfg, grid, train.seed, position.step, first_video * split.views,
-                          batch["video"].shape[0])
         torch.manual_seed(seed_of(train.seed, position.step, launch.rank, micro))  # drop path: per step
         video = batch["video"].to(torch.bfloat16) if engine.bfloat16_enabled() else batch["video"]
-        loss = engine(video, mask=mask)[0]
+        loss = task.loss(engine, video, batch, position.step, first_video * split.views)
         if position.step in train.inject_nonfinite:
             loss = loss * float("nan")
         engine.backward(loss)
@@ -228,21 +246,8 @@ def train_step(engine, batches, position: Position, plan: Plan, cfg, launch: Lau
     record = {"loss": loss_mean, "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else None,
               "skipped": not engine.was_step_applied(), "stop": stop > 0, "data_wait": wait, "compute": compute,
               "clips": split.global_batch * split.views, "videos": split.global_batch,
-              "tokens": split.global_batch * split.views * mask.visible_count}
+              "tokens": split.global_batch * split.views * task.tokens_per_clip}
     return record, batch
-
-
-def clip_masks(model_cfg, grid: tuple[int, int, int], seed: int, step: int, first_clip: int, count: int) -> Mask:
-    """Masks of clips ``first_clip`` … of a global step, each drawn from its own seed (seed, step, clip): the
-    same clip gets the same mask whichever rank and micro-batch it lands in."""
-    masks = [make_mask(model_cfg.mask, 1, grid, model_cfg.mask_ratio,
-                       torch.Generator().manual_seed(seed_of(seed, step, first_clip + i)))
-             for i in range(count)]
-    return Mask(*(torch.cat([getattr(m, f) for m in masks]) for f in ("keep", "hidden", "masked")))
-
-
-def seed_of(*numbers: int) -> int:
-    return int(np.random.SeedSequence(numbers).generate_state(1, np.uint64)[0] >> 1)
 
 
 def finish_step(position: Position, plan: Plan, record: dict, split: BatchSplit) -> None:
@@ -276,29 +281,15 @@ def save(engine, out: Path, position: Position, config_yaml: str, keep_last: int
     return folder
 
 
-def picture(engine, batch: dict | None, cfg, path: Path, position: Position) -> Path | None:
-    if batch is None:
-        return None
-    video = batch["video"][:: cfg.data.views][:3]  # the first view of a few videos
-    if engine.bfloat16_enabled():
-        video = video.to(torch.bfloat16)
-    written = reconstruction_grid(engine.module, video, cfg.data, path,
-                                  title=f"step {position.step}, masked {cfg.model.mask_ratio:.0%} ({cfg.model.mask})")
-    log.info("reconstructions: %s", written)
-    return written
-
-
 def finish(summary: "Summary", position: Position, plan: Plan, out: Path, launch: Launch, metrics: MetricsWriter,
            final) -> dict:
     result = summary.final(position, plan)
-    result["metrics"] = str(metrics.path)
+    result.update(task=summary.task, metrics=str(metrics.path))
     if final is not None:
-        engine, batch, cfg, folder = final
+        task, engine, batch, folder = final
         result["checkpoint"] = str(folder)
         if launch.rank == 0:
-            result["weights"] = str(export_weights(folder, out / "pretrained.pt"))
-            shot = picture(engine, batch, cfg, out / "reconstruction.png", position)
-            result["picture"] = str(shot) if shot else None
+            result.update(task.finish(engine, batch, folder, out, position.step))
         _barrier()
     return result
 
@@ -306,7 +297,8 @@ def finish(summary: "Summary", position: Position, plan: Plan, out: Path, launch
 class Summary:
     """Running totals of a run, and the rates of the last logging window."""
 
-    def __init__(self):
+    def __init__(self, task: str = "pretrain"):
+        self.task = task
         self.steps = self.clips = self.videos = self.tokens = 0
         self.wait = self.compute = 0.0
         self.window_start = (0, 0.0, 0.0, 0, 0, 0)

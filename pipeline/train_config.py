@@ -26,6 +26,8 @@ class ModelOptions:
 
     preset: str = field(default="vit-l", metadata=field_help(
         "model size", choices=tuple(PRESETS)))
+    tubelet: list[int] | None = field(default=None, metadata=field_help(
+        "frames x height x width of a token (unset: the preset's 2 x 16 x 16)"))
     mask: str = field(default="random", metadata=field_help("masking strategy", choices=STRATEGIES))
     mask_ratio: float = field(default=0.9, metadata=field_help("share of spacetime patches hidden from the encoder"))
     decoder_mask_ratio: float = field(default=0.0, metadata=field_help(
@@ -46,6 +48,8 @@ class ModelOptions:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"model.preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
+        if self.tubelet is not None and (len(self.tubelet) != 3 or min(self.tubelet) < 1):
+            raise ValueError(f"model.tubelet must be three positive sizes (frames, height, width); got {self.tubelet}")
         if not 0 <= self.mask_ratio < 1 or not 0 <= self.decoder_mask_ratio < 1:
             raise ValueError("model.mask_ratio and model.decoder_mask_ratio must be in [0, 1)")
 
@@ -54,7 +58,8 @@ class ModelOptions:
         cfg = preset(self.preset, frames=data.frames, size=data.crop_size, mask=self.mask, mask_ratio=self.mask_ratio,
                      decoder_mask_ratio=self.decoder_mask_ratio, target=self.target, positions=self.positions,
                      norm_pix_loss=self.norm_pix_loss, drop_path=self.drop_path, attention=self.attention,
-                     checkpoint=self.checkpoint)
+                     checkpoint=self.checkpoint,
+                     **({"tubelet": tuple(self.tubelet)} if self.tubelet else {}))
         t, p, q = cfg.tubelet
         if data.frames % t or data.crop_size % p or data.crop_size % q:
             raise ValueError(f"data.frames ({data.frames}) and data.crop_size ({data.crop_size}) must be multiples "
@@ -126,6 +131,45 @@ class TrainConfig:
             raise ValueError(f"train.warmup_epochs={self.warmup_epochs} must be less than train.epochs={self.epochs}")
         if self.base_lr <= 0 or self.min_lr < 0 or self.warmup_epochs < 0 or self.gradient_clipping < 0:
             raise ValueError("train.base_lr must be > 0; train.min_lr, warmup_epochs and gradient_clipping >= 0")
+
+
+@dataclass
+class FinetuneConfig:
+    """What `vmae finetune` adds to the train section: where the encoder comes from and the fine-tuning
+    regularizers of MAE-ST / VideoMAE (repeated augmentation is data.views: K clips of each video per batch)."""
+
+    pretrained: str | None = field(default=None, metadata=field_help(
+        "pretraining run folder, checkpoint folder or exported .pt whose encoder starts the classifier "
+        "(unset: from scratch)"))
+    layer_decay: float = field(default=0.75, metadata=field_help(
+        "layer-wise lr decay: block i of L gets lr x decay^(L-i), the embeddings decay^(L+1) (1: off)"))
+    label_smoothing: float = field(default=0.1, metadata=field_help("label smoothing of the cross-entropy"))
+    mixup: float = field(default=0.8, metadata=field_help("mixup Beta(alpha, alpha) (0: off)"))
+    cutmix: float = field(default=1.0, metadata=field_help(
+        "cutmix Beta(alpha, alpha), one box through all frames of a clip (0: off)"))
+    mixup_prob: float = field(default=1.0, metadata=field_help("share of batches mixed when mixup or cutmix is on"))
+    mixup_switch_prob: float = field(default=0.5, metadata=field_help(
+        "share of mixed batches that use cutmix rather than mixup when both are on"))
+    val_dataset: str | None = field(default=None, metadata=field_help(
+        "labelled dataset scored at the end with the multi-view test (unset: none)"))
+    test_views: int = field(default=4, metadata=field_help(
+        "evaluation clips per video: temporal windows x test_crops (MAE-ST Kinetics: 7 x 3 = 21)"))
+    test_crops: int = field(default=1, metadata=field_help("spatial crops per temporal window at evaluation"))
+
+    def __post_init__(self) -> None:
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"finetune.layer_decay must be in (0, 1], got {self.layer_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"finetune.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.mixup < 0 or self.cutmix < 0 or not 0 <= self.mixup_prob <= 1 or not 0 <= self.mixup_switch_prob <= 1:
+            raise ValueError("finetune.mixup and finetune.cutmix must be >= 0, the probabilities in [0, 1]")
+        if self.test_views < 1 or self.test_crops < 1 or self.test_views % self.test_crops:
+            raise ValueError(f"finetune.test_views={self.test_views} must be a positive multiple of "
+                             f"finetune.test_crops={self.test_crops}")
+
+    @property
+    def mixes(self) -> bool:
+        return (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from tools.config import ConfigError, VmaeConfig, add_section_flags, flag_values, load_config, to_yaml
+import yaml
+
+from tools.config import (ConfigError, VmaeConfig, add_section_flags, flag_values, load_config, preset_layer,
+                          to_yaml)
 from tools.log import setup_logging
 
 log = logging.getLogger("vmae")
@@ -53,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except _USER_ERRORS as err:
         log.error("%s", err)
+        log.debug("where it was raised", exc_info=True)
         return 1
 
 
@@ -110,6 +114,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "--resume auto (the default) continues from the newest complete checkpoint in --out. "
                         "Model and data keys are set as model.KEY=VALUE and data.KEY=VALUE.")
     _config_args(pretrain, "train")
+
+    finetune = _command(commands, "finetune", _run_finetune, "fine-tune a classifier from a pretrained encoder",
+                        "The classifier (encoder on all tokens, mean pooling, head) from --pretrained's encoder, or "
+                        "from scratch without it, trained like pretraining (DeepSpeed, checkpoints, --resume auto) "
+                        "with layer-wise lr decay, drop path, label smoothing, mixup/cutmix and repeated augmentation "
+                        "(data.views clips per video). Settings start from configs/finetune.yaml (MAE-ST's recipe), "
+                        "then the pretrained run's model and clip shape, then --config and overrides. With "
+                        "--val-dataset the multi-view test runs at the end.")
+    _config_args(finetune, "train")
+    add_section_flags(finetune, "finetune")
+
+    evaluate = _command(commands, "evaluate", _run_evaluate, "multi-view test of a fine-tuned classifier",
+                        "Temporal windows x spatial crops per video (MAE-ST tests Kinetics with 7 x 3), softmax "
+                        "averaged; top-1/top-5, report.json and confusion.png.")
+    evaluate.add_argument("checkpoint", type=Path, help="a fine-tuning run folder, checkpoint folder or finetuned.pt")
+    evaluate.add_argument("--dataset", type=Path, required=True, help="labelled dataset (`vmae shards build`)")
+    evaluate.add_argument("--views", type=int, help="clips per video, windows x crops (default: the run's "
+                          "finetune.test_views)")
+    evaluate.add_argument("--test-crops", type=int, help="spatial crops per window (default: finetune.test_crops)")
+    evaluate.add_argument("--out", type=Path, help="where to write (default: eval/ next to the weights)")
 
     visualize = _command(commands, "visualize", _run_visualize, "reconstruction pictures of a checkpoint",
                          "Original / masked input / reconstruction of a few clips of DATASET, as a PNG grid.")
@@ -246,6 +270,53 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_finetune(args: argparse.Namespace) -> int:
+    from pipeline.train import finetune
+    from tools.report import print_train_summary
+
+    cfg = _finetune_config(args)
+    summary = finetune(cfg, to_yaml(cfg))
+    if summary is not None and not _is_worker_rank():
+        print_train_summary(summary)
+    return 0
+
+
+# what a fine-tuning run takes from its pretrained run unless told otherwise: the encoder's shape and the clips'
+INHERITED_FROM_PRETRAINING = {"model": ("preset", "tubelet", "positions", "target"),
+                              "data": ("frames", "stride", "crop_size", "mean", "std")}
+
+
+def _finetune_config(args: argparse.Namespace) -> VmaeConfig:
+    """Layers: defaults < configs/finetune.yaml < the pretrained run's model and clip shape < --config < flags <
+    overrides. The pretrained run is only known once the upper layers are read, hence two passes."""
+    from pipeline.checkpoint import config_text
+
+    base = [preset_layer("finetune")]
+    cfg = load_config(args.config, args.overrides, flag_values(args), base=base)
+    if cfg.finetune.pretrained:
+        pretrained = yaml.safe_load(config_text(Path(cfg.finetune.pretrained)))
+        inherited = {section: {k: pretrained[section][k] for k in keys if k in pretrained[section]}
+                     for section, keys in INHERITED_FROM_PRETRAINING.items()}
+        base.append((f"the pretrained run {cfg.finetune.pretrained}", inherited))
+        cfg = load_config(args.config, args.overrides, flag_values(args), base=base)
+    return cfg
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.checkpoint import config_text, weights_file
+    from pipeline.downstream import evaluate_classifier
+
+    cfg = load_config(base=[("the run's config", yaml.safe_load(config_text(args.checkpoint)))])
+    weights = weights_file(args.checkpoint, "finetuned.pt")
+    report = evaluate_classifier(weights, cfg, args.dataset, args.out or weights.parent / "eval", args.views,
+                                 args.test_crops)
+    k = min(5, len(report["confusion"]))
+    print(f"{weights}: top-1 {report['top1']:.1%}, top-{k} {report[f'top{k}']:.1%} (single view "
+          f"{report['top1_single_view']:.1%}, chance {report['chance']:.1%}) on {report['val_videos']} videos x "
+          f"{report['views']} views")
+    return 0
+
+
 def _is_worker_rank() -> bool:
     import os
 
@@ -333,7 +404,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from shards.verify import DatasetError
 
     return (BuildError, SourceError, DatasetError, TrainError, CheckpointError, FileNotFoundError,
-            NotADirectoryError, PermissionError)
+            NotADirectoryError, PermissionError, ValueError)
 
 
 _USER_ERRORS = _user_errors()

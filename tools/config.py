@@ -1,6 +1,7 @@
 """One typed configuration for every vmae command.
 
-Precedence, lowest first: dataclass defaults < YAML preset (``--config``) <
+Precedence, lowest first: dataclass defaults < a command's own base layers (`vmae finetune`: the
+fine-tuning recipe, then the pretrained checkpoint's model) < YAML preset (``--config``) <
 flags generated from the dataclass fields (``--short-side 256``) < dotted
 overrides (``shards.short_side=256``). Each package owns the dataclass of its
 section; this module only composes and parses them.
@@ -20,7 +21,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config import DataConfig
-from pipeline.train_config import ModelOptions, TrainConfig
+from pipeline.train_config import FinetuneConfig, ModelOptions, TrainConfig
 from shards.config import ShardConfig, SynthConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -37,6 +38,13 @@ class VmaeConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelOptions = field(default_factory=ModelOptions)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+def preset_layer(name: str) -> tuple[str, dict[str, Any]]:
+    """A preset as a base layer for ``load_config``."""
+    path = resolve_preset(name)
+    return str(path), OmegaConf.to_container(OmegaConf.load(path))
 
 
 def resolve_preset(name: str) -> Path:
@@ -52,10 +60,12 @@ def resolve_preset(name: str) -> Path:
 
 
 def load_config(preset: str | None = None, overrides: list[str] | None = None,
-                flag_values: dict[str, Any] | None = None) -> VmaeConfig:
-    """Merge defaults, an optional preset, flag values and dotted overrides into a validated config."""
+                flag_values: dict[str, Any] | None = None,
+                base: list[tuple[str, dict[str, Any]]] | None = None) -> VmaeConfig:
+    """Merge defaults, ``base`` layers (origin, nested dict), an optional preset, flag values and dotted overrides
+    into a validated config."""
     merged = OmegaConf.structured(VmaeConfig)
-    layers = []
+    layers = [(origin, lambda layer=layer: OmegaConf.create(layer)) for origin, layer in base or []]
     if preset:
         layers.append(("--config " + preset, lambda: OmegaConf.load(resolve_preset(preset))))
     if flag_values:

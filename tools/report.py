@@ -68,7 +68,7 @@ def _mb(n: int) -> str:
 
 
 def print_train_summary(summary: dict) -> None:
-    table = Table(title="pretrain", show_header=False)
+    table = Table(title=summary.get("task", "pretrain"), show_header=False)
     status = f"stopped by {summary['stopped']}; --resume auto continues" if summary.get("stopped") else "done"
     rows = [
         ("status", status),
@@ -79,6 +79,9 @@ def print_train_summary(summary: dict) -> None:
          if summary.get("first_loss") is not None else "no step taken"),
         ("time", f"{summary['seconds']:.1f} s"),
     ]
+    if summary.get("val_top1") is not None:
+        rows.append(("val", f"top-1 {summary['val_top1']:.1%}, top-{summary['val_k']} {summary['val_topk']:.1%} on "
+                            f"{summary['val_videos']} videos (multi-view; {summary['eval']})"))
     for key in ("checkpoint", "weights", "picture", "metrics"):
         if summary.get(key):
             rows.append((key, summary[key]))
