@@ -1,6 +1,6 @@
 """Does pretraining help? MAE-ST's claim on data that fits two CPU cores (issue 7), as `make learn`.
 
-    python bench/learn.py [--out runs/learn] [--seeds 0 1 2] [--pretrain-epochs 20] [--finetune-epochs 10]
+    python bench/learn.py [--out runs/learn] [--seeds 0 1 2] [--pretrain-epochs 15] [--finetune-epochs 8]
                           [--ablation random:0.9,tube:0.9,frame:0.9,random:0.75] [--out-json FILE]
 
 1. Data: `vmae synth` motion classes (drift / swing / dash, each in 8 directions: the class is the movement, never
@@ -107,8 +107,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "learn")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--pretrain-epochs", type=int, default=20)
-    parser.add_argument("--finetune-epochs", type=int, default=10)
+    parser.add_argument("--pretrain-epochs", type=int, default=15)
+    parser.add_argument("--finetune-epochs", type=int, default=8)
     parser.add_argument("--ablation", default="tube:0.9,frame:0.9,random:0.75",
                         help="strategy:ratio pairs pretrained on the first seed besides random:0.9 ('' for none)")
     parser.add_argument("--out-json", type=Path, help="also write the results here")
