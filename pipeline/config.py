@@ -46,6 +46,12 @@ class DataConfig:
     worker_nice: int = field(default=10, metadata=field_help(
         "CPU priority the decode workers give up (nice increment): a loader that is ahead only takes cycles the "
         "training process leaves idle (0: equal priority)"))
+    decode_deadline: float = field(default=60.0, metadata=field_help(
+        "seconds one sample's read and decode may take on the CPU path; past it the sample is abandoned, counted "
+        "and replaced, and the decode workers are restarted (a decoder that spins forever cannot hang the run; "
+        "0: no deadline)"))
+    limit: int = field(default=0, metadata=field_help(
+        "use only the first N samples of the dataset, in shard order (CPU path; --overfit sets it; 0: all)"))
     shuffle_buffer: int = field(default=256, metadata=field_help("samples mixed across shard boundaries each epoch"))
     dtype: str = field(default="float32", metadata=field_help("clip dtype handed to the model", choices=DTYPES))
     seed: int = field(default=0, metadata=field_help("seed of the sample order and of every random draw"))
@@ -65,6 +71,10 @@ class DataConfig:
             raise ValueError("data.mean and data.std need three values each, std > 0")
         if self.test_crops < 1 or self.views % self.test_crops:
             raise ValueError(f"data.views ({self.views}) must be a multiple of data.test_crops ({self.test_crops})")
+        if self.limit < 0:
+            raise ValueError(f"data.limit must be >= 0, got {self.limit}")
+        if self.decode_deadline < 0:
+            raise ValueError(f"data.decode_deadline is in seconds and must be >= 0, got {self.decode_deadline}")
         if self.span and self.span < 1:
             raise ValueError(f"data.span is in clip lengths and must be 0 or >= 1, got {self.span}")
 

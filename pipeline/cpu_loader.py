@@ -3,10 +3,16 @@ DALI index), decode the union of the K views' frames once, and cut the views.
 
 Each worker builds whole batches (worker w makes batches w, w + W, ...), so the DataLoader's in-order
 round-robin yields the rank's batches in order and the stream does not depend on the number of workers.
+
+A decode that never returns (decord spins forever, holding the GIL, on a container that over-reports its frame
+count) cannot hang the run: each worker notes in shared memory which sample it is loading and since when; the
+trainer's process, while it waits for a batch, finds a sample past ``data.decode_deadline``, kills the workers,
+and restarts them at the same batch with that sample abandoned (counted and replaced like any bad sample).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -14,6 +20,7 @@ import os
 import signal
 import struct
 import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data._utils import signal_handling
 
 from pipeline.config import DataConfig
 from pipeline.decode import DecodeError, decode_frames
@@ -59,10 +67,12 @@ class BatchStream(IterableDataset):
     """
 
     def __init__(self, shardset: ShardSet, cfg: DataConfig, rank: int, world_size: int, epoch: int,
-                 start_batch: int = 0, accumulation: int = 1):
+                 start_batch: int = 0, accumulation: int = 1, watch: "WorkerWatch | None" = None,
+                 abandoned: frozenset[SampleRef] = frozenset()):
         self.shardset, self.cfg = shardset, cfg
         self.rank, self.world_size, self.epoch, self.start_batch = rank, world_size, epoch, start_batch
         self.chunk = cfg.batch_size * accumulation  # videos this rank takes per optimizer step
+        self.watch, self.abandoned = watch, abandoned
 
     def batches_per_epoch(self) -> int:
         return len(self.shardset) // (self.world_size * self.chunk) * (self.chunk // self.cfg.batch_size)
@@ -82,7 +92,7 @@ class BatchStream(IterableDataset):
             if epoch != part_epoch:
                 part = self.shardset.rank_part(epoch, self.cfg.seed, self.cfg.shuffle_buffer, self.rank,
                                                self.world_size, self.chunk)
-                reader = SampleReader(self.shardset, self.cfg, epoch, reader)
+                reader = SampleReader(self.shardset, self.cfg, epoch, reader, self.watch, self.abandoned)
                 part_epoch = epoch
             yield reader.batch(part[b * size:(b + 1) * size])
             g += workers
@@ -91,8 +101,10 @@ class BatchStream(IterableDataset):
 class SampleReader:
     """Reads, decodes and cuts samples inside one worker; counts and replaces the ones that fail."""
 
-    def __init__(self, shardset: ShardSet, cfg: DataConfig, epoch: int, previous: "SampleReader | None" = None):
+    def __init__(self, shardset: ShardSet, cfg: DataConfig, epoch: int, previous: "SampleReader | None" = None,
+                 watch: "WorkerWatch | None" = None, abandoned: frozenset[SampleRef] = frozenset()):
         self.shardset, self.cfg, self.epoch = shardset, cfg, epoch
+        self.watch, self.abandoned = watch, abandoned
         # open shard files, keys already reported and the spare clips carry over from the previous epoch
         self.files: dict[int, object] = previous.files if previous else {}
         self.reported: set[str] = previous.reported if previous else set()
@@ -109,9 +121,13 @@ class SampleReader:
         for i, ref in enumerate(refs):
             rows = video[i * k:(i + 1) * k]
             try:
-                loaded = self.load(ref, out=rows)
+                if ref in self.abandoned:
+                    raise BadSample("decode_timeout", f"abandoned: it took longer than data.decode_deadline="
+                                                      f"{self.cfg.decode_deadline:g} s before")
+                with self.watch.loading(ref) if self.watch else contextlib.nullcontext():
+                    loaded = self.load(ref, out=rows)
             except BadSample as err:
-                key = self._key_or_shard(ref)
+                key = _key_of(self.shardset, ref)
                 stats["failed"][err.reason] += 1
                 if key not in self.reported:
                     self.reported.add(key)
@@ -142,12 +158,6 @@ class SampleReader:
         # a plain dict: torch's default_convert copies a Counter with update(), which would double its counts
         stats["failed"] = dict(stats["failed"])
         return {"video": video, "label": torch.tensor(labels).repeat_interleave(k), "key": keys, "stats": stats}
-
-    def _key_or_shard(self, ref: SampleRef) -> str:
-        try:
-            return self.shardset.members(ref)[0]
-        except (OSError, IndexError, ValueError):
-            return f"{self.shardset.shards[ref.shard].name}#{ref.row}"
 
     def load(self, ref: SampleRef, out: torch.Tensor | None = None) -> "LoadedSample":
         """Read, decode and cut one sample; raises BadSample with a reason when it cannot."""
@@ -224,13 +234,22 @@ class CpuLoader:
 
     def __init__(self, dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu", accumulation: int = 1):
-        self.shardset = ShardSet(dataset)
+        self.shardset = ShardSet(dataset, cfg.limit)
         self.cfg, self.rank, self.world_size, self.accumulation = cfg, rank, world_size, accumulation
         self.device = torch.device(device)
         self.epoch, self.start_batch = 0, 0
         self.stats = LoaderStats()
         self._stream = None  # (iterator, the (epoch, batch) it yields next)
+        self.watch: WorkerWatch | None = None
+        self.abandoned: dict[SampleRef, str] = {}  # samples whose load missed the deadline: their keys
+        self._stop_workers: weakref.finalize | None = None
         self.per_epoch = BatchStream(self.shardset, cfg, rank, world_size, 0, 0, accumulation).batches_per_epoch()
+
+    def close(self) -> None:
+        """Stop the decode workers now (they also stop when the loader is dropped, or at exit)."""
+        if self._stop_workers is not None:
+            self._stop_workers()
+        self._stream = None
 
     def set_epoch(self, epoch: int, samples_seen: int = 0) -> None:
         """Start ``epoch``; ``samples_seen`` (videos this rank already took in it) resumes mid-epoch."""
@@ -243,27 +262,119 @@ class CpuLoader:
     def __iter__(self):
         position = (self.epoch, self.start_batch)
         if self._stream is None or self._stream[1] != position:
-            self._stream = (iter(self._dataloader(*position)), position)
-        iterator = self._stream[0]
+            self._stream = (self._start(position), position)
         waited = time.perf_counter()
         for b in range(self.start_batch, self.per_epoch):
-            batch = next(iterator)
+            batch = self._next_batch()
             self.stats.add(batch.pop("stats"))
             batch["video"] = batch["video"].to(self.device, non_blocking=True)
             batch["label"] = batch["label"].to(self.device, non_blocking=True)
             self.stats.seconds += time.perf_counter() - waited
-            self._stream = (iterator, (self.epoch, b + 1) if b + 1 < self.per_epoch else (self.epoch + 1, 0))
+            self._stream = (self._stream[0], (self.epoch, b + 1) if b + 1 < self.per_epoch else (self.epoch + 1, 0))
             yield batch
             waited = time.perf_counter()
         self.epoch, self.start_batch = self.epoch + 1, 0  # unless set_epoch says otherwise, the next epoch
 
+    def _next_batch(self) -> dict:
+        """The stream's next batch; a sample past the decode deadline is abandoned on the way (the DataLoader
+        times out every poll interval so that this process can look at what the workers are doing)."""
+        while True:
+            try:
+                return next(self._stream[0])
+            except RuntimeError as err:
+                if not str(err).startswith("DataLoader timed out"):
+                    raise
+            overdue = self.watch.overdue(self.cfg.decode_deadline) if self.watch else []
+            if overdue:
+                self._abandon(overdue)
+
+    def _abandon(self, overdue: list[tuple[SampleRef, float]]) -> None:
+        """Kill the workers (one of them is stuck) and restart the stream at the batch it owes."""
+        for ref, seconds in overdue:
+            key = self.abandoned[ref] = _key_of(self.shardset, ref)
+            log.warning("sample %s (%s) abandoned: its load has run %.0f s, past data.decode_deadline=%g s; the "
+                        "decode workers restart at the same batch and the sample is replaced", key,
+                        self.shardset.shards[ref.shard].name, seconds, self.cfg.decode_deadline)
+        position = self._stream[1]
+        self._stream = (self._start(position), position)
+
+    def _start(self, position: tuple[int, int]):
+        """A new stream of workers at ``position``; the previous one's workers are stopped.
+
+        Workers are killed rather than left to torch's shutdown: they ignore SIGTERM (see ``_init_worker``), and
+        an iterator that only the garbage collector reaches, or one still alive at exit, would otherwise leave
+        them running and multiprocessing's exit handler joining them forever."""
+        self.close()
+        iterator = iter(self._dataloader(*position))
+        self._stop_workers = weakref.finalize(self, kill_workers, iterator)
+        return iterator
+
     def _dataloader(self, epoch: int, start_batch: int) -> DataLoader:
-        stream = BatchStream(self.shardset, self.cfg, self.rank, self.world_size, epoch, start_batch,
-                             self.accumulation)
         workers = self.cfg.worker_count
+        # batches come back as named shared-memory files: torch's default passes each tensor's file descriptor
+        # through a thread of the worker that made it, and a worker stuck in C with the GIL held after sending a
+        # batch would then block this process in the middle of receiving it, past any deadline
+        torch.multiprocessing.set_sharing_strategy("file_system")
+        self.watch = WorkerWatch(workers) if self.cfg.decode_deadline else None
+        stream = BatchStream(self.shardset, self.cfg, self.rank, self.world_size, epoch, start_batch,
+                             self.accumulation, self.watch, frozenset(self.abandoned))
+        poll = min(5.0, max(0.2, self.cfg.decode_deadline / 4)) if self.cfg.decode_deadline else 0
         return DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=self.cfg.prefetch,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False, timeout=poll,
                           worker_init_fn=functools.partial(_init_worker, nice=self.cfg.worker_nice))
+
+
+class WorkerWatch:
+    """Which sample each decode worker is loading and since when (pid, shard, row, start), in shared memory.
+
+    A decoder stuck in C with the GIL held leaves nothing inside its worker able to notice; the trainer's
+    process reads these slots instead."""
+
+    def __init__(self, workers: int):
+        self.slots = torch.zeros(workers, 4, dtype=torch.float64).share_memory_()
+
+    @contextlib.contextmanager
+    def loading(self, ref: SampleRef):
+        info = get_worker_info()
+        slot = self.slots[info.id].numpy() if info else None
+        if slot is not None:
+            slot[:3] = os.getpid(), ref.shard, ref.row
+            slot[3] = time.monotonic()  # written last and cleared first: a reader never sees a half-made slot
+        try:
+            yield
+        finally:
+            if slot is not None:
+                slot[3] = 0.0
+
+    def overdue(self, deadline: float) -> list[tuple[SampleRef, float]]:
+        """Samples whose load has run longer than ``deadline`` seconds, with how long."""
+        now = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the machine
+        return [(SampleRef(int(shard), int(row)), now - started) for _, shard, row, started in self.slots.tolist()
+                if started and now - started > deadline]
+
+
+def kill_workers(iterator) -> None:
+    """SIGKILL every worker of a DataLoader iterator: one stuck in C ignores anything milder (and they ignore
+    SIGTERM on purpose, see ``_init_worker``). Their pids are first taken off torch's SIGCHLD watch, which would
+    otherwise raise the deaths in this process at a random point (torch's private API: tests/test_loader.py
+    pins the behaviour)."""
+    if getattr(iterator, "_worker_pids_set", False):
+        signal_handling._remove_worker_pids(id(iterator))
+        iterator._worker_pids_set = False
+    for worker in getattr(iterator, "_workers", []):
+        if worker.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
+    for worker in getattr(iterator, "_workers", []):
+        worker.join(timeout=10)
+    iterator._shutdown_workers()
+
+
+def _key_of(shardset: ShardSet, ref: SampleRef) -> str:
+    try:
+        return shardset.members(ref)[0]
+    except (OSError, IndexError, ValueError):
+        return f"{shardset.shards[ref.shard].name}#{ref.row}"
 
 
 def _init_worker(worker_id: int, nice: int) -> None:

@@ -35,7 +35,7 @@ def make_loader(dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int =
 
     ``accumulation`` micro-batches make one optimizer step: the CPU path then hands each rank its share of every
     global step (see ``ShardSet.rank_part``)."""
-    shardset = ShardSet(dataset)
+    shardset = ShardSet(dataset, cfg.limit)
     backend = pick_backend(cfg, shardset.video_ext)
     if device is None:
         device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
@@ -47,6 +47,8 @@ def make_loader(dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int =
     if backend == "dali":
         from pipeline.dali_loader import DaliLoader
 
+        if cfg.limit:
+            raise ValueError("data.limit (and --overfit) runs on the CPU path: set data.backend=cpu")
         return DaliLoader(dataset, cfg, rank, world_size, device)
     return CpuLoader(dataset, cfg, rank, world_size, device, accumulation)
 

@@ -21,11 +21,12 @@ def load_pretrained(folder: Path, cfg) -> MaskedVideoAutoencoder:
     return model.eval()
 
 
-def visualize_checkpoint(folder: Path, cfg, dataset: Path, png: Path, clips: int = 4) -> Path:
+def visualize_checkpoint(folder: Path, cfg, dataset: Path, png: Path, clips: int = 4,
+                         oracle: bool = False) -> Path:
     """Reconstructions of the first clips of ``dataset`` (centre crops, one view each) by a checkpoint."""
     model = load_pretrained(folder, cfg)
     data = replace(cfg.data, augment=False, views=1, batch_size=clips, backend="cpu", workers=1,
                    dtype="float32")
     batch = next(iter(make_loader(Path(dataset), data, device="cpu")))
-    return reconstruction_grid(model, batch["video"], data, png, clips=clips,
+    return reconstruction_grid(model, batch["video"], data, png, clips=clips, oracle=oracle,
                                title=f"{Path(folder).name}: {cfg.model.mask_ratio:.0%} {cfg.model.mask} masking")

@@ -21,11 +21,16 @@ class SampleRef:
 class ShardSet:
     """The manifest's shard table; each shard's index file is parsed only when one of its samples is read."""
 
-    def __init__(self, dataset: Path):
+    def __init__(self, dataset: Path, limit: int = 0):
+        """``limit``: only the first that many samples, in shard order (0: all)."""
         self.dataset = Path(dataset)
         self.manifest = load_manifest(self.dataset)
         self.shards = [self.dataset / e["name"] for e in self.manifest["shards"]]
         self.counts = np.array([e["samples"] for e in self.manifest["shards"]], dtype=np.int64)
+        if limit:
+            kept = np.minimum(self.counts, np.maximum(limit - np.concatenate([[0], np.cumsum(self.counts)[:-1]]), 0))
+            used = int(np.count_nonzero(kept))
+            self.shards, self.counts = self.shards[:used], kept[:used]
         self.video_ext = self.manifest["video_extension"]
         self.classes = self.manifest["classes"]
         self.pframe_interval = int(self.manifest["build"].get("pframe_interval") or 0)

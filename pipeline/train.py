@@ -9,6 +9,7 @@ pretraining or classification — is a task (``pipeline.tasks``); the loop is th
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -28,7 +29,8 @@ from pipeline.engine import Launch, init_distributed, make_engine, pick_precisio
 from pipeline.loader import make_loader
 from pipeline.metrics import MetricsWriter, peak_memory_gb
 from pipeline.tasks import FinetuneTask, PretrainTask, seed_of
-from pipeline.train_config import BatchSplit, TrainError, batch_split, lr_at, peak_lr
+from pipeline.train_config import (BatchSplit, TrainError, batch_split, batch_statement, batch_warning, describe_batch,
+                                   lr_at, peak_lr)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ def check_before_start(cfg, world_size: int) -> None:
         raise TrainError(f"train.dataset={dataset}: no manifest.json there; build it with `vmae shards build`")
     batch_split(cfg.train, cfg.data, world_size)  # raises on an impossible split
     cfg.model.model_config(cfg.data)  # raises when clips and tubelets do not fit
-    samples = len(ShardSet(dataset))
+    samples = len(ShardSet(dataset, cfg.data.limit))
     if samples < cfg.train.global_batch:
         raise TrainError(f"train.global_batch={cfg.train.global_batch} is more than the {samples} videos of "
                          f"{dataset}: lower it")
@@ -132,10 +134,9 @@ def run(cfg, config_yaml: str, task) -> dict:
     position = resume_position(engine, cfg, out)
     if train.log_samples:
         truncate_sample_keys(out, launch.rank, position.step)
-    log.info("schedule: %d steps per epoch, %d steps in all (%d warm-up), peak lr %.3g (base %.3g x %d %s / 256); "
-             "this run stops at step %d", plan.steps_per_epoch, plan.total_steps, plan.warmup_steps, plan.peak_lr,
-             train.base_lr, split.global_batch * (data.views if train.lr_batch_unit == "clips" else 1),
-             train.lr_batch_unit, plan.run_steps)
+    log.info("schedule: %d steps per epoch, %d steps in all (%d warm-up); this run stops at step %d",
+             plan.steps_per_epoch, plan.total_steps, plan.warmup_steps, plan.run_steps)
+    state_batch(train, split, out, task.name, launch.rank)
 
     flops_per_clip = task.flops_per_clip()
     peak, peak_source = device_peak_flops(launch.device, train.peak_tflops)
@@ -145,6 +146,7 @@ def run(cfg, config_yaml: str, task) -> dict:
     stopper = TermSignal()
     summary = Summary(task.name)
     last_batch = None
+    recent: collections.deque = collections.deque(maxlen=5)  # the last losses, for train.stop_loss
     quiet_bar = contextlib.ExitStack()
     if launch.rank == 0:  # log lines above the progress bar, not through it
         quiet_bar.enter_context(logging_redirect_tqdm())
@@ -156,6 +158,10 @@ def run(cfg, config_yaml: str, task) -> dict:
                 record, last_batch = train_step(engine, batches, position, plan, cfg, launch, task, stopper)
                 summary.add(record)
                 finish_step(position, plan, record, split)
+                if settled(recent, record["loss"], train.stop_loss):
+                    log.info("loss below train.stop_loss=%g for %d steps: stopping at step %d", train.stop_loss,
+                             len(recent), position.step)
+                    plan.run_steps = position.step
                 if position.step % train.log_every == 0 or position.step == plan.run_steps or record["stop"]:
                     record.update(summary.window(flops_per_clip, peak, launch.world_size))
                     record["peak_memory_gb"] = round(peak_memory_gb(launch.device), 3)
@@ -186,6 +192,19 @@ def run(cfg, config_yaml: str, task) -> dict:
         stopper.restore()
         metrics.close()
         quiet_bar.close()
+
+
+def state_batch(train, split: BatchSplit, out: Path, task: str, rank: int) -> dict:
+    """Say, and write to OUT/run.json, what the batch, lr and epochs amount to; warn off the recipe's batch."""
+    statement = batch_statement(train, split)
+    log.info(describe_batch(statement))
+    warning = batch_warning(statement)
+    if warning:
+        log.warning(warning)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.json").write_text(json.dumps({"task": task, "batch": statement, "warning": warning}, indent=1))
+    return statement
 
 
 def make_plan(cfg, split: BatchSplit, loader_batches_per_epoch: int) -> Plan:
@@ -248,6 +267,12 @@ def train_step(engine, batches, position: Position, plan: Plan, cfg, launch: Lau
               "clips": split.global_batch * split.views, "videos": split.global_batch,
               "tokens": split.global_batch * split.views * task.tokens_per_clip}
     return record, batch
+
+
+def settled(recent: collections.deque, loss: float, stop_loss: float) -> bool:
+    """Whether the last ``recent.maxlen`` losses, ``loss`` included, are all below ``stop_loss`` (> 0)."""
+    recent.append(loss)
+    return stop_loss > 0 and len(recent) == recent.maxlen and max(recent) < stop_loss
 
 
 def finish_step(position: Position, plan: Plan, record: dict, split: BatchSplit) -> None:

@@ -79,6 +79,9 @@ class TrainConfig:
     global_batch: int = field(default=512, metadata=field_help(
         "videos per optimizer step over all ranks (each gives data.views clips); = ranks x data.batch_size x "
         "gradient accumulation"))
+    reference_batch: int = field(default=2048, metadata=field_help(
+        "effective batch in clips (global_batch x data.views) this recipe's lr and schedule were tuned at; a run "
+        "at another one is warned about (0: no reference). MAE-ST: 512 videos x 4 views"))
     # optimizer and schedule (MAE-ST's recipe)
     base_lr: float = field(default=1.6e-3, metadata=field_help("lr per lr_batch_unit 256 (lr = base_lr x batch/256)"))
     lr_batch_unit: str = field(default="videos", metadata=field_help(
@@ -104,6 +107,8 @@ class TrainConfig:
     log_every: int = field(default=10, metadata=field_help("steps between metric lines (console, JSONL, TensorBoard)"))
     visualize_every: int = field(default=0, metadata=field_help(
         "steps between reconstruction pictures (0: only at the end)"))
+    stop_loss: float = field(default=0.0, metadata=field_help(
+        "stop early once the loss has stayed below this for 5 steps in a row (0: never; --overfit sets it)"))
     max_nonfinite: int = field(default=20, metadata=field_help(
         "stop after this many skipped (non-finite loss or gradient) steps in a row"))
     peak_tflops: float = field(default=0.0, metadata=field_help(
@@ -203,6 +208,37 @@ def peak_lr(train: TrainConfig, split: BatchSplit) -> float:
     """base_lr x effective batch / 256, the batch counted in videos (MAE-ST) or clips."""
     batch = split.global_batch * (split.views if train.lr_batch_unit == "clips" else 1)
     return train.base_lr * batch / 256
+
+
+def batch_statement(train: TrainConfig, split: BatchSplit) -> dict:
+    """What one optimizer step and the whole run amount to, as VideoMAE V2 counts them: per-device batch x
+    devices x accumulation x views = effective batch (clips), the lr rule and its result, epochs and effective
+    epochs (epochs x views: each video is seen ``views`` times per epoch)."""
+    counted = split.global_batch * (split.views if train.lr_batch_unit == "clips" else 1)
+    return {"per_device_batch": split.micro_batch, "devices": split.world_size, "accumulation": split.accumulation,
+            "views": split.views, "global_batch_videos": split.global_batch,
+            "effective_batch_clips": split.global_batch * split.views,
+            "lr_rule": f"lr = base_lr {train.base_lr:g} x {counted} {train.lr_batch_unit} / 256",
+            "lr": peak_lr(train, split), "epochs": train.epochs, "effective_epochs": train.epochs * split.views,
+            "reference_batch_clips": train.reference_batch or None}
+
+
+def describe_batch(statement: dict) -> str:
+    s = statement
+    return (f"effective batch {s['effective_batch_clips']} clips = {s['per_device_batch']} videos per device x "
+            f"{s['devices']} device(s) x {s['accumulation']} accumulation x {s['views']} views; {s['lr_rule']} = "
+            f"{s['lr']:.3g}; {s['epochs']} epochs = {s['effective_epochs']} effective epochs (x {s['views']} views)")
+
+
+def batch_warning(statement: dict) -> str | None:
+    """A warning when the effective batch is not the recipe's reference, else None."""
+    reference = statement["reference_batch_clips"]
+    if not reference or statement["effective_batch_clips"] == reference:
+        return None
+    return (f"effective batch {statement['effective_batch_clips']} clips differs from this recipe's reference "
+            f"{reference} (train.reference_batch): the lr follows the linear rule, but a paper's figures are "
+            f"only expected at its own batch (VideoMAE users lost 1-2.5 points this way). Set "
+            f"train.reference_batch={statement['effective_batch_clips']} once this batch is the one you mean")
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: float) -> float:

@@ -1,8 +1,8 @@
 """`vmae synth`: labelled videos whose class can only be told from motion, drawn by ffmpeg.
 
 Each class is a kind of movement (drift, swing or dash) in one of eight directions. Colours, sizes, start
-positions, speeds, background texture and static clutter are drawn at random per video, so no single frame
-gives the class away: a model has to see the motion.
+positions, speeds, the still textures of mover and background and static clutter are drawn at random per
+video, so no single frame gives the class away: a model has to see the motion.
 """
 
 from __future__ import annotations
@@ -83,19 +83,28 @@ def _make_one(path: Path, c: int, i: int, cfg: SynthConfig) -> None:
 
 def _video_graph(path: Path, c: int, rng: random.Random, cfg: SynthConfig):
     w, h, fps, seconds = cfg.width, cfg.height, cfg.fps, cfg.seconds
-    size = rng.randrange(max(8, h // 8), max(10, h // 4)) // 2 * 2
-    background = ffmpeg.input(f"color=c={_colour(rng, 0, 90)}:s={w}x{h}:r={fps}:d={seconds}", f="lavfi")
-    background = background.filter("noise", alls=rng.randrange(4, 16), allf="t")
+    size = rng.randrange(max(8, h // 4), max(10, h // 2)) // 2 * 2
+    background = _texture(rng, _colour(rng, 0, 90), w, h, fps, seconds, rng.randrange(20, 50), 12)
     for _ in range(rng.randrange(1, 4)):  # static clutter, same statistics in every class
         bw, bh = rng.randrange(8, w // 4), rng.randrange(8, h // 4)
         background = background.drawbox(rng.randrange(0, w - bw), rng.randrange(0, h - bh), bw, bh,
                                         color=_colour(rng, 60, 200), thickness="fill")
-    mover = ffmpeg.input(f"color=c={_colour(rng, 120, 256)}:s={size}x{size}:r={fps}:d={seconds}", f="lavfi")
+    mover = _texture(rng, _colour(rng, 100, 220), size, size, fps, seconds, rng.randrange(40, 70), 4)
     x, y = _motion(c, rng, w, h, size)
     video = ffmpeg.overlay(background, mover, x=x, y=y, eval="frame", shortest=1)
     return ffmpeg.output(video, str(path), vcodec="libx264", preset="veryfast", crf=23, pix_fmt="yuv420p",
                          g=2 * fps, threads=1, fflags="+bitexact", map_metadata=-1, movflags="+faststart",
                          **{"frames:v": int(round(seconds * fps))})
+
+
+def _texture(rng: random.Random, colour: str, w: int, h: int, fps: int, seconds: float, strength: int, cells: int):
+    """A still texture: coarse static noise, ``cells`` blobs across the short side, scaled up to w x h.
+
+    Texture gives every patch structure that a masked autoencoder's per-patch normalized target keeps (a flat
+    colour leaves only compression noise there); the noise is drawn once, so only the mover moves."""
+    cw, ch = max(2, round(w * cells / min(w, h))), max(2, round(h * cells / min(w, h)))
+    coarse = ffmpeg.input(f"color=c={colour}:s={cw}x{ch}:r={fps}:d={seconds}", f="lavfi")
+    return coarse.filter("noise", alls=strength, all_seed=rng.randrange(2**31)).filter("scale", w, h, flags="bicubic")
 
 
 def _motion(c: int, rng: random.Random, w: int, h: int, size: int) -> tuple[str, str]:

@@ -404,3 +404,94 @@ def test_evaluation_views_are_temporal_windows_times_spatial_crops():
     assert [tuple(c)[:2] for c in portrait.crops[:3]] == [(0, 0), (40, 0), (80, 0)]
     with pytest.raises(ValueError, match="multiple of data.test_crops"):
         DataConfig(views=4, test_crops=3)
+
+
+# ------------------------------------------------------------------ decoding that cannot hang a run
+
+def never_returns() -> None:
+    """A stand-in for decord's spin on a lying container: C code (catastrophic regex backtracking) holding the
+    GIL, for longer than any test runs."""
+    import re
+
+    re.match(r"(a|aa)+$", "a" * 80 + "b")
+
+
+@pytest.fixture
+def give_up_after(request):
+    """Fail the test, instead of hanging CI, if it runs past the given seconds."""
+    import signal
+
+    def alarm(seconds: int):
+        def fail(*_):
+            raise TimeoutError(f"{request.node.name} still running after {seconds} s: the loader hung")
+        signal.signal(signal.SIGALRM, fail)
+        signal.alarm(seconds)
+    yield alarm
+    signal.alarm(0)
+
+
+@pytest.mark.slow
+def test_a_decode_that_never_returns_is_abandoned_and_its_worker_replaced(built, monkeypatch, tmp_path,
+                                                                          give_up_after):
+    from pipeline import cpu_loader
+    from pipeline.shardset import SampleRef
+
+    shardset = ShardSet(built[0])
+    stuck_key, members = shardset.members(SampleRef(1, 2))
+    offset, size = members[shardset.video_ext]
+    with open(shardset.shards[1], "rb") as fh:
+        fh.seek(offset)
+        stuck_video = fh.read(size)
+    decode = cpu_loader.decode_frames
+    pid_file = tmp_path / "stuck_pid"
+
+    def decode_or_hang(video, indices, *args, **kwargs):
+        if video == stuck_video:
+            pid_file.write_text(str(__import__("os").getpid()))
+            never_returns()
+        return decode(video, indices, *args, **kwargs)
+
+    monkeypatch.setattr(cpu_loader, "decode_frames", decode_or_hang)  # the forked workers inherit it
+    give_up_after(300)
+    loader = CpuLoader(built[0], small(decode_deadline=10.0))
+    batches = epoch(loader)
+    assert len(batches) == loader.per_epoch and all(b["video"].shape == (4, 3, 8, 64, 64) for b in batches)
+    assert dict(loader.stats.failed) == {"decode_timeout": 1}
+    assert list(loader.abandoned.values()) == [stuck_key]
+    keys = [k for b in batches for k in b["key"]]
+    assert len(keys) == len(set(keys)) == loader.per_epoch * 2  # every other sample once: nothing lost or doubled
+    stuck_pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):  # the stuck worker is gone, not left spinning
+        __import__("os").kill(stuck_pid, 0)
+    # the next epoch replaces it at once, without another wait or restart
+    epoch(loader, 1)
+    assert loader.stats.failed["decode_timeout"] == 2 and len(loader.abandoned) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decoder", ["torchcodec", "pyav"])
+def test_a_container_that_overstates_its_length_is_a_counted_decode_error(built, tmp_path, decoder, give_up_after):
+    """Cut the media data of a faststart mp4: its index still lists every frame, the bytes stop a third in."""
+    out = tmp_path / "ds"
+    shutil.copytree(built[0], out)
+    tar = out / "shard-000000.tar"
+    samples = [(k, {e: read_member(tar, o, s) for e, o, s in m}) for k, m in sample_members(tar)]
+    whole = samples[0][1]["mp4"]
+    assert whole.find(b"moov") < whole.find(b"mdat")  # the index comes first, so it survives the cut
+    samples[0][1]["mp4"] = whole[: len(whole) // 3]
+    frames = struct.unpack("<i", samples[0][1]["frames"])[0]
+    with pytest.raises(Exception) as err:
+        decode_frames(samples[0][1]["mp4"], np.array([0, frames - 1]), decoder)
+    assert type(err.value).__name__ == "DecodeError"
+    writer = ShardWriter(tar)
+    for key, members in samples:
+        writer.write(key, members)
+    entry = writer.seal()
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["shards"][0].update(entry)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    give_up_after(240)
+    loader = CpuLoader(out, small(cpu_decoder=decoder, augment=False, decode_deadline=30.0))
+    batches = epoch(loader)  # evaluation windows: the last one lies in the part that is gone
+    assert dict(loader.stats.failed) == {"decode_error": 1} and not loader.abandoned
+    assert all(b["video"].shape == (4, 3, 8, 64, 64) for b in batches)

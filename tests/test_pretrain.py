@@ -22,7 +22,8 @@ from pipeline.checkpoint import (MARKER, CheckpointError, complete_checkpoints, 
                                  save_checkpoint)
 from pipeline.engine import deepspeed_config, detect_launcher, free_port, optimizer_clips
 from pipeline.metrics import read_metrics
-from pipeline.train_config import BatchSplit, TrainConfig, batch_split, lr_at, peak_lr
+from pipeline.train_config import (BatchSplit, TrainConfig, batch_split, batch_statement, batch_warning,
+                                   describe_batch, lr_at, peak_lr)
 from pipeline.config import DataConfig
 from tools.cli import main
 
@@ -122,6 +123,9 @@ def test_one_process_learns_and_leaves_everything_a_run_promises(reference, buil
     assert list((reference / "tensorboard").glob("events.out.tfevents.*"))
     summary = read_metrics(reference / "metrics.jsonl")[-1]
     assert summary["skipped_steps"] == 0
+    stated = json.loads((reference / "run.json").read_text())
+    assert stated["batch"]["effective_batch_clips"] == 8 and stated["batch"]["effective_epochs"] == 40
+    assert "differs from this recipe's reference 2048" in stated["warning"]
 
 
 @pytest.mark.slow
@@ -347,6 +351,23 @@ def test_lr_scales_with_the_global_batch_in_videos_or_clips():
         batch_split(TrainConfig(global_batch=100), data, world_size=4)
 
 
+def test_every_run_states_its_effective_batch_lr_and_epochs():
+    """VideoMAE V2 counts effective epochs (x views) and the true batch; users lost points to a different one."""
+    data = DataConfig(batch_size=8, views=4)
+    train = TrainConfig(global_batch=512, base_lr=1.6e-3, epochs=800)
+    statement = batch_statement(train, batch_split(train, data, world_size=16))
+    assert statement["effective_batch_clips"] == 2048 and statement["effective_epochs"] == 3200
+    text = describe_batch(statement)
+    assert "2048 clips = 8 videos per device x 16 device(s) x 4 accumulation x 4 views" in text
+    assert "lr = base_lr 0.0016 x 512 videos / 256 = 0.0032" in text and "3200 effective epochs" in text
+    assert batch_warning(statement) is None  # MAE-ST's own batch
+    small = TrainConfig(global_batch=64, base_lr=1.6e-3)
+    warning = batch_warning(batch_statement(small, batch_split(small, data, world_size=8)))
+    assert "256 clips differs from this recipe's reference 2048" in warning
+    assert batch_warning(batch_statement(TrainConfig(global_batch=64, reference_batch=0),
+                                         batch_split(small, data, world_size=8))) is None
+
+
 def test_the_same_global_batch_gives_the_same_schedule_for_any_split():
     splits = [batch_split(TrainConfig(global_batch=16), DataConfig(batch_size=b), w)
               for w, b in ((1, 16), (2, 4), (8, 2), (16, 1))]
@@ -390,3 +411,55 @@ def test_slurm_template_and_hostfile_launch_the_same_command():
     assert "#SBATCH" in script and "MASTER_ADDR" in script and "vmae pretrain" in script and "srun" in script
     hostfile = (ROOT / "tools" / "hostfile.example").read_text()
     assert "slots=" in hostfile
+
+
+# ------------------------------------------------------------------ sanity checks users ask for
+
+@pytest.fixture(scope="module")
+def overfit_run(built, tmp_path_factory) -> Path:
+    """`vmae pretrain --overfit 2`: the tiny preset on two videos until the loss is near zero."""
+    tmp = tmp_path_factory.mktemp("overfit")
+    out = tmp / "run"
+    config = write_config(tmp, run_config(built[0], out, zero_stage=0, log_every=10, log_samples=False, base_lr=0.3,
+                                          model__tubelet=[2, 8, 8]))
+    assert main(["pretrain", "--config", str(config), "--overfit", "2"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_overfit_drives_the_loss_near_zero_and_stops(overfit_run):
+    records = [r for r in read_metrics(overfit_run / "metrics.jsonl") if "loss" in r]
+    assert records[0]["loss"] > 0.5 and records[-1]["loss"] < 0.05
+    assert records[-1]["step"] < 500  # stopped once near zero (train.stop_loss), not at the step limit
+    stated = json.loads((overfit_run / "run.json").read_text())["batch"]
+    assert stated["global_batch_videos"] == 2 and stated["reference_batch_clips"] is None
+
+
+@pytest.mark.slow
+def test_honest_reconstructions_tell_a_trained_model_from_one_that_predicts_nothing(overfit_run):
+    """With per-patch normalized targets the usual picture takes each hidden patch's mean and variance from the
+    original (VideoMAE issues 25 and 120): a model predicting zeros then looks fine. Ours takes them from the
+    visible neighbours; the leaking one is only drawn on request, labelled."""
+    import copy
+
+    from pipeline.checkpoint import resolve_checkpoint, saved_config
+    from pipeline.loader import make_loader
+    from pipeline.pretrained import load_pretrained
+    from pipeline.visualize import masked_psnr, reconstruct, reconstruction_grid
+    from tools.config import load_config
+
+    folder = resolve_checkpoint(overfit_run)
+    cfg = load_config(str(saved_config(folder)))
+    trained = load_pretrained(folder, cfg)
+    video = next(iter(make_loader(Path(cfg.train.dataset), cfg.data, device="cpu")))["video"]  # the clips it fit
+    zeros = copy.deepcopy(trained)
+    torch.nn.init.zeros_(zeros.decoder_pred.weight), torch.nn.init.zeros_(zeros.decoder_pred.bias)
+    fit = masked_psnr(reconstruct(trained, video), "reconstruction", cfg.data)
+    nothing = reconstruct(zeros, video, oracle=True)
+    honest, oracle = masked_psnr(nothing, "reconstruction", cfg.data), masked_psnr(nothing, "oracle", cfg.data)
+    flattered = masked_psnr(reconstruct(trained, video, oracle=True), "oracle", cfg.data)
+    # measured here: trained 16.9 dB honest / 23.1 oracle; zeros 14.3 honest / 15.8 oracle
+    assert fit > honest + 1.5  # the honest picture shows what the model knows
+    assert oracle > honest + 0.5 and flattered > fit + 3  # the leaking one flatters every model
+    png = reconstruction_grid(zeros, video, cfg.data, overfit_run / "zeros.png", clips=2, oracle=True)
+    assert png.stat().st_size > 10_000

@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--resume auto (the default) continues from the newest complete checkpoint in --out. "
                         "Model and data keys are set as model.KEY=VALUE and data.KEY=VALUE.")
     _config_args(pretrain, "train")
+    _overfit_arg(pretrain, "pretrain")
 
     finetune = _command(commands, "finetune", _run_finetune, "fine-tune a classifier from a pretrained encoder",
                         "The classifier (encoder on all tokens, mean pooling, head) from --pretrained's encoder, or "
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--val-dataset the multi-view test runs at the end.")
     _config_args(finetune, "train")
     add_section_flags(finetune, "finetune")
+    _overfit_arg(finetune, "finetune")
 
     evaluate = _command(commands, "evaluate", _run_evaluate, "multi-view test of a fine-tuned classifier",
                         "Temporal windows x spatial crops per video (MAE-ST tests Kinetics with 7 x 3), softmax "
@@ -141,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     visualize.add_argument("dataset", type=Path, help="dataset folder written by `vmae shards build`")
     visualize.add_argument("--png", type=Path, help="where to write (default: reconstruction.png in the checkpoint)")
     visualize.add_argument("--clips", type=int, default=4, help="clips to show")
+    visualize.add_argument("--oracle", action="store_true", help=(
+        "also show the usual picture that gives each hidden patch its own true mean and variance: it leaks the "
+        "answer (a model predicting zeros looks good), and is labelled so"))
 
     export = _command(commands, "export", _run_export, "plain fp32 weights of a checkpoint",
                       "Gather a checkpoint's ZeRO partitions into one fp32 state dict (like DeepSpeed's zero_to_fp32) "
@@ -195,8 +200,36 @@ def _config_args(parser: argparse.ArgumentParser, section: str | None, only: tup
         add_section_flags(parser, section, only)
 
 
+def _overfit_arg(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.set_defaults(overfit_command=command)
+    parser.add_argument("--overfit", type=int, metavar="N", help=(
+        "sanity check: train on the first N videos only, the same batch every step, without augmentation or "
+        "regularization, until the loss is near zero (train.stop_loss) or 500 steps; one process, CPU loader"))
+
+
+def overfit_overrides(n: int, command: str) -> list[str]:
+    """What --overfit N sets, on top of everything else."""
+    if n < 1:
+        raise ValueError(f"--overfit takes a number of videos >= 1, got {n}")
+    items = [f"data.limit={n}", f"data.batch_size={n}", "data.augment=false", "data.backend=cpu",
+             f"train.global_batch={n}", "train.reference_batch=0", "train.epochs=500", "train.max_steps=0",
+             "train.warmup_epochs=10", "train.weight_decay=0", "train.checkpoint_every=100000", "model.drop_path=0"]
+    if command == "finetune":
+        items += ["train.stop_loss=0.01", "finetune.mixup=0", "finetune.cutmix=0", "finetune.label_smoothing=0"]
+    else:  # a masked autoencoder sees new masks every step: near zero is a few hundredths of its first loss
+        items += ["train.stop_loss=0.03"]
+    return items
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The command line's SECTION.KEY=VALUE overrides, then those --overfit implies."""
+    if getattr(args, "overfit", None) is None:
+        return args.overrides
+    return args.overrides + overfit_overrides(args.overfit, args.overfit_command)
+
+
 def _config(args: argparse.Namespace) -> VmaeConfig:
-    return load_config(args.config, args.overrides, flag_values(args))
+    return load_config(args.config, _overrides(args), flag_values(args))
 
 
 # ------------------------------------------------------------------ command bodies (imports kept lazy)
@@ -292,13 +325,13 @@ def _finetune_config(args: argparse.Namespace) -> VmaeConfig:
     from pipeline.checkpoint import config_text
 
     base = [preset_layer("finetune")]
-    cfg = load_config(args.config, args.overrides, flag_values(args), base=base)
+    cfg = load_config(args.config, _overrides(args), flag_values(args), base=base)
     if cfg.finetune.pretrained:
         pretrained = yaml.safe_load(config_text(Path(cfg.finetune.pretrained)))
         inherited = {section: {k: pretrained[section][k] for k in keys if k in pretrained[section]}
                      for section, keys in INHERITED_FROM_PRETRAINING.items()}
         base.append((f"the pretrained run {cfg.finetune.pretrained}", inherited))
-        cfg = load_config(args.config, args.overrides, flag_values(args), base=base)
+        cfg = load_config(args.config, _overrides(args), flag_values(args), base=base)
     return cfg
 
 
@@ -329,7 +362,8 @@ def _run_visualize(args: argparse.Namespace) -> int:
 
     folder = resolve_checkpoint(args.checkpoint)
     cfg = load_config(str(saved_config(folder)))
-    png = visualize_checkpoint(folder, cfg, args.dataset, args.png or folder / "reconstruction.png", args.clips)
+    png = visualize_checkpoint(folder, cfg, args.dataset, args.png or folder / "reconstruction.png", args.clips,
+                               args.oracle)
     log.info("wrote %s", png)
     return 0
 
