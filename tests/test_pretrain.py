@@ -422,7 +422,8 @@ def overfit_run(built, tmp_path_factory) -> Path:
     out = tmp / "run"
     config = write_config(tmp, run_config(built[0], out, zero_stage=0, log_every=10, log_samples=False, base_lr=0.3,
                                           model__tubelet=[2, 8, 8]))
-    assert main(["pretrain", "--config", str(config), "--overfit", "2"]) == 0
+    code, output = vmae_pretrain(config, "--overfit", "2")  # its own process: no process group left in this one
+    assert code == 0, output[-3000:]
     return out
 
 
