@@ -75,16 +75,9 @@ def _forever(loader):
 def model_alone(cfg) -> float:
     import torch
 
-    from pipeline.engine import init_distributed, make_engine
-    from pipeline.tasks import PretrainTask
-    from pipeline.train_config import batch_split
+    from pipeline.train import pretrain_engine
 
-    launch = init_distributed()
-    split = batch_split(cfg.train, cfg.data, launch.world_size)
-    torch.manual_seed(0)
-    task = PretrainTask(cfg)
-    model = task.build_model(launch)
-    engine = make_engine(model, task.param_groups(model), cfg.train, split, "fp32")
+    engine, _, _ = pretrain_engine(cfg, "fp32")
     video = torch.randn(cfg.data.batch_size * cfg.data.views, 3, cfg.data.frames, cfg.data.crop_size,
                         cfg.data.crop_size)
     times = []

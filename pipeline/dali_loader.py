@@ -139,7 +139,7 @@ class DaliLoader:
             cfg = replace(self.cfg, seed=self.cfg.seed + 1000 * self.rebuilds)
             self.pipe = build_pipeline([str(p) for p in self.shardset.shards], self.indexes,
                                        self.shardset.video_ext, cfg, self.decode_device, self.rank,
-                                       self.world_size, device_id)
+                                       self.world_size, device_id, threads=self.cfg.worker_count)
             self.pipe.build()
             try:  # the iterator runs the pipeline at once to prefetch: a bad sample can fail it here
                 # The reader drops the last partial batch; auto_reset starts the next epoch when one ends.

@@ -8,11 +8,15 @@ in order and tells each frame's index from its timestamp.
 from __future__ import annotations
 
 import io
+import logging
+from functools import lru_cache
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class DecodeError(RuntimeError):
@@ -24,13 +28,27 @@ def decode_frames(video: bytes, indices: np.ndarray, decoder: str = "torchcodec"
     """Frames at the sorted, distinct ``indices`` as uint8 [F, H, W, 3]. ``skip_nonref``: the wanted frames are
     all reference frames, so the (PyAV) decoder may skip every non-reference one."""
     try:
-        if decoder == "torchcodec" and not skip_nonref:
+        if decoder == "torchcodec" and not skip_nonref and torchcodec_problem() is None:
             return _torchcodec_frames(video, indices)
         return pyav_frames(video, indices, skip_nonref=skip_nonref)
     except DecodeError:
         raise
     except Exception as err:  # noqa: BLE001 - any decoder failure is a bad sample, not a crashed epoch
         raise DecodeError(f"{type(err).__name__}: {err}") from None
+
+
+@lru_cache(maxsize=None)
+def torchcodec_problem() -> str | None:
+    """Why torchcodec cannot decode here (not installed, or no FFmpeg libraries it can load), or None; the
+    reason is logged once and PyAV decodes instead, rather than every sample failing."""
+    try:
+        from torchcodec.decoders import VideoDecoder  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - torchcodec raises RuntimeError when FFmpeg's libraries are missing
+        problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        log.warning("torchcodec cannot decode here (%s): PyAV decodes instead (data.cpu_decoder=pyav silences this;"
+                    " `pip install torchcodec` plus FFmpeg's shared libraries restore the faster decoder)", problem)
+        return problem
+    return None
 
 
 def _torchcodec_frames(video: bytes, indices: np.ndarray) -> torch.Tensor:

@@ -57,6 +57,21 @@ class Plan:
     peak_lr: float
 
 
+def build_engine(task, launch: Launch, train, split: BatchSplit, precision: str):
+    """The task's model, its parameter groups and the DeepSpeed engine around them."""
+    torch.manual_seed(train.seed)  # the same initial weights on every rank
+    model = task.build_model(launch)
+    return make_engine(model, task.param_groups(model), train, split, precision)
+
+
+def pretrain_engine(cfg, precision: str) -> tuple:
+    """(engine, task, launch) of MAE pretraining without a loader: what the benchmarks time."""
+    launch = init_distributed()
+    task = PretrainTask(cfg)
+    split = batch_split(cfg.train, cfg.data, launch.world_size)
+    return build_engine(task, launch, cfg.train, split, precision), task, launch
+
+
 def check_before_start(cfg, world_size: int) -> None:
     """Refuse a config that cannot run, before any process group, model or loader is made."""
     from pipeline.shardset import ShardSet
@@ -125,9 +140,7 @@ def run(cfg, config_yaml: str, task) -> dict:
     if precision == "bf16" and launch.device.type == "cpu":
         log.warning("bf16 on this CPU runs backward several times slower than fp32 (train.precision=fp32)")
 
-    torch.manual_seed(train.seed)  # the same initial weights on every rank
-    model = task.build_model(launch)
-    engine = make_engine(model, task.param_groups(model), train, split, precision)
+    engine = build_engine(task, launch, train, split, precision)
     loader = make_loader(Path(train.dataset), data, launch.rank, launch.world_size, str(launch.device),
                          split.accumulation)
     plan = make_plan(cfg, split, loader.per_epoch)

@@ -69,7 +69,7 @@ def neighbour_statistics(pixels: torch.Tensor, masked: torch.Tensor, grid: tuple
 def masked_psnr(views: dict[str, torch.Tensor], name: str, data: DataConfig) -> float:
     """PSNR (dB, pixels in 0-1) of ``views[name]`` against the original over the hidden pixels only."""
     std = torch.tensor(data.std).view(1, 3, 1, 1, 1)
-    error = ((views[name] - views["original"]) * std)[views["hidden"]]
+    error = ((views[name].cpu() - views["original"].cpu()) * std.cpu())[views["hidden"].cpu()]
     return float(10 * torch.log10(1 / error.square().mean().clamp(min=1e-12)))
 
 

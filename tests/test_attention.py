@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model.attention import Attention, attention, resolve_backend
+from model.attention import Attention, _xformers_problem, attention, resolve_backend
 
 
 def qkv(shape=(2, 4, 157, 64), dtype=torch.float32, device="cpu", seed=0):
@@ -61,6 +61,8 @@ def test_attention_module_is_permutation_equivariant_and_backend_independent():
 @pytest.mark.parametrize("backend", ["xformers", "sdpa"])
 @pytest.mark.parametrize("n", [156, 1568])
 def test_cuda_backends_match_math_in_bf16(backend, n):
+    if backend == "xformers" and _xformers_problem():  # e.g. a wheel built for another torch/CUDA
+        pytest.skip(f"xformers does not run here: {_xformers_problem()}")
     tensors = qkv((2, 12, n, 64), dtype=torch.bfloat16, device="cuda")
     ref, ref_grads = forward_and_grads("math", [t.detach().float().requires_grad_() for t in tensors])
     out, grads = forward_and_grads(backend, tensors)

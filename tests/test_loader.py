@@ -177,6 +177,22 @@ def test_cpu_decoders_give_the_frames_of_a_plain_decode(built, decoder):
             assert np.abs(got.astype(int) - reference[wanted].astype(int)).mean() <= 4
 
 
+def test_without_torchcodec_pyav_decodes_and_says_so(real_videos, monkeypatch, caplog):
+    """A machine without torchcodec (or without the FFmpeg libraries it loads) decodes with PyAV, not a
+    decode error per sample."""
+    from pipeline import decode
+
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # import fails as if not installed
+    decode.torchcodec_problem.cache_clear()
+    try:
+        video = real_videos[0].read_bytes()
+        got = decode_frames(video, np.array([0, 3, 9]), "torchcodec").numpy()
+        assert got.shape[0] == 3 and np.abs(got.astype(int) - reference_frames(video)[[0, 3, 9]]).mean() <= 4
+        assert "PyAV decodes instead" in caplog.text
+    finally:
+        decode.torchcodec_problem.cache_clear()
+
+
 # ------------------------------------------------------------------ bad samples
 
 @pytest.fixture(scope="module")

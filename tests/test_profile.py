@@ -123,3 +123,17 @@ def test_nvdec_decode_rate_on_cuda(built):
 
     windows = nvdec_rate(built[0], seconds=2)
     assert windows and all(w > 0 for w in windows)
+
+
+def test_a_dali_loader_that_limits_the_run_gets_the_cpu_path_suggested():
+    from tools.config import load_config
+    from tools.profile import verdict
+
+    cfg = load_config(None, ["data.views=4"])
+    load = {"K=4": {"median": 10.0, "backend": "dali"}}
+    model = {"sdpa": {"median": 190.0}}
+    advice = verdict({"load": load, "model": model}, cfg)["advice"]
+    assert any("data.backend=cpu" in line for line in advice)
+    load["K=4"]["backend"] = "cpu"
+    advice = verdict({"load": load, "model": model}, cfg)["advice"]
+    assert not any("data.backend=cpu" in line for line in advice)

@@ -253,6 +253,10 @@ def verdict(figures: dict, cfg) -> dict:
             say.append(f"K={other}: the loader gives {rate:.1f} clips/s; predicted end to end {predicted:.1f} "
                        f"clips/s ({predicted / min(load_rate, model_rate):.2f}x of now)")
     if limit == "load":
+        backend = figures["load"].get(f"K={k}", {}).get("backend")
+        if backend == "dali":
+            say.append("try data.backend=cpu with data.workers set to the host's cores: on an H100 host with 16 "
+                       "cores the CPU path gave ~20x the clips/s of DALI mixed (BENCHMARKS.md, GPU section)")
         if k < max(loads):
             say.append(f"raise data.views to {max(loads)}: each decoded video then gives more clips")
         if not cfg.data.span:
