@@ -9,9 +9,12 @@ with ``weights_only=True``: a checkpoint from elsewhere runs no code.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import torch
+
+from model.load import read_state_dict
+
+__all__ = ["ConversionError", "from_mae_st", "from_videomae", "read_state_dict", "to_huggingface_videomae"]
 
 # MAE-ST keys with no place in vmae's model (it has no class token); dropped and reported
 MAE_ST_CLS = ("cls_token", "decoder_cls_token", "pos_embed_class", "decoder_pos_embed_class")
@@ -19,15 +22,6 @@ MAE_ST_CLS = ("cls_token", "decoder_cls_token", "pos_embed_class", "decoder_pos_
 
 class ConversionError(ValueError):
     """A state dict that does not map; the message names the keys."""
-
-
-def read_state_dict(source: str | Path | dict) -> dict[str, torch.Tensor]:
-    """A state dict from a file (``weights_only=True``) or a dict, unwrapped from {"model": ...}/{"module": ...}."""
-    state = torch.load(source, map_location="cpu", weights_only=True) if not isinstance(source, dict) else source
-    for wrapper in ("model", "module", "state_dict"):
-        if isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    return state
 
 
 def from_mae_st(source) -> tuple[dict[str, torch.Tensor], list[str]]:

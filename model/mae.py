@@ -16,6 +16,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 
 from model.attention import Attention
 from model.embed import PositionEmbed, TubeletEmbed
+from model.load import encoder_part, load_strict, read_state_dict
 from model.masking import Mask, decoder_subset, make_mask
 
 
@@ -236,22 +237,13 @@ class VideoClassifier(nn.Module):
         return {"stem": r"^encoder\.(?:patch_embed|pos_embed)", "blocks": [(r"^encoder\.blocks\.(\d+)", None)]}
 
     def load_pretrained_encoder(self, source: dict | str) -> list[str]:
-        """Copy every encoder tensor of a MaskedVideoAutoencoder state dict (or a file holding one, read with
-        ``weights_only=True``: an untrusted pickle runs no code); returns the keys of this model left as they were
-        (the head and fc_norm). Refuses a state dict whose encoder does not fit, naming the tensors."""
-        state = torch.load(source, map_location="cpu", weights_only=True) if isinstance(source, str) else source
-        state = state.get("model", state)
-        encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-        if not encoder:
-            raise ValueError("no encoder.* tensors in the pretrained state dict")
-        encoder.pop("norm.weight", None), encoder.pop("norm.bias", None)  # the classifier normalizes pooled features
-        try:
-            missing, unexpected = self.encoder.load_state_dict(encoder, strict=False)
-        except RuntimeError as err:  # shapes differ: another preset, tubelet or clip size
-            raise ValueError(f"pretrained encoder does not fit: {err}") from None
-        if missing or unexpected:
-            raise ValueError(f"pretrained encoder does not fit: missing {missing}, unexpected {unexpected}")
-        return [k for k in self.state_dict() if not k.startswith("encoder.")]
+        """Copy the encoder of a pretraining state dict or file (read with ``weights_only=True``: an untrusted
+        pickle runs no code), strictly: wrapper prefixes stripped, learned positions resized to this model's clip
+        shape; any key that does not fit is listed in the ``CheckpointMismatch``. Returns what was resized."""
+        encoder = encoder_part(read_state_dict(source))
+        name = source if isinstance(source, str) else "the pretrained state dict"
+        # the classifier normalizes pooled features (fc_norm) instead of the encoder's last LayerNorm
+        return load_strict(self.encoder, encoder, f"{name} (encoder)", drop=("norm.weight", "norm.bias"))
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -10,6 +10,7 @@ from shards.config import field_help
 BACKENDS = ("auto", "dali", "cpu")
 CPU_DECODERS = ("torchcodec", "pyav")
 DTYPES = ("float32", "bfloat16")
+SAMPLINGS = ("dense", "segment")
 
 
 @dataclass
@@ -21,6 +22,9 @@ class DataConfig:
     span: float = field(default=0.0, metadata=field_help(
         "draw all K views from one window this many clip lengths long, so only it is decoded (0: independent "
         "windows over the whole video, as MAE-ST; 1: the same frames for every view)"))
+    sampling: str = field(default="dense", metadata=field_help(
+        "dense: T frames tau apart from a window (Kinetics); segment: the video cut into T equal segments, one frame "
+        "from each (Something-Something V2: short clips, so evaluation windows differ)", choices=SAMPLINGS))
     crop_size: int = field(default=224, metadata=field_help("side of the square crop fed to the model"))
     scale: list[float] = field(default_factory=lambda: [0.5, 1.0], metadata=field_help(
         "random-resized-crop area range, as fractions of the frame"))
@@ -75,6 +79,8 @@ class DataConfig:
             raise ValueError(f"data.limit must be >= 0, got {self.limit}")
         if self.decode_deadline < 0:
             raise ValueError(f"data.decode_deadline is in seconds and must be >= 0, got {self.decode_deadline}")
+        if self.sampling == "segment" and self.span:
+            raise ValueError("data.span draws windows of dense clips: set data.span=0 with data.sampling=segment")
         if self.span and self.span < 1:
             raise ValueError(f"data.span is in clip lengths and must be 0 or >= 1, got {self.span}")
 

@@ -62,6 +62,17 @@ def view_frame_indices(frames, cfg: DataConfig):
     from nvidia.dali import fn, types
 
     n = fn.cast(frames, dtype=types.FLOAT)  # [1]
+    if cfg.sampling == "segment":  # one frame from each of T equal segments, as sampling.segment_frames
+        segment = n / float(cfg.frames)
+        firsts = types.Constant(np.arange(cfg.frames, dtype=np.float32)[None, :]) * segment
+        if cfg.augment:
+            fraction = fn.random.uniform(range=[0.0, 1.0], shape=[cfg.views, cfg.frames])
+        else:
+            windows = cfg.views // cfg.test_crops
+            spread = np.repeat((np.arange(windows, dtype=np.float32) + 0.5) / windows, cfg.test_crops)[:, None]
+            fraction = types.Constant(spread)
+        indices = dmath.min(dmath.floor(firsts + fraction * segment), n - 1)
+        return fn.reshape(fn.cast(indices, dtype=types.INT32), shape=[cfg.views * cfg.frames])
     length = float(cfg.clip_length)
     offsets = types.Constant(np.arange(cfg.frames, dtype=np.float32)[None, :] * cfg.stride)
     if not cfg.augment:  # evenly spread, as the CPU path's evaluation windows

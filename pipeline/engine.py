@@ -145,7 +145,9 @@ class FiniteAdamW(torch.optim.AdamW):
 def make_engine(model: torch.nn.Module, groups: list[dict], train: TrainConfig, split: BatchSplit, precision: str):
     import deepspeed
 
-    optimizer = make_optimizer(groups, train, precision)
+    # DeepSpeed drops empty groups, shifting any per-index lr schedule (DeepSpeedExamples PR 756): drop them here,
+    # and set_lr reads each group's own lr_scale, never its position
+    optimizer = make_optimizer([g for g in groups if g["params"]], train, precision)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            config=deepspeed_config(train, split, precision))
     return engine

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 
+from model.load import load_strict, read_state_dict
 from model.mae import MaskedVideoAutoencoder
 from pipeline.checkpoint import weights_file
 from pipeline.loader import make_loader
@@ -15,9 +15,9 @@ from pipeline.visualize import reconstruction_grid
 
 def load_pretrained(folder: Path, cfg) -> MaskedVideoAutoencoder:
     """The autoencoder of a checkpoint folder (``cfg``: its config.yaml, loaded), on the CPU, in eval mode."""
-    state = torch.load(weights_file(folder, "pretrained.pt"), map_location="cpu", weights_only=True)["model"]
+    weights = weights_file(folder, "pretrained.pt")
     model = MaskedVideoAutoencoder(cfg.model.model_config(cfg.data))
-    model.load_state_dict(state)
+    load_strict(model, read_state_dict(weights), str(weights))
     return model.eval()
 
 

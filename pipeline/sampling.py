@@ -51,7 +51,10 @@ def plan_views(num_frames: int, height: int, width: int, cfg: DataConfig, rng: n
 
 def temporal_windows(num_frames: int, cfg: DataConfig, rng: np.random.Generator,
                      align: int = 1) -> tuple[np.ndarray, bool]:
-    """K windows of T frames tau apart; with ``span``, all inside one window of span clip lengths."""
+    """K windows of T frames tau apart; with ``span``, all inside one window of span clip lengths; with
+    ``sampling=segment``, one frame from each of T equal segments of the whole video."""
+    if cfg.sampling == "segment":
+        return segment_frames(num_frames, cfg, rng), num_frames < cfg.frames
     length = cfg.clip_length
     offsets = np.arange(cfg.frames) * cfg.stride
     if cfg.span:
@@ -68,6 +71,21 @@ def temporal_windows(num_frames: int, cfg: DataConfig, rng: np.random.Generator,
     starts = starts - starts % align
     last = (num_frames - 1) - (num_frames - 1) % align  # a short video repeats its last aligned frame
     return np.minimum(starts[:, None] + offsets[None, :], last), num_frames < length
+
+
+def segment_frames(num_frames: int, cfg: DataConfig, rng: np.random.Generator) -> np.ndarray:
+    """[K, T] frames, one per segment (TSN / VideoMAE's Something-Something sampling): at random within each
+    segment in training; in evaluation window w of W takes the point (w + 1/2) / W of every segment, so windows
+    differ whenever a segment holds W frames or more (PySlowFast issue 306: identical "multi-view" clips)."""
+    edges = np.linspace(0, num_frames, cfg.frames + 1)
+    start, length = edges[:-1], np.diff(edges)
+    if cfg.augment:
+        fraction = rng.random((cfg.views, cfg.frames))
+    else:
+        windows = cfg.views // cfg.test_crops
+        fraction = np.repeat((np.arange(windows) + 0.5) / windows, cfg.test_crops)[:, None]
+    frames = np.floor(start[None, :] + fraction * length[None, :]).astype(np.int64)
+    return np.clip(frames, 0, max(num_frames - 1, 0))
 
 
 def random_resized_crop(height: int, width: int, scale: list[float], ratio: list[float],

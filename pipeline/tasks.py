@@ -124,9 +124,9 @@ class FinetuneTask:
         source = self.cfg.finetune.pretrained
         if source:
             weights = weights_file(Path(source), PretrainTask.weights_file, launch.rank)
-            model.load_pretrained_encoder(str(weights))
-            log.info("encoder from %s (every encoder tensor copied; fc_norm and head new, %d classes)", weights,
-                     len(self.classes))
+            resized = model.load_pretrained_encoder(str(weights))
+            log.info("encoder from %s (every encoder tensor copied; fc_norm and head new, %d classes)%s", weights,
+                     len(self.classes), "".join(f"; {note}" for note in resized))
         else:
             log.info("from scratch: no finetune.pretrained given")
         return model

@@ -115,7 +115,29 @@ def finetune(cfg, config_yaml: str) -> dict:
     if len(classes) < 2:
         raise TrainError(f"{cfg.train.dataset} has {len(classes)} class(es): fine-tuning needs labelled videos of "
                          "at least two (build the shards from class sub-folders or a CSV with labels)")
+    check_classes(classes, cfg)
     return run(cfg, config_yaml, FinetuneTask(cfg, classes))
+
+
+def check_classes(classes: list[str], cfg) -> None:
+    """Refuse a dataset whose classes do not match the head: finetune.num_classes, or the classes of the run being
+    resumed (OUT/classes.json); otherwise record them there."""
+    wanted = cfg.finetune.num_classes
+    if wanted and wanted != len(classes):
+        raise TrainError(f"the head has finetune.num_classes={wanted} classes but {cfg.train.dataset} has "
+                         f"{len(classes)}: set finetune.num_classes={len(classes)} (or 0) or use the dataset built for "
+                         "this head")
+    record = Path(cfg.train.out) / "classes.json"
+    if record.is_file() and cfg.train.resume != "never":
+        before = json.loads(record.read_text())
+        if before != classes:
+            changed = sorted(set(before) ^ set(classes))[:5]
+            raise TrainError(f"{cfg.train.out} was fine-tuned on {len(before)} classes and {cfg.train.dataset} has "
+                             f"{len(classes)} (differing: {changed or 'the order'}): resuming would put the wrong "
+                             "head on them; use another train.out or train.resume=never")
+    if int(os.environ.get("RANK", "0")) == 0:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(classes))
 
 
 def check(cfg) -> None:

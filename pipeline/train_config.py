@@ -146,6 +146,8 @@ class FinetuneConfig:
     pretrained: str | None = field(default=None, metadata=field_help(
         "pretraining run folder, checkpoint folder or exported .pt whose encoder starts the classifier "
         "(unset: from scratch)"))
+    num_classes: int = field(default=0, metadata=field_help(
+        "classes of the head; the dataset must have exactly as many (0: the dataset's count)"))
     layer_decay: float = field(default=0.75, metadata=field_help(
         "layer-wise lr decay: block i of L gets lr x decay^(L-i), the embeddings decay^(L+1) (1: off)"))
     label_smoothing: float = field(default=0.1, metadata=field_help("label smoothing of the cross-entropy"))
@@ -162,6 +164,8 @@ class FinetuneConfig:
     test_crops: int = field(default=1, metadata=field_help("spatial crops per temporal window at evaluation"))
 
     def __post_init__(self) -> None:
+        if self.num_classes < 0:
+            raise ValueError(f"finetune.num_classes must be >= 0 (0: the dataset's count), got {self.num_classes}")
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"finetune.layer_decay must be in (0, 1], got {self.layer_decay}")
         if not 0 <= self.label_smoothing < 1:

@@ -29,7 +29,7 @@ from shards.config import ShardConfig
 from shards.encode import EXTENSION, Encoded, die_with_parent, encode, ffmpeg_exe, output_fps, output_size
 from shards.plan import Plan, PlannedItem, make_plan, read_class_file
 from shards.probe import RejectedInput, VideoInfo, probe
-from shards.sources import VIDEO_EXTENSIONS, SourceError, list_inputs
+from shards.sources import VIDEO_EXTENSIONS, SourceError, input_kind, list_inputs
 from shards.tars import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,20 @@ def ffmpeg_version() -> str:
     return out.split("\n", 1)[0].replace("ffmpeg version ", "").split(" Copyright")[0]
 
 
+def listed_card(input_path: Path, inputs: list, split: str | None) -> dict:
+    """What the input list holds, per split and class: with the digest and the counts in the shards, the dataset
+    card two users compare to see whether they hold the same copy (VideoMAE issue 94)."""
+    per_split: dict[str, Counter] = {}
+    for item in inputs:
+        per_split.setdefault(item.split or "(no split)", Counter())[item.label_name or "(unlabeled)"] += 1
+    return {"input_kind": input_kind(input_path), "split": split,
+            "listed_per_split": {name: {"videos": sum(c.values()), "per_class": dict(sorted(c.items()))}
+                                 for name, c in sorted(per_split.items())}}
+
+
 def build_shards(input_path: Path, out_dir: Path, cfg: ShardConfig, progress: bool = True) -> BuildSummary:
     started = time.perf_counter()
-    inputs = list_inputs(input_path, Path(cfg.root) if cfg.root else None)
+    inputs = list_inputs(input_path, Path(cfg.root) if cfg.root else None, cfg.split)
     if not inputs:
         raise SourceError(f"{input_path}: no videos found (looked for {', '.join(sorted(VIDEO_EXTENSIONS))}); "
                           "nothing was written")
@@ -101,7 +112,7 @@ def build_shards(input_path: Path, out_dir: Path, cfg: ShardConfig, progress: bo
             return _summary_from_manifest(finished, len(inputs))
         for reject in plan.rejects:
             log.info("rejected %s: %s (%s)", reject.source, reject.reason, reject.detail)
-        builder = _Builder(out_dir, cfg, plan, params)
+        builder = _Builder(out_dir, cfg, plan, params, listed_card(input_path, inputs, cfg.split))
         summary = builder.run(progress)
     summary.inputs = len(inputs)
     summary.seconds = time.perf_counter() - started
@@ -161,8 +172,9 @@ class _Totals:
 
 
 class _Builder:
-    def __init__(self, out_dir: Path, cfg: ShardConfig, plan: Plan, params: dict):
+    def __init__(self, out_dir: Path, cfg: ShardConfig, plan: Plan, params: dict, listed: dict):
         self.out_dir, self.cfg, self.plan, self.params = out_dir, cfg, plan, params
+        self.listed = listed  # the dataset card's half that describes the input list
         self.state = out_dir / STATE
         self.items_dir = self.state / "items"
         self.records_dir = self.state / "shards"
@@ -325,6 +337,8 @@ class _Builder:
             "shards": self.entries,
             "rejects": dict(sorted(Counter(r["reason"] for r in plan_rejects + self.rejects).items())),
         }
+        manifest["card"] = {**self.listed, "inputs_digest": self.plan.inputs_digest, "videos": self.totals.samples,
+                            "videos_per_class": class_counts, "rejected": sum(manifest["rejects"].values())}
         _write_atomic(self.out_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 

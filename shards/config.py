@@ -18,6 +18,9 @@ class ShardConfig:
     # inputs
     root: str | None = field(default=None, metadata=field_help(
         "folder that relative paths in a CSV/JSONL list are resolved against (default: the list's folder)"))
+    split: str | None = field(default=None, metadata=field_help(
+        "only the inputs of this split: a Kinetics CSV's split column, UCF-101 list (trainlist01), HMDB-51 "
+        "train/test/unused (default: every input)"))
     classes: str | None = field(default=None, metadata=field_help(
         "text file with one class name per line, in label order (default: the sorted labels found)"))
     # how every video is normalized

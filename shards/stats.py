@@ -53,6 +53,7 @@ def dataset_stats(dataset: Path) -> dict:
         "padded": padded,
         "rejects": manifest["rejects"],
         "build": manifest["build"],
+        "card": manifest.get("card"),
     }
 
 

@@ -230,3 +230,26 @@ def test_an_input_without_videos_is_refused_before_writing(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tools.cli", "shards", "build", str(tmp_path / "in"),
                            str(tmp_path / "out")], capture_output=True, text=True)
     assert proc.returncode == 1 and "no videos found" in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_manifest_carries_a_dataset_card_that_two_copies_compare_by(tmp_path, capsys):
+    from conftest import make_video
+    from tools.cli import main
+
+    for name in ("a", "b", "c"):
+        make_video(tmp_path / "v" / f"{name}.mp4", 1.0, "160x120", 15)
+    (tmp_path / "list.csv").write_text("path,label,split\nv/a.mp4,run,train\nv/b.mp4,walk,train\n"
+                                       "v/c.mp4,walk,val\nv/gone.mp4,run,train\n")
+    cfg = ShardConfig(split="train", short_side=64, workers=1, min_frames=8)
+    cards = []
+    for out in ("one", "two"):
+        build_shards(tmp_path / "list.csv", tmp_path / out, cfg, progress=False)
+        cards.append(json.loads((tmp_path / out / "manifest.json").read_text())["card"])
+    card = cards[0]
+    assert card == cards[1]  # the same copy of the same list: the same card
+    assert card["input_kind"] == "csv" and card["split"] == "train" and card["videos"] == 2
+    assert card["listed_per_split"] == {"train": {"videos": 3, "per_class": {"run": 2, "walk": 1}}}
+    assert card["videos_per_class"] == {"run": 1, "walk": 1} and card["rejected"] == 1  # gone.mp4 is missing
+    assert len(card["inputs_digest"]) == 64
+    assert main(["shards", "inspect", str(tmp_path / "one")]) == 0
+    assert "dataset card" in capsys.readouterr().out

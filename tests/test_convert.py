@@ -121,3 +121,40 @@ def test_export_refuses_what_huggingface_cannot_hold():
     model = tiny()  # learned separable positions and a key bias
     with pytest.raises(ConversionError):
         to_huggingface_videomae(model.state_dict())
+
+
+def landing(source: torch.Tensor, ours: dict[str, torch.Tensor]) -> list[str]:
+    """Where a source tensor sits among ours: keys (with a row range for fused qkv tensors) holding it exactly."""
+    found = []
+    for key, tensor in ours.items():
+        if tensor.shape == source.shape and torch.equal(tensor, source):
+            found.append(key)
+        elif tensor.dim() == source.dim() and tensor.shape[1:] == source.shape[1:] and \
+                tensor.shape[0] % source.shape[0] == 0:
+            for i, part in enumerate(tensor.split(source.shape[0])):
+                if torch.equal(part, source):
+                    found.append(f"{key}[{i}]")
+    return found
+
+
+def test_every_videomae_tensor_lands_once_and_nothing_else_is_zero():
+    """VideoMAE keeps q_bias and v_bias and no k_bias (transformers PR 48675 loaded zeros for them): each official
+    tensor must land exactly once, and the only zeros of ours are what VideoMAE does not have."""
+    official = videomae_layout()
+    model = tiny(positions="sinusoid", target="tube")
+    model.load_state_dict(from_videomae(official), strict=True)
+    ours = model.state_dict()
+    for key, tensor in official.items():
+        if key in ("encoder.head.weight", "encoder.head.bias"):
+            continue
+        places = landing(tensor, ours)
+        assert len(places) == 1, f"{key} landed at {places}"
+        if key.endswith("q_bias"):
+            assert places[0].endswith("qkv.bias[0]"), places
+        if key.endswith("v_bias"):
+            assert places[0].endswith("qkv.bias[2]"), places
+    zeros = {k for k, v in ours.items() if v.numel() and not v.any()}
+    assert zeros == {"decoder_embed.bias"}  # encoder_to_decoder has no bias in VideoMAE
+    for i in range(DEPTH):  # k of the fused qkv bias: zeros, exactly the middle third
+        bias = ours[f"encoder.blocks.{i}.attn.qkv.bias"]
+        assert not bias[D:2 * D].any() and bias[:D].all() and bias[2 * D:].all()

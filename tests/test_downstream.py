@@ -14,7 +14,8 @@ import yaml
 
 from model.mae import MaskedVideoAutoencoder, preset
 from pipeline.config import DataConfig
-from pipeline.downstream import Features, evaluation_data, extract_features, linear_probe, scores_report, split_by_key
+from pipeline.downstream import (Features, PooledFeatures, evaluation_data, extract_features, linear_probe,
+                                 sampling_statement, scores_report, split_by_key)
 from pipeline.shardset import ShardSet
 from tools.cli import main
 
@@ -32,7 +33,8 @@ def clusters(n: int, classes: int, views: int = 3, dim: int = 16, seed: int = 0)
 def test_linear_probe_separates_separable_features():
     features = clusters(160, 4)
     train, val = split_by_key(features, 0.25)
-    report = linear_probe(train, val, classes=4, epochs=200)
+    report, scores = linear_probe(train, val, classes=4, epochs=200)
+    assert scores.shape == (len(val.keys), 3, 4)
     assert report["top1"] == 1.0 and report["train_top1"] == 1.0 and report["chance"] == 0.25
     assert sum(map(sum, report["confusion"])) == report["val_videos"] == len(val.keys)
 
@@ -58,12 +60,27 @@ def test_views_are_averaged_in_softmax_space():
 
 def test_features_cover_every_video_with_every_view(built):
     data = evaluation_data(DataConfig(frames=4, stride=2, crop_size=32, workers=1), views=6, test_crops=3)
-    encoder = MaskedVideoAutoencoder(preset("tiny", frames=4, size=32)).encoder
+    encoder = PooledFeatures(MaskedVideoAutoencoder(preset("tiny", frames=4, size=32)).encoder)
     features = extract_features(encoder, built[0], data)
     shardset = ShardSet(built[0])
     assert features.views.shape == (len(shardset), 6, 192)
     assert len(set(features.keys)) == len(shardset) and torch.isfinite(features.views).all()
     assert set(features.labels.tolist()) == set(range(len(shardset.classes)))
+    assert features.identical_windows == 0
+
+
+def test_windows_that_coincide_in_short_videos_are_counted_and_segment_sampling_separates_them(built):
+    """A clip longer than the video puts every dense window at frame 0 (PySlowFast issue 306)."""
+    encoder = PooledFeatures(MaskedVideoAutoencoder(preset("tiny", frames=4, size=32)).encoder)
+    videos = len(ShardSet(built[0]))
+    long_clips = evaluation_data(DataConfig(frames=4, stride=200, crop_size=32, workers=1), views=2, test_crops=1)
+    assert extract_features(encoder, built[0], long_clips).identical_windows == videos
+    segments = evaluation_data(DataConfig(frames=4, stride=200, crop_size=32, workers=1, sampling="segment"),
+                               views=2, test_crops=1)
+    assert extract_features(encoder, built[0], segments).identical_windows == 0
+    statement = sampling_statement(segments)
+    assert statement["clips_per_video"] == 2 and statement["windows"] == 2 and statement["crops"] == 1
+    assert statement["sampling"] == "segment" and "segments" in statement["temporal"]
 
 
 @pytest.mark.slow
@@ -87,3 +104,21 @@ def test_linear_probe_command_on_a_pretraining_checkpoint(built, tmp_path, capfd
     assert 0 <= report["top1"] <= 1 and report["views"] == 2 and report["class_names"]
     assert (tmp_path / "probe" / "confusion.png").stat().st_size > 5_000
     assert "linear probe of step000000002" in capfd.readouterr().out
+
+    # per-video embeddings of the same run, for numpy and for pandas; 8 frames resizes its temporal positions
+    import numpy as np
+    import pandas as pd
+
+    videos = len(ShardSet(built[0]))
+    assert main(["extract-features", str(tmp_path / "run"), str(built[0]), "--out", str(tmp_path / "f.npz"),
+                 "--views", "2"]) == 0
+    saved = np.load(tmp_path / "f.npz")
+    assert saved["features"].shape == (videos, 192) and saved["view_features"].shape == (videos, 2, 192)
+    np.testing.assert_allclose(saved["features"], saved["view_features"].mean(axis=1), rtol=1e-5, atol=1e-6)
+    assert len(set(saved["keys"])) == videos and set(saved["label_names"]) == set(ShardSet(built[0]).classes)
+    assert main(["extract-features", str(tmp_path / "run"), str(built[0]), "--out", str(tmp_path / "f.csv"),
+                 "--views", "2", "--frames", "8"]) == 0
+    table = pd.read_csv(tmp_path / "f.csv")
+    assert table.shape == (videos, 3 + 192) and sorted(table["key"]) == sorted(saved["keys"])
+    assert not np.allclose(table.set_index("key").loc[saved["keys"], "f0"], saved["features"][:, 0])  # 8 frames
+    assert "videos x 192 features" in capfd.readouterr().out

@@ -94,16 +94,19 @@ loss = task.loss(engine, torch.randn(2, 3, 4, 32, 32), {"label": torch.tensor([0
 engine.backward(loss)
 engine.step()
 # Adam's first update of an element is lr x sign(gradient) whatever the gradient's size
+import deepspeed
+params = dict(engine.module.named_parameters())
 for name in ("head.bias", "encoder.blocks.3.attn.qkv.bias", "encoder.blocks.0.mlp.fc1.bias",
              "encoder.patch_embed.proj.bias"):
-    step = (dict(engine.module.named_parameters())[name].detach() - before[name]).abs()
+    with deepspeed.zero.GatheredParameters([params[name]]):  # ZeRO-3 holds a shard of each tensor per rank
+        step = (params[name].detach().clone() - before[name]).abs()
     print(name, step[step > 0].median().item())
 """
 
 
 @pytest.mark.slow
 def test_each_layer_moves_by_its_decayed_lr_under_deepspeed():
-    for stage in (0, 1, 2):
+    for stage in (0, 1, 2, 3):
         proc = subprocess.run([sys.executable, "-c", LR_CHECK, str(stage)], cwd=ROOT, env=clean_env(),
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -154,6 +157,16 @@ def test_finetune_from_a_pretraining_run_resumes_and_is_scored(built, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["views"] == 6 and report["test_crops"] == 2 and report["val_videos"] == 10
+    assert report["evaluation"]["windows"] == 3 and report["evaluation"]["crops"] == 2
+    assert report["evaluation"]["sampling"] == "dense" and report["videos_with_identical_windows"] == 0
+    rows = (tmp_path / "eval" / "per_video.csv").read_text().splitlines()
+    assert len(rows) == 11 and rows[0].startswith("key,label,label_name,predicted")
+    import numpy as np
+
+    saved = np.load(tmp_path / "eval" / "scores.npz")
+    assert saved["view_scores"].shape == (10, 6, len(report["class_names"]))
+    np.testing.assert_allclose(saved["view_scores"].sum(-1), 1, atol=1e-4)
+    assert "3 windows x 2 crops, dense sampling" in proc.stdout
     assert (tmp_path / "eval" / "confusion.png").stat().st_size > 5_000
     assert "top-1" in proc.stdout
 
@@ -191,3 +204,21 @@ def test_a_short_finetune_learns_motion_above_chance(motion, tmp_path):
     report = json.loads((tmp_path / "ft" / "eval" / "report.json").read_text())
     assert report["val_videos"] == 24 and report["chance"] == 0.25
     assert report["top1"] >= 0.5, report  # twice chance: it tells directions apart
+
+
+def test_a_dataset_whose_class_count_differs_from_the_head_is_refused(tmp_path):
+    from pipeline.train import check_classes
+    from pipeline.train_config import TrainError
+
+    classes = ["drift_east", "drift_north", "spin"]
+    cfg = load_config(None, [f"train.out={tmp_path / 'ft'}", "train.dataset=k400", "finetune.num_classes=400"])
+    with pytest.raises(TrainError, match="finetune.num_classes=400 classes but k400 has 3"):
+        check_classes(classes, cfg)
+    cfg = load_config(None, [f"train.out={tmp_path / 'ft'}", "train.dataset=k400"])
+    check_classes(classes, cfg)  # first run: recorded
+    assert json.loads((tmp_path / "ft" / "classes.json").read_text()) == classes
+    check_classes(classes, cfg)  # resuming on the same classes
+    with pytest.raises(TrainError, match="fine-tuned on 3 classes and k400 has 4"):
+        check_classes(classes + ["zoom"], cfg)
+    check_classes(classes + ["zoom"], load_config(None, [f"train.out={tmp_path / 'ft'}", "train.dataset=k400",
+                                                         "train.resume=never"]))

@@ -511,3 +511,48 @@ def test_a_container_that_overstates_its_length_is_a_counted_decode_error(built,
     batches = epoch(loader)  # evaluation windows: the last one lies in the part that is gone
     assert dict(loader.stats.failed) == {"decode_error": 1} and not loader.abandoned
     assert all(b["video"].shape == (4, 3, 8, 64, 64) for b in batches)
+
+
+# ------------------------------------------------------------------ segment sampling (short clips)
+
+def test_segment_sampling_takes_one_frame_per_segment_and_its_evaluation_windows_differ():
+    """Something-Something V2 clips are ~2-6 s: dense evaluation windows coincide (PySlowFast issue 306);
+    segment sampling's do not."""
+    n = 40  # frames in the video: shorter than one dense clip of 16 x 4
+    dense = DataConfig(augment=False, views=6, test_crops=3)
+    windows = temporal_windows(n, dense, np.random.default_rng(0))[0]
+    assert len({tuple(w) for w in windows}) == 1  # what the issue reported
+    segment = DataConfig(augment=False, views=6, test_crops=3, sampling="segment", frames=8)
+    frames = temporal_windows(n, segment, np.random.default_rng(0))[0]
+    assert frames.shape == (6, 8) and len({tuple(w) for w in frames}) == 2  # 2 windows, each repeated for 3 crops
+    segments = np.arange(8) * n / 8
+    assert ((frames >= np.floor(segments)) & (frames < np.floor(segments + n / 8))).all()
+    train = DataConfig(sampling="segment", frames=8, views=4)
+    rng = np.random.default_rng(1)
+    drawn = np.stack([temporal_windows(n, train, rng)[0] for _ in range(500)])  # [draws, K, T]
+    for i in range(8):  # each frame slot stays in its segment and covers all of it
+        assert set(drawn[:, :, i].ravel()) == set(range(i * 5, i * 5 + 5))
+    short, padded = temporal_windows(5, train, rng)
+    assert padded and short.max() <= 4 and (np.diff(short, axis=1) >= 0).all()
+
+
+def test_dali_draws_the_same_segment_frames_as_the_cpu_path():
+    pytest.importorskip("nvidia.dali")
+    from nvidia.dali import fn, pipeline_def, types
+
+    from pipeline.dali_loader import view_frame_indices
+
+    cfg = DataConfig(augment=False, views=6, test_crops=3, sampling="segment", frames=8)
+
+    @pipeline_def(batch_size=3, num_threads=1, device_id=None)
+    def indices():
+        frames = fn.external_source(source=lambda: [np.array([n], np.int64) for n in (40, 7, 301)],
+                                    dtype=types.INT64)
+        return view_frame_indices(frames, cfg)
+
+    pipe = indices()
+    pipe.build()
+    (out,) = pipe.run()
+    for i, n in enumerate((40, 7, 301)):
+        expected = temporal_windows(n, cfg, np.random.default_rng(0))[0]
+        assert np.array_equal(np.array(out[i]).reshape(6, 8), expected), n

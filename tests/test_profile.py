@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tools.cli import main
@@ -137,3 +138,56 @@ def test_a_dali_loader_that_limits_the_run_gets_the_cpu_path_suggested():
     load["K=4"]["backend"] = "cpu"
     advice = verdict({"load": load, "model": model}, cfg)["advice"]
     assert not any("data.backend=cpu" in line for line in advice)
+
+
+class FakeNvml:
+    """NVML as pynvml presents it: SM utilization climbing, the decoder busy at 80 %."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return index
+
+    def nvmlDeviceGetUtilizationRates(self, handle):
+        self.calls += 1
+        return type("Rates", (), {"gpu": 10 * self.calls, "memory": 5})()
+
+    def nvmlDeviceGetDecoderUtilization(self, handle):
+        return [80, 167000]
+
+
+def test_decoder_utilization_is_sampled_beside_sm_utilization_and_reported():
+    from tools.gpu_monitor import DeviceUtilization
+    from tools.profile import utilization_advice
+
+    with DeviceUtilization(period=0.01, nvml=FakeNvml()) as device:
+        time.sleep(0.2)
+    summary = device.summary()
+    assert summary["samples"] >= 5 and summary["decoder_util_pct"] == 80.0 and summary["sm_util_pct"] > 10
+    advice = utilization_advice({"load": summary})
+    assert "NVDEC 80 %" in advice[0] and "GPU-Util leaves NVDEC out" in advice[0]
+    assert "saturated" in utilization_advice({"load": {**summary, "decoder_util_pct": 97.0}})[-1]
+
+
+def test_without_a_gpu_there_is_nothing_to_sample():
+    from tools.gpu_monitor import DeviceUtilization
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with DeviceUtilization() as device:
+        pass
+    assert device.summary() is None
+
+
+@pytest.mark.gpu
+def test_nvml_reads_nvdec_while_dali_decodes(built):
+    pytest.importorskip("nvidia.dali")
+    from tools.gpu_monitor import DeviceUtilization
+    from tools.profile import nvdec_rate
+
+    with DeviceUtilization(period=0.05) as device:
+        nvdec_rate(built[0], 2.0)
+    summary = device.summary()
+    assert summary is not None and summary["samples"] >= 10
+    assert 0 < summary["decoder_util_max_pct"] <= 100 and 0 <= summary["sm_util_pct"] <= 100

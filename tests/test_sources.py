@@ -55,7 +55,9 @@ def test_jsonl_and_root(tmp_path):
     ("bad.csv", "file,klass\na,b\n", "path"),
     ("bad.jsonl", '{"path": "a"}\nnot json\n', r"bad.jsonl:2"),
     ("bad.jsonl", '["a"]\n', "'path' key"),
-    ("list.txt", "a\n", ".csv or a .jsonl"),
+    ("list.txt", "a\n", "UCF-101 split line"),
+    ("list.xml", "a\n", ".csv or .jsonl"),
+    ("labels.json", '{"id": 1}', "JSON array"),
 ])
 def test_unreadable_lists_say_which_line(tmp_path, name, text, match):
     (tmp_path / name).write_text(text)
@@ -108,3 +110,62 @@ def test_class_file_with_duplicates_is_refused(tmp_path):
     (tmp_path / "c.txt").write_text("a\nb\na\n")
     with pytest.raises(ValueError, match="twice: a"):
         read_class_file(tmp_path / "c.txt")
+
+
+def test_something_something_v2_labels_json_classes_are_templates(tmp_path):
+    touch(tmp_path / "20bn-something-something-v2" / "78687.webm")
+    touch(tmp_path / "20bn-something-something-v2" / "42326.webm")
+    rows = [{"id": "78687", "label": "holding potato next to vicks vaporub bottle",
+             "template": "Holding [something] next to [something]", "placeholders": ["potato", "bottle"]},
+            {"id": "42326", "label": "spinning cube that quickly stops spinning",
+             "template": "Spinning [something] that quickly stops spinning", "placeholders": ["cube"]},
+            {"id": "100", "label": "x", "template": "Pushing [something] from left to right", "placeholders": []}]
+    (tmp_path / "something-something-v2-train.json").write_text(json.dumps(rows))
+    items = list_inputs(tmp_path / "something-something-v2-train.json")
+    assert [(i.label_name, i.path is not None, i.split) for i in items] == [
+        ("Holding something next to something", True, "train"),
+        ("Spinning something that quickly stops spinning", True, "train"),
+        ("Pushing something from left to right", False, "train")]
+    assert items[0].source == "20bn-something-something-v2/78687.webm"
+    (tmp_path / "something-something-v2-test.json").write_text(json.dumps([{"id": "78687"}]))
+    assert list_inputs(tmp_path / "something-something-v2-test.json")[0].label_name is None
+
+
+def test_ucf101_split_lists_take_the_class_from_the_folder(tmp_path):
+    touch(tmp_path / "UCF-101" / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g08_c01.avi")
+    touch(tmp_path / "UCF-101" / "YoYo" / "v_YoYo_g01_c01.avi")
+    lists = tmp_path / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "trainlist01.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\n")
+    (lists / "testlist01.txt").write_text("YoYo/v_YoYo_g01_c01.avi\nYoYo/v_YoYo_g02_c01.avi\n")
+    train = list_inputs(lists / "trainlist01.txt", root=tmp_path / "UCF-101")
+    assert [(i.label_name, i.split, i.path is not None) for i in train] == [("ApplyEyeMakeup", "trainlist01", True)]
+    test = list_inputs(lists / "testlist01.txt", root=tmp_path / "UCF-101")
+    assert [(i.label_name, i.path is not None) for i in test] == [("YoYo", True), ("YoYo", False)]
+
+
+def test_hmdb51_split_files_are_read_together_and_a_subset_must_be_chosen(tmp_path):
+    for name in ("brush_hair/a_brush_hair_0.avi", "brush_hair/b_brush_hair_1.avi", "cartwheel/c_cartwheel_0.avi",
+                 "cartwheel/d_cartwheel_1.avi"):
+        touch(tmp_path / "hmdb51_org" / name)
+    splits = tmp_path / "testTrainMulti_7030_splits"
+    splits.mkdir()
+    (splits / "brush_hair_test_split1.txt").write_text("a_brush_hair_0.avi 1 \nb_brush_hair_1.avi 2 \n")
+    (splits / "cartwheel_test_split1.txt").write_text("c_cartwheel_0.avi 1 \nd_cartwheel_1.avi 0 \n")
+    (splits / "cartwheel_test_split2.txt").write_text("c_cartwheel_0.avi 2 \nd_cartwheel_1.avi 1 \n")
+    with pytest.raises(SourceError, match="--split train or --split test"):
+        list_inputs(splits / "brush_hair_test_split1.txt", root=tmp_path / "hmdb51_org")
+    train = list_inputs(splits / "brush_hair_test_split1.txt", root=tmp_path / "hmdb51_org", split="train")
+    assert sorted((i.label_name, i.source) for i in train) == [
+        ("brush_hair", "brush_hair/a_brush_hair_0.avi"), ("cartwheel", "cartwheel/c_cartwheel_0.avi")]
+    test = list_inputs(splits / "cartwheel_test_split2.txt", root=tmp_path / "hmdb51_org", split="test")
+    assert [i.source for i in test] == ["cartwheel/c_cartwheel_0.avi"]  # split 2 names cartwheel only here
+    with pytest.raises(SourceError, match="its splits are test, train, unused"):
+        list_inputs(splits / "brush_hair_test_split1.txt", root=tmp_path / "hmdb51_org", split="val")
+
+
+def test_kinetics_split_column_selects_a_split(tmp_path):
+    (tmp_path / "k.csv").write_text("label,youtube_id,time_start,time_end,split\n"
+                                    "abseiling,a,1,11,train\nabseiling,b,1,11,val\nzumba,c,1,11,val\n")
+    assert [i.split for i in list_inputs(tmp_path / "k.csv")] == ["train", "val", "val"]
+    assert len(list_inputs(tmp_path / "k.csv", split="val")) == 2

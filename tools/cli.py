@@ -182,6 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--epochs", type=int, default=300, help="full-batch optimizer steps of the linear head")
     probe.add_argument("--out", type=Path, help="where to write (default: linear-probe/ in the checkpoint)")
 
+    features = _command(commands, "extract-features", _run_extract_features, "per-video embeddings to a file",
+                        "Mean-pooled encoder features of every video of DATASET, averaged over the evaluation views "
+                        "(windows spread over the video x crops): a pretraining run's encoder, or a fine-tuned "
+                        "classifier's pooled features (what its head reads). Written as .npz (numpy: features, "
+                        "view_features, keys, labels, label_names) or .csv (pandas.read_csv).")
+    features.add_argument("checkpoint", type=Path, help="a run folder, checkpoint folder or exported .pt")
+    features.add_argument("dataset", type=Path, help="dataset folder written by `vmae shards build`")
+    features.add_argument("--out", type=Path, default=Path("features.npz"), help="FILE.npz or FILE.csv")
+    features.add_argument("--views", type=int, default=4, help="clips per video (temporal windows x crops)")
+    features.add_argument("--test-crops", type=int, default=1, help="spatial crops per window")
+    features.add_argument("--frames", type=int, help="frames per clip (default: the checkpoint's; another "
+                          "length resizes its learned temporal positions)")
+
     config = _command(commands, "config", _run_config, "print the resolved configuration",
                       "Print the configuration after defaults, --config and overrides, as YAML.")
     _config_args(config, None)
@@ -344,9 +357,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_classifier(weights, cfg, args.dataset, args.out or weights.parent / "eval", args.views,
                                  args.test_crops)
     k = min(5, len(report["confusion"]))
+    how = report["evaluation"]
     print(f"{weights}: top-1 {report['top1']:.1%}, top-{k} {report[f'top{k}']:.1%} (single view "
           f"{report['top1_single_view']:.1%}, chance {report['chance']:.1%}) on {report['val_videos']} videos x "
-          f"{report['views']} views")
+          f"{how['clips_per_video']} clips ({how['windows']} windows x {how['crops']} crops, {how['sampling']} "
+          "sampling)")
     return 0
 
 
@@ -402,13 +417,14 @@ def _run_profile(args: argparse.Namespace) -> int:
 
 def _run_linear_probe(args: argparse.Namespace) -> int:
     from pipeline.checkpoint import resolve_checkpoint, saved_config
-    from pipeline.downstream import evaluation_data, extract_features, linear_probe, split_by_key, write_report
+    from pipeline.downstream import (PooledFeatures, evaluation_data, extract_features, linear_probe,
+                                     sampling_statement, split_by_key, write_per_video, write_report)
     from pipeline.pretrained import load_pretrained
     from pipeline.shardset import ShardSet
 
     folder = resolve_checkpoint(args.checkpoint)
     cfg = load_config(str(saved_config(folder)))
-    encoder = load_pretrained(folder, cfg).encoder
+    encoder = PooledFeatures(load_pretrained(folder, cfg).encoder)
     data = evaluation_data(cfg.data, args.views, args.test_crops)
     features = extract_features(encoder, args.dataset, data)
     if args.val_dataset:
@@ -416,12 +432,37 @@ def _run_linear_probe(args: argparse.Namespace) -> int:
     else:
         train, val = split_by_key(features, args.val_fraction)
     names = ShardSet(args.dataset).classes
-    report = linear_probe(train, val, len(names), epochs=args.epochs)
-    report.update(checkpoint=str(folder), dataset=str(args.dataset), test_crops=args.test_crops)
-    written = write_report(report, names, args.out or folder / "linear-probe")
+    report, scores = linear_probe(train, val, len(names), epochs=args.epochs)
+    report.update(checkpoint=str(folder), dataset=str(args.dataset), test_crops=args.test_crops,
+                  evaluation=sampling_statement(data),
+                  videos_with_identical_windows=train.identical_windows + val.identical_windows)
+    out = args.out or folder / "linear-probe"
+    written = write_report(report, names, out) + write_per_video(scores, val.labels, val.keys, names, out)
     print(f"linear probe of {folder.name}: top-1 {report['top1']:.1%} (single view {report['top1_single_view']:.1%}, "
-          f"chance {report['chance']:.1%}) on {report['val_videos']} videos; train {report['train_top1']:.1%}")
-    log.info("wrote %s and %s", *written)
+          f"chance {report['chance']:.1%}) on {report['val_videos']} videos x {args.views} clips "
+          f"({args.views // args.test_crops} windows x {args.test_crops} crops, {data.sampling} sampling); "
+          f"train {report['train_top1']:.1%}")
+    log.info("wrote %s", ", ".join(map(str, written)))
+    return 0
+
+
+def _run_extract_features(args: argparse.Namespace) -> int:
+    from pipeline.checkpoint import config_text, weights_file
+    from pipeline.downstream import evaluation_data, extract_features, load_feature_model, write_features
+    from pipeline.shardset import ShardSet
+
+    overrides = [f"data.frames={args.frames}"] if args.frames else []
+    cfg = load_config(overrides=overrides, base=[("the run's config", yaml.safe_load(config_text(args.checkpoint)))])
+    source = Path(args.checkpoint)
+    run_file = "finetuned.pt" if (source / "finetuned.pt").is_file() else "pretrained.pt"
+    weights = weights_file(source, run_file)
+    model = load_feature_model(weights, cfg)
+    data = evaluation_data(cfg.data, args.views, args.test_crops)
+    features = extract_features(model, args.dataset, data)
+    path = write_features(features, ShardSet(args.dataset).classes, args.out)
+    print(f"{len(features.keys)} videos x {features.views.shape[-1]} features ({args.views} views averaged: "
+          f"{args.views // args.test_crops} windows x {args.test_crops} crops of {data.frames}x{data.crop_size}) "
+          f"from {weights} -> {path}")
     return 0
 
 

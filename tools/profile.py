@@ -23,6 +23,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from tools.gpu_monitor import DeviceUtilization
+
 log = logging.getLogger(__name__)
 
 STAGES = ("decode", "load", "model", "train")
@@ -305,15 +307,27 @@ def run_profile(cfg, stages: tuple[str, ...], seconds: float, out: Path, sweep: 
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     figures: dict = {}
+    utilization: dict = {}
+
+    def watched(stage: str, measure_stage: Callable[[], dict]) -> dict:
+        """The stage's figures; on a GPU, its SM and NVDEC utilization (NVML) go to ``utilization``."""
+        with DeviceUtilization() as device:
+            result = measure_stage()
+        if device.summary():
+            utilization[stage] = device.summary()
+        return result
+
     with tempfile.TemporaryDirectory(prefix="vmae-profile-") as tmp:
         scratch = Path(tmp)
         if "decode" in stages:
-            figures["decode"] = decode_stage(dataset, cfg.data, seconds, scratch)
+            figures["decode"] = watched("decode", lambda: decode_stage(dataset, cfg.data, seconds, scratch))
         if "load" in stages:
             views = tuple(sorted({1, 2, 4, cfg.data.views}))
-            figures["load"] = load_stage(dataset, cfg.data, seconds / len(views), views, slow.get("load", 0.0))
+            figures["load"] = watched("load", lambda: load_stage(dataset, cfg.data, seconds / len(views), views,
+                                                                 slow.get("load", 0.0)))
         if "model" in stages:
-            figures["model"] = model_stage(cfg.model, cfg.data, seconds, sleep=slow.get("model", 0.0))
+            figures["model"] = watched("model", lambda: model_stage(cfg.model, cfg.data, seconds,
+                                                                    sleep=slow.get("model", 0.0)))
         if "train" in stages:
             # steps that fill about ``seconds``: at the slower of the two halves, when they were measured
             halves = [max((r.median for r in figures.get("model", {}).values() if isinstance(r, Rate)), default=0)]
@@ -321,7 +335,7 @@ def run_profile(cfg, stages: tuple[str, ...], seconds: float, out: Path, sweep: 
             halves.append(load.median if load else 0)
             rate = min((h for h in halves if h > 0), default=0)
             step = cfg.data.batch_size * cfg.data.views / rate if rate else 1.0
-            figures["train"] = train_stage(cfg, seconds, step, scratch)
+            figures["train"] = watched("train", lambda: train_stage(cfg, seconds, step, scratch))
         if baselines:
             figures["baselines"] = baseline_stage(dataset, cfg, seconds, scratch, figures)
         if sweep:
@@ -330,11 +344,29 @@ def run_profile(cfg, stages: tuple[str, ...], seconds: float, out: Path, sweep: 
                                                "model": _plain(cfg.model)},
               "seconds_per_stage": seconds, "stages": _plain(figures)}
     report["verdict"] = verdict(report["stages"], cfg)
+    if utilization:
+        report["gpu_utilization"] = utilization
+        report["verdict"]["advice"] += utilization_advice(utilization)
     report["untrusted"] = [name for name, r in _rates(report["stages"]) if not r["trusted"]]
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     (out / "profile.json").write_text(json.dumps(report, indent=1))
     plot_profile(report, out / "profile.png")
     return report
+
+
+def utilization_advice(utilization: dict) -> list[str]:
+    """What SM and NVDEC utilization (NVML) say about the loading and training stages."""
+    say = []
+    for stage in ("load", "train"):
+        figures = utilization.get(stage)
+        if not figures:
+            continue
+        say.append(f"GPU during {stage}: SMs {figures['sm_util_pct']:.0f} %, NVDEC {figures['decoder_util_pct']:.0f} % "
+                   f"(peak {figures['decoder_util_max_pct']:.0f} %; nvidia-smi's GPU-Util leaves NVDEC out)")
+        if figures["decoder_util_pct"] > 90:
+            say.append(f"NVDEC is saturated during {stage}: more views per decoded video (data.views), "
+                       "data.span, or a lower shard resolution decode less")
+    return say
 
 
 def baseline_stage(dataset: Path, cfg, seconds: float, scratch: Path, figures: dict) -> dict:

@@ -55,6 +55,12 @@ def print_dataset_stats(stats: dict) -> None:
     for key in ("resolutions", "fps", "codecs", "modes", "rejects"):
         head.add_row(key, ", ".join(f"{k}: {v}" for k, v in list(stats[key].items())[:8]) or "none")
     head.add_row("padded videos", str(stats["padded"]))
+    card = stats.get("card")
+    if card:  # what two users compare to see whether they hold the same copy
+        listed = ", ".join(f"{name}: {part['videos']}" for name, part in card["listed_per_split"].items())
+        head.add_row("dataset card", f"{card['input_kind']} list, split {card['split'] or 'all'}; listed {listed}; "
+                                     f"in shards {card['videos']}, rejected {card['rejected']}; inputs digest "
+                                     f"{card['inputs_digest'][:16]}")
     console.print(head)
     classes = Table("label", "class", "samples", "seconds", title="classes")
     for n, c in enumerate(stats["classes"]):
