@@ -357,17 +357,32 @@ def kill_workers(iterator) -> None:
     """SIGKILL every worker of a DataLoader iterator: one stuck in C ignores anything milder (and they ignore
     SIGTERM on purpose, see ``_init_worker``). Their pids are first taken off torch's SIGCHLD watch, which would
     otherwise raise the deaths in this process at a random point (torch's private API: tests/test_loader.py
-    pins the behaviour)."""
+    pins the behaviour).
+
+    torch's own ``_shutdown_workers`` is not called after the kill: it sets a multiprocessing Event whose lock a
+    worker killed inside ``is_set()`` still holds, and would wait on it forever (seen in CI). Its other steps are
+    done here: the pin-memory thread stopped before the kill (it reads what the workers write), the queues closed
+    without joining their feeder threads after it."""
+    if getattr(iterator, "_shutdown", True):
+        return
     if getattr(iterator, "_worker_pids_set", False):
         signal_handling._remove_worker_pids(id(iterator))
         iterator._worker_pids_set = False
-    for worker in getattr(iterator, "_workers", []):
+    if hasattr(iterator, "_pin_memory_thread"):
+        iterator._pin_memory_thread_done_event.set()  # a threading.Event: no lock a worker could hold
+        iterator._worker_result_queue.put((None, None))  # wake it if it waits for a batch
+        iterator._pin_memory_thread.join(timeout=10)
+    workers = getattr(iterator, "_workers", [])
+    for worker in workers:
         if worker.is_alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signal.SIGKILL)
-    for worker in getattr(iterator, "_workers", []):
+    for worker in workers:
         worker.join(timeout=10)
-    iterator._shutdown_workers()
+    iterator._shutdown = True  # torch's __del__ then leaves it alone
+    for queue in [*getattr(iterator, "_index_queues", []), iterator._worker_result_queue]:
+        queue.cancel_join_thread()
+        queue.close()
 
 
 def _key_of(shardset: ShardSet, ref: SampleRef) -> str:
