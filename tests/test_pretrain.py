@@ -134,8 +134,8 @@ def test_exported_weights_load_into_the_classifier_safely(reference):
 
     classifier = VideoClassifier(preset("tiny", frames=4, size=32), num_classes=3)
     fresh = classifier.head.weight.clone()
-    untouched = classifier.load_pretrained_encoder(str(reference / "pretrained.pt"))  # weights_only=True inside
-    assert set(untouched) == {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
+    resized = classifier.load_pretrained_encoder(str(reference / "pretrained.pt"))  # weights_only=True inside
+    assert resized == []  # the same clip shape: no position resized; fc_norm and the head stay new
     assert torch.equal(classifier.head.weight, fresh)
     state = torch.load(reference / "pretrained.pt", weights_only=True)
     assert torch.equal(classifier.encoder.blocks[0].attn.qkv.weight, state["model"]["encoder.blocks.0.attn.qkv.weight"])
