@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.config import DataConfig
+from pipeline.sampling import segment_evaluation_points
 from pipeline.shardset import ShardSet
 from pipeline.stats import LoaderStats
 from shards.tars import INDEX_VERSION
@@ -68,9 +69,7 @@ def view_frame_indices(frames, cfg: DataConfig):
         if cfg.augment:
             fraction = fn.random.uniform(range=[0.0, 1.0], shape=[cfg.views, cfg.frames])
         else:
-            windows = cfg.views // cfg.test_crops
-            spread = np.repeat((np.arange(windows, dtype=np.float32) + 0.5) / windows, cfg.test_crops)[:, None]
-            fraction = types.Constant(spread)
+            fraction = types.Constant(segment_evaluation_points(cfg))
         indices = dmath.min(dmath.floor(firsts + fraction * segment), n - 1)
         return fn.reshape(fn.cast(indices, dtype=types.INT32), shape=[cfg.views * cfg.frames])
     length = float(cfg.clip_length)

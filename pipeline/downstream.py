@@ -63,12 +63,10 @@ def load_feature_model(weights: Path, cfg) -> PooledFeatures:
     """The feature model of plain weights: a fine-tuned classifier's (pooled + fc_norm) when they hold a head,
     else a pretrained autoencoder's encoder (pooled), loaded strictly and resized to ``cfg``'s clip shape."""
     state = read_state_dict(weights)
-    model_cfg = cfg.model.model_config(cfg.data)
     if "head.weight" in state:
-        classifier = VideoClassifier(model_cfg, state["head.weight"].shape[0])
-        load_strict(classifier, state, str(weights))
+        classifier = classifier_from_state(state, str(weights), cfg, state["head.weight"].shape[0])
         return PooledFeatures(classifier.encoder, classifier.fc_norm).eval()
-    encoder = Encoder(model_cfg)
+    encoder = Encoder(cfg.model.model_config(cfg.data))
     load_strict(encoder, encoder_part(state), f"{weights} (encoder)")
     return PooledFeatures(encoder).eval()
 
@@ -191,14 +189,19 @@ def _per_view(fn: Callable[[torch.Tensor], torch.Tensor], videos: list[torch.Ten
 
 def load_classifier(weights: Path, cfg, classes: int, device: str = "cpu") -> VideoClassifier:
     """A fine-tuned classifier from plain weights (``vmae export`` / finetuned.pt), in eval mode."""
-    model = VideoClassifier(cfg.model.model_config(cfg.data), classes)
-    head = read_state_dict(weights).get("head.weight")
+    return classifier_from_state(read_state_dict(weights), str(weights), cfg, classes).to(device)
+
+
+def classifier_from_state(state: dict[str, torch.Tensor], source: str, cfg, classes: int) -> VideoClassifier:
+    """A classifier of ``classes`` classes at ``cfg``'s clip shape, loaded strictly from ``state``, in eval mode."""
+    head = state.get("head.weight")
     if head is not None and head.shape[0] != classes:
-        raise CheckpointMismatch(f"{weights} is a classifier of {head.shape[0]} classes, {classes} expected (the "
+        raise CheckpointMismatch(f"{source} is a classifier of {head.shape[0]} classes, {classes} expected (the "
                                  "classes of the run's train.dataset): evaluate the weights of that run")
-    for note in load_strict(model, read_state_dict(weights), str(weights)):
-        log.info("%s: %s", weights, note)
-    return model.to(device).eval()
+    model = VideoClassifier(cfg.model.model_config(cfg.data), classes)
+    for note in load_strict(model, state, source):
+        log.info("%s: %s", source, note)
+    return model.eval()
 
 
 def evaluate_classifier(weights: Path, cfg, dataset: Path, out: Path, views: int | None = None,

@@ -79,13 +79,16 @@ def segment_frames(num_frames: int, cfg: DataConfig, rng: np.random.Generator) -
     differ whenever a segment holds W frames or more (PySlowFast issue 306: identical "multi-view" clips)."""
     edges = np.linspace(0, num_frames, cfg.frames + 1)
     start, length = edges[:-1], np.diff(edges)
-    if cfg.augment:
-        fraction = rng.random((cfg.views, cfg.frames))
-    else:
-        windows = cfg.views // cfg.test_crops
-        fraction = np.repeat((np.arange(windows) + 0.5) / windows, cfg.test_crops)[:, None]
+    fraction = rng.random((cfg.views, cfg.frames)) if cfg.augment else segment_evaluation_points(cfg)
     frames = np.floor(start[None, :] + fraction * length[None, :]).astype(np.int64)
     return np.clip(frames, 0, max(num_frames - 1, 0))
+
+
+def segment_evaluation_points(cfg: DataConfig) -> np.ndarray:
+    """[K, 1] where in its segment each evaluation view takes its frames: (w + 1/2) / W for window w, repeated for
+    the window's crops (the CPU path and the DALI graph both use it)."""
+    windows = cfg.views // cfg.test_crops
+    return np.repeat((np.arange(windows, dtype=np.float32) + 0.5) / windows, cfg.test_crops)[:, None]
 
 
 def random_resized_crop(height: int, width: int, scale: list[float], ratio: list[float],

@@ -556,3 +556,22 @@ def test_dali_draws_the_same_segment_frames_as_the_cpu_path():
     for i, n in enumerate((40, 7, 301)):
         expected = temporal_windows(n, cfg, np.random.default_rng(0))[0]
         assert np.array_equal(np.array(out[i]).reshape(6, 8), expected), n
+
+
+def test_stopping_workers_does_not_wait_on_a_lock_a_killed_worker_held(built, give_up_after):
+    """A worker SIGKILLed inside ``Event.is_set()`` leaves the Event's lock held; torch's own shutdown then waits on
+    it forever (a CI hang). The parent holding that lock stands in for such a worker here."""
+    loader = CpuLoader(built[0], small(), device="cpu")
+    loader.set_epoch(0)
+    batches = iter(loader)
+    next(batches)  # workers running, the iterator mid-epoch
+    iterator = loader._stream[0]
+    workers = list(iterator._workers)
+    lock = iterator._workers_done_event._cond
+    lock.acquire()
+    try:
+        give_up_after(30)
+        loader.close()
+    finally:
+        lock.release()
+    assert not any(w.is_alive() for w in workers)
