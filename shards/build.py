@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from shards.config import ShardConfig
 from shards.encode import EXTENSION, Encoded, die_with_parent, encode, ffmpeg_exe, output_fps, output_size
+from shards.frames import folder_bytes, probe_frames
 from shards.plan import Plan, PlannedItem, make_plan, read_class_file
 from shards.probe import RejectedInput, VideoInfo, probe
 from shards.sources import VIDEO_EXTENSIONS, SourceError, input_kind, list_inputs
@@ -40,8 +41,8 @@ REJECTS = "rejects.jsonl"
 STATE = ".build"
 FORMAT = "vmae-shards/1"
 # Options that change the bytes written; the others (workers, timeouts, root) may differ between runs.
-BYTE_SHAPING = ("short_side", "fps", "codec", "keyframe_interval", "crf", "preset", "bframes", "pframe_interval",
-                "stream_copy", "segment_seconds", "min_frames", "short_policy", "max_input_pixels",
+BYTE_SHAPING = ("short_side", "fps", "frames_fps", "codec", "keyframe_interval", "crf", "preset", "bframes",
+                "pframe_interval", "stream_copy", "segment_seconds", "min_frames", "short_policy", "max_input_pixels",
                 "samples_per_shard", "max_shard_bytes", "seed", "threads_per_worker")
 
 
@@ -100,8 +101,12 @@ def build_shards(input_path: Path, out_dir: Path, cfg: ShardConfig, progress: bo
     started = time.perf_counter()
     inputs = list_inputs(input_path, Path(cfg.root) if cfg.root else None, cfg.split)
     if not inputs:
-        raise SourceError(f"{input_path}: no videos found (looked for {', '.join(sorted(VIDEO_EXTENSIONS))}); "
-                          "nothing was written")
+        raise SourceError(f"{input_path}: no videos found (looked for {', '.join(sorted(VIDEO_EXTENSIONS))} and "
+                          "folders of .jpg/.png frames); nothing was written")
+    frame_folder = next((i for i in inputs if i.path is not None and i.path.is_dir()), None)
+    if frame_folder is not None and cfg.frames_fps <= 0:
+        raise SourceError(f"{frame_folder.source} is a folder of extracted frames: give the rate they were taken at "
+                          "with --frames-fps (e.g. 30); nothing was written")
     plan = make_plan(inputs, cfg.seed, read_class_file(Path(cfg.classes)) if cfg.classes else None)
     params = build_params(cfg, plan.classes)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -353,20 +358,21 @@ def process_item(item: PlannedItem, cfg: ShardConfig, items_dir: Path) -> dict:
     tmp = items_dir / f"{item.key}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    source_bytes = Path(item.path).stat().st_size
+    path = Path(item.path)
+    source_bytes = folder_bytes(path) if path.is_dir() else path.stat().st_size
     base = {"key": item.key, "source": item.source, "source_bytes": source_bytes}
     try:
-        info = probe(Path(item.path))
+        info = probe_frames(path, cfg.frames_fps) if path.is_dir() else probe(path)
         if info.width * info.height > cfg.max_input_pixels:
             raise RejectedInput("too_large", f"{info.width}x{info.height} is over shards.max_input_pixels="
                                              f"{cfg.max_input_pixels}; raise it to accept such videos")
-        mode, outputs = encode(Path(item.path), info, cfg, tmp)
+        mode, outputs = encode(path, info, cfg, tmp)
         samples, dropped = _samples(item, info, cfg, mode, outputs)
         result = {**base, "status": "ok", "samples": samples, "dropped": dropped}
     except RejectedInput as rej:
         result = {**base, "status": "rejected", "reason": rej.reason, "detail": rej.detail}
-        for f in tmp.iterdir():
-            f.unlink()
+        shutil.rmtree(tmp)
+        tmp.mkdir()
     except Exception as err:  # noqa: BLE001 - one broken input must not stop a build of thousands
         log.exception("unexpected error on %s", item.source)
         result = {**base, "status": "rejected", "reason": "internal_error", "detail": f"{type(err).__name__}: {err}"}
@@ -395,8 +401,8 @@ def _samples(item: PlannedItem, info: VideoInfo, cfg: ShardConfig, mode: str,
             "width": width, "height": height, "codec": cfg.codec, "mode": mode,
             "padded_frames": out.padded_frames,
             "source_info": {k: v for k, v in info.as_dict().items() if k != "size_bytes"},
-            "build": {k: getattr(cfg, k) for k in ("short_side", "fps", "codec", "keyframe_interval", "crf",
-                                                     "preset", "bframes", "pframe_interval", "segment_seconds")},
+            "build": {k: getattr(cfg, k) for k in ("short_side", "fps", "frames_fps", "codec", "keyframe_interval",
+                                                     "crf", "preset", "bframes", "pframe_interval", "segment_seconds")},
         }
         samples.append({"key": key, "file": out.path.name, "bytes": out.path.stat().st_size, "meta": meta})
     if not samples:

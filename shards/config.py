@@ -27,6 +27,9 @@ class ShardConfig:
     short_side: int = field(default=320, metadata=field_help("resize so the short side is this many pixels (0: keep)"))
     fps: float = field(default=30.0, metadata=field_help(
         "constant output frame rate (0: keep the source's average rate)"))
+    frames_fps: float = field(default=0.0, metadata=field_help(
+        "the rate folders of extracted frames (one JPEG/PNG per frame) were taken at; required when an input is "
+        "such a folder"))
     codec: str = field(default="h264", metadata=field_help(
         "h264 for GPU (NVDEC) decoding; vp9 or mjpeg for DALI's CPU decoder", choices=CODECS))
     keyframe_interval: int = field(default=16, metadata=field_help(
@@ -66,7 +69,7 @@ class ShardConfig:
         _check_positive("shards.max_shard_bytes", self.max_shard_bytes)
         _check_positive("shards.keyframe_interval", self.keyframe_interval)
         _check_positive("shards.threads_per_worker", self.threads_per_worker)
-        for key in ("short_side", "fps", "segment_seconds", "min_frames", "workers"):
+        for key in ("short_side", "fps", "frames_fps", "segment_seconds", "min_frames", "workers"):
             if getattr(self, key) < 0:
                 raise ValueError(f"shards.{key} must be >= 0, got {getattr(self, key)}")
         if self.pframe_interval:

@@ -20,6 +20,7 @@ import av
 import ffmpeg
 
 from shards.config import ShardConfig
+from shards.frames import link_frames
 from shards.probe import PacketCounter, PacketScan, RejectedInput, VideoInfo, scan_packets
 
 EXTENSION = {"h264": "mp4", "vp9": "webm", "mjpeg": "mkv"}
@@ -131,7 +132,10 @@ def encode(source: Path, info: VideoInfo, cfg: ShardConfig, workdir: Path) -> tu
         copied.unlink()
     mode = "copy" if may_copy and segmented and not why_not_copy(info, scan_packets(source), cfg) else "transcode"
     args = single_threaded(_ffmpeg_args(source, info, cfg, workdir, mode, segmented, pad), cfg.threads_per_worker)
-    _run_ffmpeg(args, cfg.timeout_seconds)
+    try:
+        _run_ffmpeg(args, cfg.timeout_seconds)
+    finally:
+        shutil.rmtree(workdir / "frames", ignore_errors=True)  # a frame folder's links
     files = sorted(p for p in workdir.iterdir() if p.name.startswith("seg"))
     if not files:
         raise RejectedInput("ffmpeg_failed", "ffmpeg wrote no output")
@@ -156,7 +160,11 @@ def _ffmpeg_args(source: Path, info: VideoInfo, cfg: ShardConfig, workdir: Path,
                  segmented: bool, pad: int) -> list[str]:
     ext = EXTENSION[cfg.codec]
     target = str(workdir / (f"seg%04d.{ext}" if segmented else f"seg0000.{ext}"))
-    video = ffmpeg.input(str(source), threads=cfg.threads_per_worker).video
+    if source.is_dir():  # a folder of extracted frames: one numbered image sequence at its given rate
+        video = ffmpeg.input(str(link_frames(source, workdir)), f="image2", framerate=info.fps, start_number=0,
+                             threads=cfg.threads_per_worker).video
+    else:
+        video = ffmpeg.input(str(source), threads=cfg.threads_per_worker).video
     out_opts: dict = {"an": None, "sn": None, "dn": None, "map_metadata": -1, "fflags": "+bitexact",
                       "threads": cfg.threads_per_worker}
     if mode == "copy":

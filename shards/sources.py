@@ -1,5 +1,6 @@
 """Where the videos come from: a Kinetics-style folder, a CSV (path,label or the Kinetics columns), JSONL,
-Something-Something V2's labels JSON, or a UCF-101 / HMDB-51 split file."""
+Something-Something V2's labels JSON, or a UCF-101 / HMDB-51 split file; each video a file or a folder of
+extracted frames."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from shards.frames import is_frame_image
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts"}
 KINETICS_COLUMNS = {"label", "youtube_id", "time_start", "time_end"}
@@ -135,17 +138,37 @@ def _from_hmdb(list_file: Path, base: Path) -> list[InputItem]:
 
 
 def _from_folder(folder: Path) -> list[InputItem]:
-    """Kinetics layout: FOLDER/<label>/<video>; videos directly in FOLDER are unlabeled."""
+    """Kinetics layout: FOLDER/<label>/<video>; videos directly in FOLDER are unlabeled. A folder of extracted
+    frames (FOLDER/<label>/<video>/img_00001.jpg, ...) is one video."""
     items = []
-    for path in sorted(folder.rglob("*")):
+    for path in _videos_under(folder):
         rel = path.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts) or path.suffix.lower() not in VIDEO_EXTENSIONS:
-            continue
-        if not path.is_file():
-            continue
         label = rel.parts[0] if len(rel.parts) > 1 else None
         items.append(InputItem(source=rel.as_posix(), path=path, label_name=label))
     return items
+
+
+def _videos_under(folder: Path) -> list[Path]:
+    """Video files and frame folders under ``folder`` (hidden ones left out), sorted."""
+    files, frame_dirs = [], set()
+    for path in folder.rglob("*"):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
+            continue
+        if path.suffix.lower() in VIDEO_EXTENSIONS:
+            files.append(path)
+        elif is_frame_image(path) and path.parent != folder:
+            frame_dirs.add(path.parent)
+    # a folder that holds videos is a class folder, not frames (a stray poster.jpg beside the clips)
+    frame_dirs -= {path.parent for path in files}
+    return sorted(files + list(frame_dirs))
+
+
+def is_frame_folder(path: Path) -> bool:
+    """A folder of extracted frames: frame images, and no video file to take instead."""
+    if not path.is_dir():
+        return False
+    names = [child for child in path.iterdir() if child.is_file()]
+    return any(is_frame_image(p) for p in names) and not any(p.suffix.lower() in VIDEO_EXTENSIONS for p in names)
 
 
 def _from_csv(list_file: Path, base: Path) -> list[InputItem]:
@@ -185,7 +208,17 @@ def _item(listed: str, label, base: Path, list_file: Path, line: int, split=None
     path = Path(listed) if Path(listed).is_absolute() else base / listed
     label_name = None if label is None or str(label).strip() == "" else str(label).strip()
     split = str(split).strip() or None if split is not None else None
-    return InputItem(source=listed, path=path if path.is_file() else None, label_name=label_name, split=split)
+    return InputItem(source=listed, path=_existing_input(path), label_name=label_name, split=split)
+
+
+def _existing_input(path: Path) -> Path | None:
+    """The video file or frame folder a listed path names; a list of videos (UCF-101's X.avi) also finds the frames
+    extracted beside them as X/."""
+    if path.is_file() or is_frame_folder(path):
+        return path
+    if path.suffix.lower() in VIDEO_EXTENSIONS and is_frame_folder(path.with_suffix("")):
+        return path.with_suffix("")
+    return None
 
 
 def _kinetics_item(row: dict, base: Path, index: dict[str, Path]) -> InputItem:
@@ -198,8 +231,8 @@ def _kinetics_item(row: dict, base: Path, index: dict[str, Path]) -> InputItem:
 
 
 def _index_videos(base: Path) -> dict[str, Path]:
+    """Videos and frame folders under ``base`` by name (a file's stem, a frame folder's name)."""
     index: dict[str, Path] = {}
-    for path in sorted(base.rglob("*")):
-        if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file():
-            index.setdefault(path.stem, path)
+    for path in _videos_under(base):
+        index.setdefault(path.stem if path.is_file() else path.name, path)
     return index

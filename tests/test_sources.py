@@ -169,3 +169,33 @@ def test_kinetics_split_column_selects_a_split(tmp_path):
                                     "abseiling,a,1,11,train\nabseiling,b,1,11,val\nzumba,c,1,11,val\n")
     assert [i.split for i in list_inputs(tmp_path / "k.csv")] == ["train", "val", "val"]
     assert len(list_inputs(tmp_path / "k.csv", split="val")) == 2
+
+
+def test_folders_of_extracted_frames_are_videos(tmp_path):
+    videos = tmp_path / "rawframes"
+    for n in (1, 2):  # mmaction's rawframes: RGB frames with optical flow beside them
+        touch(videos / "archery" / "v_archery_g01" / f"img_{n:05d}.jpg")
+        touch(videos / "archery" / "v_archery_g01" / f"flow_x_{n:05d}.jpg")
+    touch(videos / "bowling" / "clip.mp4")
+    touch(videos / "bowling" / "poster.jpg")  # beside videos: the class folder is not a frame folder
+    touch(videos / "loose" / "00001.png")
+    touch(videos / ".cache" / "x" / "00001.jpg")
+    touch(videos / "cover.jpg")
+    items = {i.source: (i.label_name, i.path.is_dir()) for i in list_inputs(videos)}
+    assert items == {"archery/v_archery_g01": ("archery", True), "bowling/clip.mp4": ("bowling", False),
+                     "loose": (None, True)}
+
+
+def test_split_files_and_lists_find_frame_folders_in_place_of_videos(tmp_path):
+    frames = tmp_path / "rawframes"
+    touch(frames / "YoYo" / "v_YoYo_g01_c01" / "img_00001.jpg")  # UCF-101's list names v_YoYo_g01_c01.avi
+    touch(frames / "12345" / "000001.jpg")  # Something-Something V2 frames: a folder per video id
+    (tmp_path / "testlist01.txt").write_text("YoYo/v_YoYo_g01_c01.avi\n")
+    [ucf] = list_inputs(tmp_path / "testlist01.txt", root=frames)
+    assert ucf.path == frames / "YoYo" / "v_YoYo_g01_c01" and ucf.label_name == "YoYo"
+    (tmp_path / "something-something-v2-validation.json").write_text(json.dumps(
+        [{"id": "12345", "template": "Pushing [something] left"}]))
+    [ssv2] = list_inputs(tmp_path / "something-something-v2-validation.json", root=frames)
+    assert ssv2.path == frames / "12345" and ssv2.source == "12345"
+    (tmp_path / "list.csv").write_text(f"path,label\n{frames / '12345'},push\n")
+    assert list_inputs(tmp_path / "list.csv")[0].path == frames / "12345"
