@@ -7,10 +7,15 @@ string differs on a GPU.
 
 from __future__ import annotations
 
+import io
 import logging
+import math
+import queue
 import re
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,20 +26,23 @@ from pipeline.config import DataConfig
 from pipeline.sampling import segment_evaluation_points
 from pipeline.shardset import ShardSet
 from pipeline.stats import LoaderStats
-from shards.tars import INDEX_VERSION
+from shards.probe import scan_packets
+from shards.tars import INDEX_VERSION, read_index, read_member
 
 log = logging.getLogger(__name__)
 
 CPU_DECODABLE = {"webm", "mkv"}  # DALI's CPU video decoder reads VP8, VP9 and MJPEG only
 SOURCE_BYTES = 1024  # room for "<tar path>:<offset>:<member>" in a fixed-shape output
+BUILD_SECONDS = 60.0  # building a pipeline, on top of its first batches' decode deadline
 
 
 def build_pipeline(files: list[str], indexes: list[str], ext: str, cfg: DataConfig, device: str, shard_id: int,
                    num_shards: int, device_id: int | None, threads: int = 2):
     """reader → K views' frame indices from the frame count → one decode per video → per-view crop/flip/normalize.
 
-    Outputs: K clips [B, 3, T, S, S] (one output per view, layout CFHW), the labels [B, 1] and each sample's
-    source ("<tar>:<offset>:<key>.<ext>", zero-padded to SOURCE_BYTES) for its key.
+    Outputs: K clips [B, 3, T, S, S] (one output per view, layout CFHW), the labels [B, 1], each sample's
+    source ("<tar>:<offset>:<key>.<ext>", zero-padded to SOURCE_BYTES) for its key, its stored frame count [B, 1]
+    and the brightest value of each decoded frame [B, K·T].
     """
     from nvidia.dali import fn, pipeline_def, types
 
@@ -51,7 +59,9 @@ def build_pipeline(files: list[str], indexes: list[str], ext: str, cfg: DataConf
         T = cfg.frames
         views = [augment_view(decoded[k * T:(k + 1) * T], cfg) for k in range(cfg.views)]
         source = fn.pad(fn.get_property(video, key="source_info")[:SOURCE_BYTES], axes=[0], shape=[SOURCE_BYTES])
-        return (*views, label.gpu() if device == "mixed" else label, source)
+        # DALI hands back black frames, without a word, for indices past the stream's end (a lying count)
+        brightest = fn.reductions.max(decoded, axes=[1, 2, 3])  # [K·T]
+        return (*views, label.gpu() if device == "mixed" else label, source, frames, brightest)
 
     return video_pipeline()
 
@@ -108,16 +118,56 @@ def augment_view(clip, cfg: DataConfig):
                                     mean=[m * 255 for m in cfg.mean], std=[s * 255 for s in cfg.std])
 
 
+class DecoderHang(RuntimeError):
+    """The DALI graph has not handed over a batch within its deadline."""
+
+
+class DeadlineCaller:
+    """Runs calls on one daemon thread (a DALI pipeline is driven from one thread) and waits for each at most a
+    deadline. A call past it is left running: a decoder stuck in native code cannot be interrupted, only abandoned
+    (a daemon thread does not hold up the interpreter's exit)."""
+
+    def __init__(self, device: torch.device):
+        self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, args=(device,), daemon=True, name="vmae-dali")
+        self.thread.start()
+
+    def _serve(self, device: torch.device) -> None:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # the iterator copies onto this thread's current device
+        while True:
+            call, box, done = self.requests.get()
+            try:
+                box.append((True, call()))
+            except BaseException as err:  # noqa: BLE001 - handed to the caller, who re-raises it
+                box.append((False, err))
+            done.set()
+
+    def __call__(self, call: Callable, deadline: float):
+        box: list = []
+        done = threading.Event()
+        self.requests.put((call, box, done))
+        if not done.wait(deadline or None):
+            raise DecoderHang(f"no batch after {deadline:.0f} s")
+        ok, value = box[0]
+        if ok:
+            return value
+        raise value
+
+
 class DaliLoader:
     """Batches from the DALI graph in the loader contract; ``device`` picks NVDEC (cuda) or DALI's CPU decoder.
 
     DALI has no per-sample error handling: an undecodable sample fails the pipeline, which is then unusable.
     The loader reads the failing member from DALI's message, counts it, leaves it out of a private copy of its
     shard's index, rebuilds the pipeline (with a new seed, so the epoch goes on with other samples) and fetches
-    the batch again: every epoch keeps its number of steps and every batch its shape.
+    the batch again: every epoch keeps its number of steps and every batch its shape. A sample whose stored frame
+    count is more than its stream holds (DALI would decode black frames past the end) is left out the same way,
+    and so is a batch the graph does not deliver within its deadline (the hung pipeline is abandoned).
     """
 
     backend = "dali"
+    max_hangs = 3  # abandoned pipelines keep their threads and memory: past this many, stop with advice
 
     def __init__(self, dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu"):
@@ -131,33 +181,42 @@ class DaliLoader:
         if cfg.test_crops > 1 and not cfg.augment:
             raise ValueError("data.test_crops > 1 is cut by the CPU path only: use data.backend=cpu for evaluation")
         self.stats = LoaderStats()
-        self.outputs = [f"view{k}" for k in range(cfg.views)] + ["label", "source"]
+        self.outputs = [f"view{k}" for k in range(cfg.views)] + ["label", "source", "frames", "brightest"]
         self.indexes = [str(p.with_suffix(".idx")) for p in self.shardset.shards]
         self.quarantine: dict[str, set[int]] = {}  # tar path → data offsets of members left out
         self._private = None  # temporary folder for filtered index copies
         self.rebuilds = 0
+        self.abandoned: list = []  # hung pipelines: kept, since destroying one would wait for its stuck threads
         self.steps = len(self.shardset) // world_size // cfg.batch_size
         self.per_epoch = self.steps  # batches per epoch, as the CPU path names it
         self.skip = 0
+        # the decode deadline is per sample; DALI's threads decode a batch's samples side by side
+        self.batch_deadline = cfg.decode_deadline * math.ceil(cfg.batch_size / max(1, cfg.worker_count))
+        self.call = DeadlineCaller(self.device)
         self._build()
 
     def _build(self) -> None:
+        while True:
+            try:  # the iterator runs the pipeline at once to prefetch: a bad or hung sample can fail it here
+                self.call(self._make_iterator, BUILD_SECONDS + self.batch_deadline * (self.cfg.prefetch + 1))
+                return
+            except DecoderHang as hang:
+                self._abandon(hang)
+            except RuntimeError as err:
+                self._leave_out(err)
+
+    def _make_iterator(self) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         device_id = (self.device.index or 0) if self.device.type == "cuda" else None
-        while True:
-            cfg = replace(self.cfg, seed=self.cfg.seed + 1000 * self.rebuilds)
-            self.pipe = build_pipeline([str(p) for p in self.shardset.shards], self.indexes,
-                                       self.shardset.video_ext, cfg, self.decode_device, self.rank,
-                                       self.world_size, device_id, threads=self.cfg.worker_count)
-            self.pipe.build()
-            try:  # the iterator runs the pipeline at once to prefetch: a bad sample can fail it here
-                # The reader drops the last partial batch; auto_reset starts the next epoch when one ends.
-                self.iterator = DALIGenericIterator([self.pipe], self.outputs, reader_name="reader",
-                                                    last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
-                return
-            except RuntimeError as err:
-                self._leave_out(err)
+        cfg = replace(self.cfg, seed=self.cfg.seed + 1000 * self.rebuilds)
+        self.pipe = build_pipeline([str(p) for p in self.shardset.shards], self.indexes, self.shardset.video_ext,
+                                   cfg, self.decode_device, self.rank, self.world_size, device_id,
+                                   threads=self.cfg.worker_count)
+        self.pipe.build()
+        # The reader drops the last partial batch; auto_reset starts the next epoch when one ends.
+        self.iterator = DALIGenericIterator([self.pipe], self.outputs, reader_name="reader",
+                                            last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
 
     def set_epoch(self, epoch: int, samples_seen: int = 0) -> None:
         """DALI's reader moves on by itself between epochs; a resumed run skips ``samples_seen`` videos."""
@@ -188,26 +247,70 @@ class DaliLoader:
     def _next_batch(self) -> dict:
         while True:
             try:
-                return next(self.iterator)[0]
+                batch = self.call(lambda: next(self.iterator), self.batch_deadline)[0]
             except StopIteration:
                 continue  # auto_reset: the reader has started its next epoch
+            except DecoderHang as hang:
+                self._abandon(hang)
+                self._build()
+                continue
             except RuntimeError as err:
                 self._leave_out(err)
                 self._build()
+                continue
+            overcounted = self._overcounted(batch)
+            if not overcounted:
+                return batch
+            for tar, offset, key, detail in overcounted:
+                self._quarantine(tar, offset, key, "frame_count", detail)
+            self._build()
+
+    def _overcounted(self, batch: dict) -> list[tuple[str, int, str, str]]:
+        """Samples with an all-black decoded frame whose stream holds fewer frames than their stored count (a
+        black frame alone may be a real fade: only a demux of the member, done for these few, tells)."""
+        found = []
+        black = (batch["brightest"].view(self.cfg.batch_size, -1) == 0).any(dim=1).cpu()
+        for row in np.flatnonzero(black.numpy()):
+            tar, offset, member = _source_of(batch["source"][row].cpu().numpy())
+            stored = int(batch["frames"][row].view(-1)[0])
+            held = _stream_frames(tar, offset)
+            if held < stored:
+                found.append((tar, offset, member.split(".", 1)[0], f"its .frames says {stored}, its stream holds "
+                                                                     f"{held}"))
+        return found
+
+    def _abandon(self, hang: DecoderHang) -> None:
+        """Leave a hung pipeline behind (its threads cannot be stopped), count it, and start a fresh one."""
+        self.abandoned.append((self.pipe if hasattr(self, "pipe") else None, self.call))
+        self.stats.failed["decode_timeout"] += 1
+        if len(self.abandoned) > self.max_hangs:
+            raise RuntimeError(f"the DALI graph hung {len(self.abandoned)} times ({hang}; data.decode_deadline="
+                               f"{self.cfg.decode_deadline:g} s per sample): DALI hands over whole batches, so the "
+                               "sample is not known. Run `vmae shards verify` on the dataset, or use data.backend=cpu, "
+                               "which abandons and names each hung sample") from hang
+        log.warning("the DALI graph has not delivered a batch in %.0f s (data.decode_deadline=%g s per sample): "
+                    "its pipeline is abandoned and a fresh one goes on; the sample is not known (DALI hands over "
+                    "whole batches)", self.batch_deadline, self.cfg.decode_deadline)
+        self.rebuilds += 1
+        self.call = DeadlineCaller(self.device)
 
     def _leave_out(self, err: RuntimeError) -> None:
         """Take the sample DALI names in ``err`` out of this loader's copy of its shard index (or re-raise)."""
         failed = FAILED_MEMBER.search(str(err))
         if failed is None:
             raise err
-        tar, offset = failed.group("tar"), int(failed.group("offset"))
         key = failed.group("member").split(".", 1)[0]
+        self._quarantine(failed.group("tar"), int(failed.group("offset")), key, "decode_error",
+                         "DALI could not decode it", cause=err)
+
+    def _quarantine(self, tar: str, offset: int, key: str, reason: str, detail: str,
+                    cause: Exception | None = None) -> None:
+        """Count a bad sample and leave it out of a private copy of its shard's index; the next build skips it."""
         if offset in self.quarantine.get(tar, set()):
-            raise RuntimeError(f"{key} in {tar} failed again after it was left out") from err
+            raise RuntimeError(f"{key} in {tar} failed again after it was left out") from cause
         self.quarantine.setdefault(tar, set()).add(offset)
-        self.stats.failed["decode_error"] += 1
-        log.warning("sample %s (%s) left out: DALI could not decode it; the batch is fetched again", key,
-                    Path(tar).name)
+        self.stats.failed[reason] += 1
+        log.warning("sample %s (%s) left out: %s; the batch is fetched again", key, Path(tar).name, detail)
         if self._private is None:
             self._private = tempfile.TemporaryDirectory(prefix="vmae-dali-index-")
         shard = [str(p) for p in self.shardset.shards].index(tar)
@@ -219,10 +322,21 @@ class DaliLoader:
         self.rebuilds += 1
 
 
+def _stream_frames(tar: str, offset: int) -> int:
+    """Frames the video member at ``offset`` of ``tar`` holds, by demuxing it (no decode)."""
+    sizes = {o: size for _, members in read_index(Path(tar).with_suffix(".idx")) for o, size in members.values()}
+    return scan_packets(io.BytesIO(read_member(Path(tar), offset, sizes[offset]))).packets
+
+
+def _source_of(source: np.ndarray) -> tuple[str, int, str]:
+    """(tar, data offset, member) from DALI's zero-padded "<tar>:<offset>:<key>.<ext>"."""
+    tar, offset, member = bytes(source).rstrip(b"\0").decode(errors="replace").rsplit(":", 2)
+    return tar, int(offset), member
+
+
 def _key_of(source: np.ndarray) -> str:
     """The sample key in DALI's zero-padded "<tar>:<offset>:<key>.<ext>"."""
-    member = bytes(source).rstrip(b"\0").decode(errors="replace").rsplit(":", 1)[-1]
-    return member.split(".", 1)[0]
+    return _source_of(source)[2].split(".", 1)[0]
 
 
 # DALI names the failing sample as "<tar>:<data offset>:<member>" in its error message.

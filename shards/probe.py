@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 
@@ -103,10 +104,10 @@ class PacketCounter:
                           constant_rate=len(self.steps) <= 1, starts_with_keyframe=bool(self.first_key))
 
 
-def scan_packets(path: Path) -> PacketScan:
+def scan_packets(path: Path | BinaryIO) -> PacketScan:
     """Demux every packet of the first video stream (no decoding): the true frame count and the GOP structure."""
     counter = PacketCounter()
-    with av.open(str(path), metadata_errors="ignore") as container:
+    with av.open(path if hasattr(path, "read") else str(path), metadata_errors="ignore") as container:
         for packet in container.demux(container.streams.video[0]):
             counter.add(packet)
     return counter.result()

@@ -5,6 +5,8 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -294,23 +296,88 @@ def test_dali_cpu_decoder_gives_the_frames_of_a_plain_decode(vp9_dataset):
     assert dali_decode_vs_reference(vp9_dataset / "shard-000000.tar", "webm", "cpu", [0, 5, 17, 40]) <= 4
 
 
+def damaged_copy(dataset: Path, out: Path, ext: str, damage) -> str:
+    """A copy of ``dataset`` whose first sample's ``ext`` member is changed in place by ``damage(bytes, offset,
+    size)``; that sample's key."""
+    shutil.copytree(dataset, out)
+    tar = out / "shard-000000.tar"
+    key, members = sample_members(tar)[0]
+    offset, size = next((o, s) for e, o, s in members if e == ext)
+    data = bytearray(tar.read_bytes())
+    damage(data, offset, size)
+    tar.write_bytes(bytes(data))
+    return key
+
+
+def scramble(data: bytearray, offset: int, size: int) -> None:
+    for i in range(offset + 100, offset + size - 4, 3):
+        data[i] ^= 0xAA
+
+
 @pytest.mark.slow
 def test_dali_path_leaves_out_an_undecodable_sample(vp9_dataset, tmp_path):
     pytest.importorskip("nvidia.dali")
     out = tmp_path / "ds"
-    shutil.copytree(vp9_dataset, out)
-    tar = out / "shard-000000.tar"
-    key, members = sample_members(tar)[0]
-    offset, size = next((o, s) for e, o, s in members if e == "webm")
-    data = bytearray(tar.read_bytes())
-    for i in range(offset + 100, offset + size - 4, 3):
-        data[i] ^= 0xAA
-    tar.write_bytes(bytes(data))
+    damaged_copy(vp9_dataset, out, "webm", scramble)
     loader = make_loader(out, small(backend="dali", shuffle_buffer=1), device="cpu")
     for _ in range(2):
         batches = epoch(loader)
         assert len(batches) == 3 and all(b["video"].shape == (4, 3, 8, 64, 64) for b in batches)
     assert loader.stats.failed == {"decode_error": 1}
+
+
+@pytest.mark.slow
+def test_dali_path_leaves_out_a_sample_whose_frame_count_lies(vp9_dataset, tmp_path):
+    """DALI decodes black frames without a word for indices past the stream's end: the loader finds them."""
+    pytest.importorskip("nvidia.dali")
+    out = tmp_path / "ds"
+    key = damaged_copy(vp9_dataset, out, "frames", lambda data, offset, _: data.__setitem__(
+        slice(offset, offset + 4), struct.pack("<i", 10_000)))
+    loader = make_loader(out, small(backend="dali", shuffle_buffer=1), device="cpu")
+    for _ in range(2):
+        batches = epoch(loader)
+        assert len(batches) == 3 and all(b["video"].shape == (4, 3, 8, 64, 64) for b in batches)
+        assert key not in {k for b in batches for k in b["key"]}
+        assert all((b["video"].flatten(2).std(dim=2) > 0.05).all() for b in batches)  # no black frame
+    assert loader.stats.failed == {"frame_count": 1}
+
+
+class NeverReturns:
+    """A decoder stand-in that never hands over a batch."""
+
+    def __next__(self):
+        threading.Event().wait()
+
+
+@pytest.mark.slow
+def test_a_hung_dali_graph_is_abandoned_and_a_fresh_one_goes_on(vp9_dataset, monkeypatch, give_up_after):
+    pytest.importorskip("nvidia.dali")
+    from pipeline.dali_loader import DaliLoader
+
+    give_up_after(240)
+    made = []
+    real = DaliLoader._make_iterator
+
+    def first_one_hangs(self):
+        real(self)
+        made.append(self.iterator)
+        if len(made) == 1:
+            self.iterator = NeverReturns()
+
+    monkeypatch.setattr(DaliLoader, "_make_iterator", first_one_hangs)
+    loader = make_loader(vp9_dataset, small(backend="dali", decode_deadline=1.0, workers=2), device="cpu")
+    assert loader.batch_deadline == 1.0  # 2 videos a batch on 2 decode threads: one sample's deadline
+    started = time.perf_counter()
+    batches = epoch(loader)
+    assert len(batches) == 3 and all(b["video"].shape == (4, 3, 8, 64, 64) for b in batches)
+    assert loader.stats.failed == {"decode_timeout": 1} and len(loader.abandoned) == 1 and len(made) == 2
+    assert time.perf_counter() - started < 60
+
+    monkeypatch.setattr(DaliLoader, "_make_iterator", lambda self: setattr(self, "iterator", NeverReturns()))
+    monkeypatch.setattr(DaliLoader, "max_hangs", 1)
+    loader.iterator = NeverReturns()
+    with pytest.raises(RuntimeError, match="hung 2 times.*data.backend=cpu"):
+        epoch(loader)
 
 
 @pytest.mark.gpu
