@@ -8,6 +8,7 @@ consumed) is written last; ``manifest.json`` is written after everything else an
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -44,6 +45,10 @@ FORMAT = "vmae-shards/1"
 BYTE_SHAPING = ("short_side", "fps", "frames_fps", "codec", "keyframe_interval", "crf", "preset", "bframes",
                 "pframe_interval", "stream_copy", "segment_seconds", "min_frames", "short_policy", "max_input_pixels",
                 "samples_per_shard", "max_shard_bytes", "seed", "threads_per_worker")
+
+
+# failures another try may not meet: storage that failed a read, ffmpeg killed from outside (OOM killer)
+TRANSIENT_REASONS = ("io_error", "missing_file", "ffmpeg_killed")
 
 
 class BuildError(RuntimeError):
@@ -350,38 +355,58 @@ class _Builder:
 # ------------------------------------------------------------------ worker side
 
 def process_item(item: PlannedItem, cfg: ShardConfig, items_dir: Path) -> dict:
-    """Probe and encode one input into ``items_dir/<key>/``; the result (samples or a reject) is returned and kept."""
+    """Probe and encode one input into ``items_dir/<key>/``; the result (samples or a reject) is returned and kept.
+    A transient failure (a read error on a network path, ffmpeg killed) is tried again after a growing wait."""
     final = items_dir / item.key
     result_file = final / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
     tmp = items_dir / f"{item.key}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    path = Path(item.path)
-    source_bytes = folder_bytes(path) if path.is_dir() else path.stat().st_size
-    base = {"key": item.key, "source": item.source, "source_bytes": source_bytes}
-    try:
-        info = probe_frames(path, cfg.frames_fps) if path.is_dir() else probe(path)
-        if info.width * info.height > cfg.max_input_pixels:
-            raise RejectedInput("too_large", f"{info.width}x{info.height} is over shards.max_input_pixels="
-                                             f"{cfg.max_input_pixels}; raise it to accept such videos")
-        mode, outputs = encode(path, info, cfg, tmp)
-        samples, dropped = _samples(item, info, cfg, mode, outputs)
-        result = {**base, "status": "ok", "samples": samples, "dropped": dropped}
-    except RejectedInput as rej:
-        result = {**base, "status": "rejected", "reason": rej.reason, "detail": rej.detail}
-        shutil.rmtree(tmp)
-        tmp.mkdir()
-    except Exception as err:  # noqa: BLE001 - one broken input must not stop a build of thousands
-        log.exception("unexpected error on %s", item.source)
-        result = {**base, "status": "rejected", "reason": "internal_error", "detail": f"{type(err).__name__}: {err}"}
+    for attempt in range(cfg.retries + 1):
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        result = _attempt(item, cfg, tmp)
+        if result.get("reason") not in TRANSIENT_REASONS or attempt == cfg.retries:
+            break
+        log.warning("%s: %s; trying again in %.0f s", item.source, result["detail"], cfg.retry_seconds * 2 ** attempt)
+        time.sleep(cfg.retry_seconds * 2 ** attempt)
+    if attempt:
+        result["attempts"] = attempt + 1
+        if result["status"] == "rejected":
+            result["detail"] += f" ({attempt + 1} tries)"
     (tmp / "result.json").write_text(json.dumps(result))
     try:
         os.rename(tmp, final)
     except OSError:  # an earlier, killed run's worker finished the same input first: keep its identical result
         shutil.rmtree(tmp, ignore_errors=True)
     return json.loads(result_file.read_text())
+
+
+def _attempt(item: PlannedItem, cfg: ShardConfig, tmp: Path) -> dict:
+    """One try at an input: its samples written into ``tmp``, or a reject (``tmp`` left empty)."""
+    path = Path(item.path)
+    base = {"key": item.key, "source": item.source, "source_bytes": 0}
+    try:
+        base["source_bytes"] = folder_bytes(path) if path.is_dir() else path.stat().st_size
+        info = probe_frames(path, cfg.frames_fps) if path.is_dir() else probe(path)
+        if info.width * info.height > cfg.max_input_pixels:
+            raise RejectedInput("too_large", f"{info.width}x{info.height} is over shards.max_input_pixels="
+                                             f"{cfg.max_input_pixels}; raise it to accept such videos")
+        mode, outputs = encode(path, info, cfg, tmp)
+        samples, dropped = _samples(item, info, cfg, mode, outputs)
+        return {**base, "status": "ok", "samples": samples, "dropped": dropped}
+    except RejectedInput as rej:
+        result = {**base, "status": "rejected", "reason": rej.reason, "detail": rej.detail}
+    except OSError as err:  # the file vanished or its (network) storage failed: worth another try
+        reason = "missing_file" if err.errno == errno.ENOENT else "io_error"
+        result = {**base, "status": "rejected", "reason": reason,
+                  "detail": f"reading it failed: {err.strerror or err} (errno {err.errno})"}
+    except Exception as err:  # noqa: BLE001 - one broken input must not stop a build of thousands
+        log.exception("unexpected error on %s", item.source)
+        result = {**base, "status": "rejected", "reason": "internal_error", "detail": f"{type(err).__name__}: {err}"}
+    shutil.rmtree(tmp)
+    tmp.mkdir()
+    return result
 
 
 def _samples(item: PlannedItem, info: VideoInfo, cfg: ShardConfig, mode: str,

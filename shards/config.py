@@ -61,6 +61,9 @@ class ShardConfig:
     workers: int = field(default=0, metadata=field_help("parallel worker processes (0: all cores)"))
     threads_per_worker: int = field(default=1, metadata=field_help("ffmpeg threads per worker"))
     timeout_seconds: float = field(default=600.0, metadata=field_help("give up on one video after this long"))
+    retries: int = field(default=2, metadata=field_help(
+        "tries again after a transient failure (a read error on a network path, ffmpeg killed) before rejecting"))
+    retry_seconds: float = field(default=2.0, metadata=field_help("wait before the first retry, doubled each time"))
 
     def __post_init__(self) -> None:
         _check_choice("shards.codec", self.codec, CODECS)
@@ -69,7 +72,8 @@ class ShardConfig:
         _check_positive("shards.max_shard_bytes", self.max_shard_bytes)
         _check_positive("shards.keyframe_interval", self.keyframe_interval)
         _check_positive("shards.threads_per_worker", self.threads_per_worker)
-        for key in ("short_side", "fps", "frames_fps", "segment_seconds", "min_frames", "workers"):
+        for key in ("short_side", "fps", "frames_fps", "segment_seconds", "min_frames", "workers", "retries",
+                    "retry_seconds"):
             if getattr(self, key) < 0:
                 raise ValueError(f"shards.{key} must be >= 0, got {getattr(self, key)}")
         if self.pframe_interval:

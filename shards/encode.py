@@ -228,6 +228,8 @@ def _run_ffmpeg(args: list[str], timeout: float) -> None:
     except subprocess.TimeoutExpired:
         raise RejectedInput("timeout", f"ffmpeg took longer than shards.timeout_seconds={timeout:g}") from None
     errors = proc.stderr.decode("utf-8", "replace").strip()
+    if proc.returncode < 0:
+        raise RejectedInput("ffmpeg_killed", f"ffmpeg was killed by signal {-proc.returncode} (out of memory?)")
     if proc.returncode != 0:
         last = errors.splitlines()[-1] if errors else f"exit code {proc.returncode}"
         raise RejectedInput("ffmpeg_failed", f"ffmpeg could not convert it: {last}")

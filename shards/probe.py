@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
 
 import av
+
+# read errors of storage rather than of the file (network filesystems): another try may succeed
+TRANSIENT_ERRNOS = {errno.EIO, errno.ETIMEDOUT, errno.ESTALE, errno.EAGAIN, errno.ECONNRESET, errno.EINTR}
 
 
 class RejectedInput(Exception):
@@ -70,6 +74,8 @@ def probe(path: Path) -> VideoInfo:
     except RejectedInput:
         raise
     except (av.error.FFmpegError, ValueError, OSError, UnicodeDecodeError) as err:
+        if isinstance(err, OSError) and err.errno in TRANSIENT_ERRNOS:
+            raise  # the storage failed, not the file: the caller may try again
         raise RejectedInput("unreadable", f"not a readable video: {err}") from None
     if info.width <= 0 or info.height <= 0:
         raise RejectedInput("unreadable", f"the video stream reports a {info.width}x{info.height} frame size")

@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -304,3 +305,43 @@ def test_broken_frame_folders_are_rejected_naming_the_frame(tmp_path, damage, re
     assert summary.samples == 0 and summary.rejected == {reason: 1}
     [reject] = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     assert reject["reason"] == reason and re.search(r"\d+\.jpg|frame 7", reject["detail"]), reject
+
+
+def test_transient_failures_are_tried_again_then_rejected_with_the_reason(tmp_path, monkeypatch):
+    """A read error of the storage (EIO) or an ffmpeg killed from outside is retried with a growing wait; an input
+    that keeps failing is rejected naming the failure and the tries, and a vanished file never stops the build."""
+    import errno
+
+    import shards.build as build
+    from conftest import make_video
+    from shards.plan import PlannedItem
+
+    video = make_video(tmp_path / "in" / "v.mp4", 1.0, "160x120", 15)
+    item = PlannedItem("v_key", "v.mp4", str(video), -1, None)
+    cfg = ShardConfig(short_side=64, min_frames=8, retries=2, retry_seconds=0.01)
+    real_probe, failures = build.probe, []
+
+    def flaky_probe(path):
+        if len(failures) < 2:
+            failures.append(path)
+            raise OSError(errno.EIO, "Input/output error")
+        return real_probe(path)
+
+    monkeypatch.setattr(build, "probe", flaky_probe)
+    ok = build.process_item(item, cfg, tmp_path / "items")
+    assert ok["status"] == "ok" and ok["attempts"] == 3 and len(failures) == 2
+
+    # ffmpeg killed by a signal on every try (a stand-in that kills itself): rejected after the retries
+    killer = tmp_path / "ffmpeg"
+    killer.write_text("#!/bin/sh\nkill -9 $$\n")
+    killer.chmod(0o755)
+    monkeypatch.setenv("VMAE_FFMPEG", str(killer))
+    build.ffmpeg_exe.cache_clear()
+    try:
+        killed = build.process_item(item, replace(cfg, stream_copy=False), tmp_path / "items2")
+    finally:
+        build.ffmpeg_exe.cache_clear()
+    assert killed["reason"] == "ffmpeg_killed" and "signal 9" in killed["detail"] and "(3 tries)" in killed["detail"]
+
+    gone = PlannedItem("gone_key", "gone.mp4", str(tmp_path / "in" / "gone.mp4"), -1, None)
+    assert build.process_item(gone, cfg, tmp_path / "items3")["reason"] == "missing_file"
