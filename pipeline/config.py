@@ -57,6 +57,10 @@ class DataConfig:
     limit: int = field(default=0, metadata=field_help(
         "use only the first N samples of the dataset, in shard order (CPU path; --overfit sets it; 0: all)"))
     shuffle_buffer: int = field(default=256, metadata=field_help("samples mixed across shard boundaries each epoch"))
+    streams: int = field(default=0, metadata=field_help(
+        "each epoch's shards, in a fresh order, are cut into this many equal runs and each rank reads its block of "
+        "them, opening only its own shards (0: one run per rank). Fixed (e.g. 64), every global step holds the "
+        "same videos for any world size dividing it"))
     dtype: str = field(default="float32", metadata=field_help("clip dtype handed to the model", choices=DTYPES))
     seed: int = field(default=0, metadata=field_help("seed of the sample order and of every random draw"))
 
@@ -75,8 +79,9 @@ class DataConfig:
             raise ValueError("data.mean and data.std need three values each, std > 0")
         if self.test_crops < 1 or self.views % self.test_crops:
             raise ValueError(f"data.views ({self.views}) must be a multiple of data.test_crops ({self.test_crops})")
-        if self.limit < 0:
-            raise ValueError(f"data.limit must be >= 0, got {self.limit}")
+        for key in ("limit", "streams"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"data.{key} must be >= 0, got {getattr(self, key)}")
         if self.decode_deadline < 0:
             raise ValueError(f"data.decode_deadline is in seconds and must be >= 0, got {self.decode_deadline}")
         if self.sampling == "segment" and self.span:

@@ -75,15 +75,13 @@ class BatchStream(IterableDataset):
         self.watch, self.abandoned = watch, abandoned
 
     def batches_per_epoch(self) -> int:
-        return len(self.shardset) // (self.world_size * self.chunk) * (self.chunk // self.cfg.batch_size)
+        steps = self.shardset.steps_per_epoch(self.world_size, self.chunk, self.cfg.streams)
+        return steps * (self.chunk // self.cfg.batch_size)
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         per_epoch, size = self.batches_per_epoch(), self.cfg.batch_size
-        if per_epoch == 0:
-            raise ValueError(f"{self.shardset.dataset}: {len(self.shardset)} samples over {self.world_size} rank(s) "
-                             f"do not fill one step of {self.chunk} videos per rank")
         part, reader, part_epoch = None, None, None
         g = worker
         while True:
@@ -91,7 +89,7 @@ class BatchStream(IterableDataset):
             epoch += self.epoch
             if epoch != part_epoch:
                 part = self.shardset.rank_part(epoch, self.cfg.seed, self.cfg.shuffle_buffer, self.rank,
-                                               self.world_size, self.chunk)
+                                               self.world_size, self.chunk, self.cfg.streams)
                 reader = SampleReader(self.shardset, self.cfg, epoch, reader, self.watch, self.abandoned)
                 part_epoch = epoch
             yield reader.batch(part[b * size:(b + 1) * size])

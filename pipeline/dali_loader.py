@@ -24,7 +24,7 @@ import torch
 
 from pipeline.config import DataConfig
 from pipeline.sampling import segment_evaluation_points
-from pipeline.shardset import ShardSet
+from pipeline.shardset import SampleRef, ShardSet
 from pipeline.stats import LoaderStats
 from shards.probe import scan_packets
 from shards.tars import INDEX_VERSION, read_index, read_member
@@ -182,20 +182,20 @@ class DaliLoader:
             raise ValueError("data.test_crops > 1 is cut by the CPU path only: use data.backend=cpu for evaluation")
         self.stats = LoaderStats()
         self.outputs = [f"view{k}" for k in range(cfg.views)] + ["label", "source", "frames", "brightest"]
-        self.indexes = [str(p.with_suffix(".idx")) for p in self.shardset.shards]
         self.quarantine: dict[str, set[int]] = {}  # tar path → data offsets of members left out
-        self._private = None  # temporary folder for filtered index copies
+        self._private = tempfile.TemporaryDirectory(prefix="vmae-dali-index-")  # this rank's index copies
         self.rebuilds = 0
         self.abandoned: list = []  # hung pipelines: kept, since destroying one would wait for its stuck threads
-        self.steps = len(self.shardset) // world_size // cfg.batch_size
+        self.steps = self.shardset.steps_per_epoch(world_size, cfg.batch_size, cfg.streams)
         self.per_epoch = self.steps  # batches per epoch, as the CPU path names it
-        self.skip = 0
+        self.epoch, self.built_epoch, self.skip = 0, None, 0
         # the decode deadline is per sample; DALI's threads decode a batch's samples side by side
         self.batch_deadline = cfg.decode_deadline * math.ceil(cfg.batch_size / max(1, cfg.worker_count))
         self.call = DeadlineCaller(self.device)
         self._build()
 
     def _build(self) -> None:
+        self.built_epoch = self.epoch
         while True:
             try:  # the iterator runs the pipeline at once to prefetch: a bad or hung sample can fail it here
                 self.call(self._make_iterator, BUILD_SECONDS + self.batch_deadline * (self.cfg.prefetch + 1))
@@ -209,17 +209,25 @@ class DaliLoader:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         device_id = (self.device.index or 0) if self.device.type == "cuda" else None
-        cfg = replace(self.cfg, seed=self.cfg.seed + 1000 * self.rebuilds)
-        self.pipe = build_pipeline([str(p) for p in self.shardset.shards], self.indexes, self.shardset.video_ext,
-                                   cfg, self.decode_device, self.rank, self.world_size, device_id,
+        cfg = replace(self.cfg, seed=self.cfg.seed + 1_000_003 * self.epoch + 1000 * self.rebuilds)
+        files, indexes = self._epoch_files()
+        # only this rank's files: DALI's reader opens and parses every file it is given before its first batch
+        self.pipe = build_pipeline(files, indexes, self.shardset.video_ext, cfg, self.decode_device, 0, 1, device_id,
                                    threads=self.cfg.worker_count)
         self.pipe.build()
         # The reader drops the last partial batch; auto_reset starts the next epoch when one ends.
         self.iterator = DALIGenericIterator([self.pipe], self.outputs, reader_name="reader",
                                             last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
 
+    def _epoch_files(self) -> tuple[list[str], list[str]]:
+        """This rank's shards this epoch, each with an index copy listing only the samples it takes."""
+        part = self.shardset.rank_part(self.epoch, self.cfg.seed, 0, self.rank, self.world_size, self.cfg.batch_size,
+                                       self.cfg.streams)
+        return rank_index_copies(self.shardset, part, Path(self._private.name), self.quarantine)
+
     def set_epoch(self, epoch: int, samples_seen: int = 0) -> None:
-        """DALI's reader moves on by itself between epochs; a resumed run skips ``samples_seen`` videos."""
+        """Start ``epoch`` (its own shards and order); a resumed run skips ``samples_seen`` videos."""
+        self.epoch = epoch
         self.skip = samples_seen // self.cfg.batch_size
 
     def __len__(self) -> int:
@@ -227,6 +235,8 @@ class DaliLoader:
 
     def __iter__(self):
         k, size = self.cfg.views, self.cfg.batch_size
+        if self.built_epoch != self.epoch:
+            self._build()
         for step in range(self.steps):
             waited = time.perf_counter()
             batch = self._next_batch()
@@ -243,6 +253,7 @@ class DaliLoader:
             yield {"video": video.to(self.device, non_blocking=True), "label": label.to(self.device),
                    "key": [_key_of(row) for row in batch["source"].cpu().numpy()]}
         self.skip = 0
+        self.epoch += 1
 
     def _next_batch(self) -> dict:
         while True:
@@ -311,15 +322,29 @@ class DaliLoader:
         self.quarantine.setdefault(tar, set()).add(offset)
         self.stats.failed[reason] += 1
         log.warning("sample %s (%s) left out: %s; the batch is fetched again", key, Path(tar).name, detail)
-        if self._private is None:
-            self._private = tempfile.TemporaryDirectory(prefix="vmae-dali-index-")
-        shard = [str(p) for p in self.shardset.shards].index(tar)
-        rows = [line for line in Path(tar).with_suffix(".idx").read_text().splitlines()[1:]
-                if not any(int(offset) in self.quarantine[tar] for offset in line.split()[1::4])]
-        filtered = Path(self._private.name) / f"{shard:06d}.idx"
-        filtered.write_text(f"{INDEX_VERSION} {len(rows)}\n" + "".join(r + "\n" for r in rows))
-        self.indexes[shard] = str(filtered)
         self.rebuilds += 1
+
+
+def rank_index_copies(shardset: ShardSet, part: list[SampleRef], folder: Path,
+                      left_out: dict[str, set[int]] | None = None) -> tuple[list[str], list[str]]:
+    """The shards holding ``part`` and, in ``folder``, a copy of each one's index listing only the samples of
+    ``part`` (less the data offsets in ``left_out``): what DALI's reader is given, so it parses nothing else."""
+    rows: dict[int, set[int]] = {}
+    for ref in part:
+        rows.setdefault(ref.shard, set()).add(ref.row)
+    files, indexes = [], []
+    for shard, wanted in rows.items():
+        tar = shardset.shards[shard]
+        skip = (left_out or {}).get(str(tar), set())
+        kept = [line for row, line in enumerate(tar.with_suffix(".idx").read_text().splitlines()[1:])
+                if row in wanted and not any(int(offset) in skip for offset in line.split()[1::4])]
+        if not kept:  # every sample it would give was left out
+            continue
+        index = folder / f"{shard:06d}.idx"
+        index.write_text(f"{INDEX_VERSION} {len(kept)}\n" + "".join(line + "\n" for line in kept))
+        files.append(str(tar))
+        indexes.append(str(index))
+    return files, indexes
 
 
 def _stream_frames(tar: str, offset: int) -> int:

@@ -33,8 +33,8 @@ def make_loader(dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int =
                 accumulation: int = 1):
     """The loader for this machine: DALI with NVDEC on CUDA, CPU workers otherwise; the choice is logged.
 
-    ``accumulation`` micro-batches make one optimizer step: the CPU path then hands each rank its share of every
-    global step (see ``ShardSet.rank_part``)."""
+    ``accumulation`` micro-batches make one optimizer step: the CPU path then hands each rank its
+    micro-batch x accumulation videos of every global step (see ``ShardSet.rank_part``)."""
     shardset = ShardSet(dataset, cfg.limit)
     backend = pick_backend(cfg, shardset.video_ext)
     if device is None:

@@ -47,29 +47,63 @@ class ShardSet:
         """The key and the members {extension: (offset, size)} of one sample."""
         return _cached_index(index_path(self.shards[ref.shard]))[ref.row]
 
-    def epoch_order(self, epoch: int, seed: int, shuffle_buffer: int) -> list[SampleRef]:
-        """Every sample once: shards in a fresh order each epoch, samples mixed within a sliding buffer."""
-        rng = np.random.default_rng([seed, epoch, 0x5EED])
-        order = [SampleRef(int(s), r) for s in rng.permutation(len(self.shards)) for r in range(self.counts[s])]
+    def shard_order(self, epoch: int, seed: int) -> np.ndarray:
+        """The epoch's order of whole shards: the same on every rank, fresh each epoch."""
+        return np.random.default_rng([seed, epoch, 0x5EED]).permutation(len(self.shards))
+
+    def stream(self, epoch: int, seed: int, shuffle_buffer: int, index: int, length: int) -> list[SampleRef]:
+        """Samples [index·length, (index+1)·length) of the epoch's shards laid end to end, mixed within a sliding
+        buffer: a run of whole shards (cut at its two ends), so that whoever reads it opens only those."""
+        order = self.shard_order(epoch, seed)
+        ends = np.cumsum(self.counts[order])
+        low, high = index * length, (index + 1) * length
+        refs = []
+        for k in range(int(np.searchsorted(ends, low, side="right")), len(order)):
+            shard, start = int(order[k]), int(ends[k] - self.counts[order[k]])
+            if start >= high:
+                break
+            refs.extend(SampleRef(shard, row) for row in range(max(low, start) - start, min(high, ends[k]) - start))
         if shuffle_buffer > 1:
-            for start in range(0, len(order), shuffle_buffer):
-                block = order[start:start + shuffle_buffer]
-                order[start:start + shuffle_buffer] = [block[i] for i in rng.permutation(len(block))]
-        return order
+            rng = np.random.default_rng([seed, epoch, index, 0xB0F])
+            for at in range(0, len(refs), shuffle_buffer):
+                block = refs[at:at + shuffle_buffer]
+                refs[at:at + shuffle_buffer] = [block[i] for i in rng.permutation(len(block))]
+        return refs
+
+    def layout(self, world_size: int, chunk: int, streams: int = 0) -> tuple[int, int, int]:
+        """(streams, videos each stream gives a global step, samples per stream) for ``world_size`` ranks taking
+        ``chunk`` videos each per step; streams 0: one per rank."""
+        streams = streams or world_size
+        if streams % world_size:
+            raise ValueError(f"data.streams={streams} must be a multiple of the world size {world_size}")
+        if (world_size * chunk) % streams:
+            raise ValueError(f"a global step of {world_size} rank(s) x {chunk} videos cannot be shared by "
+                             f"data.streams={streams} streams: make the global batch a multiple of it")
+        per_stream = world_size * chunk // streams
+        length = len(self) // streams // per_stream * per_stream
+        if length == 0:
+            raise ValueError(f"{self.dataset}: {len(self)} samples cannot fill one step of {world_size} rank(s) "
+                             f"x {chunk} videos")
+        return streams, per_stream, length
 
     def rank_part(self, epoch: int, seed: int, shuffle_buffer: int, rank: int, world_size: int,
-                  chunk: int = 1) -> list[SampleRef]:
-        """This rank's share of the epoch: of every ``world_size × chunk`` consecutive samples (one global
-        optimizer step when ``chunk`` is the videos a rank takes per step), the rank-th ``chunk``. A global step
-        thus holds the same videos for any world size × micro-batch × accumulation with the same global batch;
-        the tail that fills no whole step is left out, so every rank runs the same number of steps."""
-        order = self.epoch_order(epoch, seed, shuffle_buffer)
-        block = world_size * chunk
-        if len(order) < block:
-            raise ValueError(f"{self.dataset}: {len(order)} samples cannot fill one step of {world_size} rank(s) "
-                             f"x {chunk} videos")
-        return [order[start + rank * chunk + i] for start in range(0, len(order) - block + 1, block)
-                for i in range(chunk)]
+                  chunk: int = 1, streams: int = 0) -> list[SampleRef]:
+        """This rank's share of the epoch, ``chunk`` videos per global step (the micro-batch × accumulation).
+
+        The epoch's shards, laid end to end in a fresh order, are cut into ``streams`` equal runs (one per rank
+        by default); rank r reads the r-th block of streams, so it opens only about 1/world_size of the shards,
+        and every step takes the same number of videos from every stream. With ``streams`` fixed, a global step
+        holds the same videos, in the same places, for any world size dividing it. The samples past the last
+        whole step of a stream (fewer than streams × (videos per stream and step + 1)) wait for another epoch's
+        order: every rank runs the same number of steps."""
+        streams, per_stream, length = self.layout(world_size, chunk, streams)
+        block = streams // world_size
+        mine = [self.stream(epoch, seed, shuffle_buffer, s, length) for s in range(rank * block, (rank + 1) * block)]
+        return [ref for at in range(0, length, per_stream) for part in mine for ref in part[at:at + per_stream]]
+
+    def steps_per_epoch(self, world_size: int, chunk: int, streams: int = 0) -> int:
+        _, per_stream, length = self.layout(world_size, chunk, streams)
+        return length // per_stream
 
 
 @lru_cache(maxsize=64)

@@ -1,9 +1,10 @@
 """`vmae pretrain` and `vmae finetune`: the loader and a model in a DeepSpeed engine, read top to bottom.
 
-One process per accelerator (or one CPU process). Every global step holds the same videos and the same masks for
-any world size x micro-batch x accumulation with the same global batch: rank r takes the r-th share of each step's
-videos (``ShardSet.rank_part``) and a clip's random draws (mask, mixup) are functions of (seed, step, its place in
-the global batch). A resumed run therefore continues the loss curve step for step. What is trained — MAE
+One process per accelerator (or one CPU process). Each rank reads its own block of the epoch's shards
+(``ShardSet.rank_part``); with ``data.streams`` fixed, every global step holds the same videos and the same masks for
+any world size dividing it x micro-batch x accumulation with the same global batch, since a clip's random draws
+(mask, mixup) are functions of (seed, step, its place in the global batch). A resumed run continues the loss curve
+step for step. What is trained — MAE
 pretraining or classification — is a task (``pipeline.tasks``); the loop is the same.
 """
 

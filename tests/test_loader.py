@@ -87,16 +87,52 @@ def test_resume_mid_epoch_continues_the_same_stream(built):
     assert len(epoch(loader, 1)) == 5  # the next pass is a whole epoch again
 
 
-def test_ranks_get_disjoint_equal_parts_reshuffled_each_epoch(built):
-    shardset = ShardSet(built[0])
-    for world in (1, 2, 3):
-        parts = [shardset.rank_part(0, 0, 4, rank, world) for rank in range(world)]
-        assert len({len(p) for p in parts}) == 1 and len(parts[0]) == 10 // world
-        seen = [r for p in parts for r in p]
-        assert len(set(seen)) == len(seen)  # disjoint
-    first, second = shardset.epoch_order(0, 0, 4), shardset.epoch_order(1, 0, 4)
-    assert sorted(first, key=str) == sorted(second, key=str) and first != second
-    assert shardset.epoch_order(0, 0, 4) == first
+def shard_table(tmp_path: Path, counts: list[int]) -> ShardSet:
+    """A dataset of only a manifest (the assignment never opens a shard): shards of the given sample counts."""
+    manifest = {"format": "vmae-shards/1", "video_extension": "mp4", "classes": [], "build": {},
+                "shards": [{"name": f"shard-{n:06d}.tar", "samples": c} for n, c in enumerate(counts)]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    return ShardSet(tmp_path)
+
+
+UNEQUAL = [37, 5, 64, 64, 12, 90, 1, 40, 33, 58, 7, 64, 29]  # 504 samples in 13 shards
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_ranks_read_disjoint_runs_of_their_own_shards_with_equal_steps(tmp_path, world):
+    shardset = shard_table(tmp_path, UNEQUAL)
+    chunk = 4  # videos a rank takes per step
+    seen_over_epochs = set()
+    for epoch in range(12):
+        parts = [shardset.rank_part(epoch, 0, 16, rank, world, chunk) for rank in range(world)]
+        steps = shardset.steps_per_epoch(world, chunk)
+        assert all(len(p) == steps * chunk for p in parts)  # the same steps on every rank: no collective waits
+        taken = [r for p in parts for r in p]
+        assert len(set(taken)) == len(taken)  # disjoint
+        assert len(shardset) - len(taken) < world * (chunk + 1)  # the few left out wait for another epoch's order
+        opened = [{r.shard for r in p} for p in parts]
+        assert sum(map(len, opened)) <= len(UNEQUAL) + world - 1  # a shard is shared only where a run is cut
+        seen_over_epochs |= set(taken)
+    assert len(seen_over_epochs) == len(shardset)  # every sample, over epochs
+    first = shardset.rank_part(0, 0, 16, 0, world, chunk)
+    assert first == shardset.rank_part(0, 0, 16, 0, world, chunk) != shardset.rank_part(1, 0, 16, 0, world, chunk)
+
+
+def test_fixed_streams_give_every_world_size_the_same_global_steps(tmp_path):
+    shardset = shard_table(tmp_path, UNEQUAL)
+    global_batch = 16
+
+    def global_steps(world: int) -> list[list]:
+        chunk = global_batch // world
+        parts = [shardset.rank_part(3, 0, 16, rank, world, chunk, streams=8) for rank in range(world)]
+        return [[ref for p in parts for ref in p[t * chunk:(t + 1) * chunk]] for t in range(len(parts[0]) // chunk)]
+
+    reference = global_steps(1)
+    assert all(global_steps(world) == reference for world in (2, 4, 8))  # the same videos in the same places
+    with pytest.raises(ValueError, match="multiple of the world size 3"):
+        shardset.rank_part(0, 0, 16, 0, 3, 4, streams=8)
+    with pytest.raises(ValueError, match="global batch a multiple"):
+        shardset.rank_part(0, 0, 16, 0, 2, 3, streams=8)
 
 
 # ------------------------------------------------------------------ sampling
@@ -270,6 +306,21 @@ def test_dali_graph_on_cpu_follows_the_contract(vp9_dataset):
         for b in batches:
             assert b["video"].shape == (4, 3, 8, 64, 64) and torch.isfinite(b["video"]).all()
             assert b["label"].tolist()[0::2] == b["label"].tolist()[1::2]
+
+
+@pytest.mark.slow
+def test_dali_ranks_open_only_their_own_shards_and_take_disjoint_samples(vp9_dataset):
+    pytest.importorskip("nvidia.dali")
+    cfg = small(backend="dali", shuffle_buffer=1, batch_size=1)
+    loaders = [make_loader(vp9_dataset, cfg, rank, 2, device="cpu") for rank in (0, 1)]
+    shardset = ShardSet(vp9_dataset)
+    for n in range(2):
+        keys = [[k for b in epoch(loader, n) for k in b["key"]] for loader in loaders]
+        assert len(keys[0]) == len(keys[1]) == shardset.steps_per_epoch(2, 1) and not set(keys[0]) & set(keys[1])
+        for rank, loader in enumerate(loaders):
+            wanted = {shardset.shards[r.shard] for r in shardset.rank_part(n, cfg.seed, 0, rank, 2, 1)}
+            loader.set_epoch(n)
+            assert {Path(f) for f in loader._epoch_files()[0]} == wanted  # the reader was given only these
 
 
 def dali_decode_vs_reference(tar: Path, ext: str, device: str, wanted: list[int]) -> float:

@@ -34,7 +34,8 @@ STEPS = 8  # 2 steps per epoch of 10 videos at a global batch of 4: four epochs
 def run_config(dataset: Path, out: Path, **train) -> dict:
     cfg = {
         "data": {"frames": 4, "stride": 2, "views": 2, "crop_size": 32, "batch_size": 4, "workers": 1,
-                 "backend": "cpu", "shuffle_buffer": 4},
+                 "backend": "cpu", "shuffle_buffer": 4,
+                 "streams": 2},  # fixed: 1 and 2 ranks then see the same videos in every global step
         "model": {"preset": "tiny", "mask_ratio": 0.75},
         "train": {"dataset": str(dataset), "out": str(out), "epochs": 20, "max_steps": STEPS, "global_batch": 4,
                   "base_lr": 0.05, "warmup_epochs": 1, "checkpoint_every": 3, "log_every": 1, "zero_stage": 1,
