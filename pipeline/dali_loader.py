@@ -336,6 +336,10 @@ def rank_index_copies(shardset: ShardSet, part: list[SampleRef], folder: Path,
     for shard, wanted in rows.items():
         tar = shardset.shards[shard]
         skip = (left_out or {}).get(str(tar), set())
+        if len(wanted) == shardset.counts[shard] and not skip:  # the whole shard: its own index serves
+            files.append(str(tar))
+            indexes.append(str(tar.with_suffix(".idx")))
+            continue
         kept = [line for row, line in enumerate(tar.with_suffix(".idx").read_text().splitlines()[1:])
                 if row in wanted and not any(int(offset) in skip for offset in line.split()[1::4])]
         if not kept:  # every sample it would give was left out
