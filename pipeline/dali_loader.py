@@ -15,6 +15,7 @@ import re
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -129,19 +130,23 @@ class DeadlineCaller:
 
     def __init__(self, device: torch.device):
         self.requests: queue.SimpleQueue = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._serve, args=(device,), daemon=True, name="vmae-dali")
+        self.thread = threading.Thread(target=self._serve, args=(self.requests, device), daemon=True,
+                                       name="vmae-dali")
         self.thread.start()
+        weakref.finalize(self, self.requests.put, None)  # the thread ends with its caller (unless stuck in a call)
 
-    def _serve(self, device: torch.device) -> None:
+    @staticmethod
+    def _serve(requests: queue.SimpleQueue, device: torch.device) -> None:
         if device.type == "cuda":
             torch.cuda.set_device(device)  # the iterator copies onto this thread's current device
-        while True:
-            call, box, done = self.requests.get()
+        while (request := requests.get()) is not None:
+            call, box, done = request
             try:
                 box.append((True, call()))
             except BaseException as err:  # noqa: BLE001 - handed to the caller, who re-raises it
                 box.append((False, err))
             done.set()
+            del request, call, box, done  # hold nothing of the caller's while waiting for the next call
 
     def __call__(self, call: Callable, deadline: float):
         box: list = []
@@ -196,9 +201,11 @@ class DaliLoader:
 
     def _build(self) -> None:
         self.built_epoch = self.epoch
+        # 0: no deadline (data.decode_deadline=0)
+        deadline = BUILD_SECONDS + self.batch_deadline * (self.cfg.prefetch + 1) if self.batch_deadline else 0
         while True:
             try:  # the iterator runs the pipeline at once to prefetch: a bad or hung sample can fail it here
-                self.call(self._make_iterator, BUILD_SECONDS + self.batch_deadline * (self.cfg.prefetch + 1))
+                self.call(self._make_iterator, deadline)
                 return
             except DecoderHang as hang:
                 self._abandon(hang)
