@@ -14,7 +14,7 @@ from pathlib import Path
 from shards.sources import InputItem
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlannedItem:
     key: str  # dot-free, unique, stable: the same source always gets the same key
     source: str
@@ -57,28 +57,43 @@ def make_plan(inputs: list[InputItem], seed: int, classes: list[str] | None = No
     class_index = {name: n for n, name in enumerate(classes)}
     items, rejects, seen = [], [], {}
     for item in ordered:
-        problem = _check(item, class_index, seen)
+        problem, identity = _check(item, class_index, seen)
         if problem:
             rejects.append(Reject(item.source, *problem))
             continue
-        real = os.path.realpath(item.path)
-        seen[real] = item.source
+        seen[identity] = item.source
         label = class_index[item.label_name] if item.label_name is not None else -1
         items.append(PlannedItem(make_key(item.source), item.source, str(item.path), label, item.label_name))
-    digest = hashlib.sha256(json.dumps([(i.source, i.label_name) for i in ordered]).encode()).hexdigest()
+    digest = _inputs_digest(ordered)
     random.Random(seed).shuffle(items)
     return Plan(items=items, rejects=rejects, classes=list(classes), inputs_digest=digest)
 
 
-def _check(item: InputItem, class_index: dict[str, int], seen: dict[str, str]) -> tuple[str, str] | None:
+def _inputs_digest(ordered: list[InputItem]) -> str:
+    """sha256 of the JSON list of (source, label) pairs, hashed row by row (a million-row list is never one
+    string)."""
+    digest = hashlib.sha256(b"[")
+    for n, item in enumerate(ordered):
+        digest.update((", " if n else "").encode() + json.dumps([item.source, item.label_name]).encode())
+    digest.update(b"]")
+    return digest.hexdigest()
+
+
+def _check(item: InputItem, class_index: dict[str, int],
+           seen: dict[tuple[int, int], str]) -> tuple[tuple[str, str] | None, tuple[int, int] | None]:
+    """(why the item is left out or None, the identity of its file: device and inode)."""
     if item.path is None:
-        return "missing_file", f"{item.source} does not exist (check the list's paths or --root)"
+        return ("missing_file", f"{item.source} does not exist (check the list's paths or --root)"), None
     if item.label_name is not None and item.label_name not in class_index:
-        return "unknown_label", f"label {item.label_name!r} is not in the class list"
-    real = os.path.realpath(item.path)
-    if real in seen:
-        return "duplicate", f"the same file as {seen[real]}, which is kept"
-    return None
+        return ("unknown_label", f"label {item.label_name!r} is not in the class list"), None
+    try:  # one stat, where resolving the path would take one per path component
+        stat = os.stat(item.path)
+    except OSError as err:
+        return ("missing_file", f"{item.source} cannot be read: {err.strerror}"), None
+    identity = (stat.st_dev, stat.st_ino)  # the same file under two names (a link) is one input
+    if identity in seen:
+        return ("duplicate", f"the same file as {seen[identity]}, which is kept"), identity
+    return None, identity
 
 
 def make_key(source: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ class SourceError(ValueError):
     """A list of inputs that cannot be read at all (as opposed to one bad row, which is rejected)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InputItem:
     source: str  # the path as the user listed it, relative to the input root where possible
     path: Path | None  # resolved file, None when the listed file does not exist
@@ -206,8 +207,9 @@ def _item(listed: str, label, base: Path, list_file: Path, line: int, split=None
     if not listed:
         raise SourceError(f"{list_file}:{line}: empty path")
     path = Path(listed) if Path(listed).is_absolute() else base / listed
-    label_name = None if label is None or str(label).strip() == "" else str(label).strip()
-    split = str(split).strip() or None if split is not None else None
+    # interned: a million rows share a few hundred label and split strings
+    label_name = None if label is None or str(label).strip() == "" else sys.intern(str(label).strip())
+    split = sys.intern(str(split).strip()) or None if split is not None else None
     return InputItem(source=listed, path=_existing_input(path), label_name=label_name, split=split)
 
 
