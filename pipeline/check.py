@@ -14,14 +14,14 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from pipeline.config import DataConfig  # noqa: E402
 from pipeline.cpu_loader import BadSample, LoadedSample, SampleReader  # noqa: E402
 from pipeline.loader import make_loader  # noqa: E402
-from pipeline.shardset import ShardSet  # noqa: E402
+from pipeline.shardset import open_shards  # noqa: E402
 from pipeline.views import denormalize  # noqa: E402
 
 
-def contact_sheet(dataset: Path, cfg: DataConfig, out: Path, videos: int = 3) -> Path:
+def contact_sheet(dataset: Path | str, cfg: DataConfig, out: Path, videos: int = 3) -> Path:
     """One row per view of the first ``videos`` samples: its first, middle and last frame, whole, with the
     view's crop drawn on it (dashed when flipped), and beside them the first frame as the model gets it."""
-    shardset = ShardSet(dataset)
+    shardset = open_shards(dataset, cfg)
     reader = SampleReader(shardset, cfg, epoch=0)
     loaded: list[LoadedSample] = []
     for ref in shardset.rank_part(0, cfg.seed, cfg.shuffle_buffer, 0, 1):
@@ -58,7 +58,7 @@ def contact_sheet(dataset: Path, cfg: DataConfig, out: Path, videos: int = 3) ->
     return out
 
 
-def measure_loader(dataset: Path, cfg: DataConfig, batches: int) -> dict:
+def measure_loader(dataset: Path | str, cfg: DataConfig, batches: int) -> dict:
     """Clips/s over ``batches`` batches after one warm-up batch (worker start-up is not counted)."""
     loader = make_loader(dataset, cfg, device="cpu" if cfg.backend == "cpu" else None)
     loader.set_epoch(0)

@@ -61,6 +61,11 @@ class DataConfig:
         "each epoch's shards, in a fresh order, are cut into this many equal runs and each rank reads its block of "
         "them, opening only its own shards (0: one run per rank). Fixed (e.g. 64), every global step holds the "
         "same videos for any world size dividing it"))
+    cache_dir: str = field(default="", metadata=field_help(
+        "where the shards of a dataset given as an http(s) URL are staged (default: $VMAE_CACHE or "
+        "~/.cache/vmae/shards)"))
+    cache_gb: float = field(default=50.0, metadata=field_help(
+        "most gigabytes of staged shards kept per dataset URL (least recently used evicted first)"))
     dtype: str = field(default="float32", metadata=field_help("clip dtype handed to the model", choices=DTYPES))
     seed: int = field(default=0, metadata=field_help("seed of the sample order and of every random draw"))
 
@@ -79,6 +84,8 @@ class DataConfig:
             raise ValueError("data.mean and data.std need three values each, std > 0")
         if self.test_crops < 1 or self.views % self.test_crops:
             raise ValueError(f"data.views ({self.views}) must be a multiple of data.test_crops ({self.test_crops})")
+        if self.cache_gb <= 0:
+            raise ValueError(f"data.cache_gb must be > 0, got {self.cache_gb}")
         for key in ("limit", "streams"):
             if getattr(self, key) < 0:
                 raise ValueError(f"data.{key} must be >= 0, got {getattr(self, key)}")

@@ -33,11 +33,12 @@ from torch.utils.data._utils import signal_handling
 from pipeline.config import DataConfig
 from pipeline.decode import DecodeError, decode_frames
 from pipeline.sampling import ViewPlan, plan_views, sample_rng
-from pipeline.shardset import SampleRef, ShardSet
+from pipeline.shardset import SampleRef, ShardSet, open_shards
 from pipeline.stats import LoaderStats
 from pipeline.views import make_views
 
 log = logging.getLogger(__name__)
+PREFETCH_SHARDS = 2  # of a remote dataset, staged ahead of each worker's reading
 
 
 @dataclass
@@ -92,6 +93,8 @@ class BatchStream(IterableDataset):
                                                self.world_size, self.chunk, self.cfg.streams)
                 reader = SampleReader(self.shardset, self.cfg, epoch, reader, self.watch, self.abandoned)
                 part_epoch = epoch
+            if self.shardset.cache:  # a remote dataset: stage the shards this worker reads next
+                self.shardset.prefetch(upcoming_shards(part, (b + 1) * size, PREFETCH_SHARDS))
             yield reader.batch(part[b * size:(b + 1) * size])
             g += workers
 
@@ -200,7 +203,7 @@ class SampleReader:
         try:
             fh = self.files.get(ref.shard)
             if fh is None:
-                fh = self.files[ref.shard] = Path(self.shardset.shards[ref.shard]).open("rb")
+                fh = self.files[ref.shard] = self.shardset.local(ref.shard).open("rb")
             fh.seek(start)
             blob = fh.read(end - start)
         except OSError as err:
@@ -209,6 +212,17 @@ class SampleReader:
         if len(blob) != end - start:
             raise BadSample("truncated_shard", f"read {len(blob)} of {end - start} bytes")
         return blob, start
+
+
+def upcoming_shards(part: list[SampleRef], start: int, count: int) -> list[int]:
+    """The first ``count`` distinct shards of ``part`` from position ``start`` on."""
+    shards: list[int] = []
+    for ref in part[start:]:
+        if ref.shard not in shards:
+            shards.append(ref.shard)
+            if len(shards) == count:
+                break
+    return shards
 
 
 def shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -232,7 +246,7 @@ class CpuLoader:
 
     def __init__(self, dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu", accumulation: int = 1):
-        self.shardset = ShardSet(dataset, cfg.limit)
+        self.shardset = open_shards(dataset, cfg)
         self.cfg, self.rank, self.world_size, self.accumulation = cfg, rank, world_size, accumulation
         self.device = torch.device(device)
         self.epoch, self.start_batch = 0, 0

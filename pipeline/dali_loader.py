@@ -25,7 +25,7 @@ import torch
 
 from pipeline.config import DataConfig
 from pipeline.sampling import segment_evaluation_points
-from pipeline.shardset import SampleRef, ShardSet
+from pipeline.shardset import SampleRef, ShardSet, open_shards
 from pipeline.stats import LoaderStats
 from shards.probe import scan_packets
 from shards.tars import INDEX_VERSION, read_index, read_member
@@ -176,7 +176,7 @@ class DaliLoader:
 
     def __init__(self, dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu"):
-        self.shardset = ShardSet(dataset)
+        self.shardset = open_shards(dataset, cfg)
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.device = torch.device(device)
         self.decode_device = "mixed" if self.device.type == "cuda" else "cpu"
@@ -341,7 +341,7 @@ def rank_index_copies(shardset: ShardSet, part: list[SampleRef], folder: Path,
         rows.setdefault(ref.shard, set()).add(ref.row)
     files, indexes = [], []
     for shard, wanted in rows.items():
-        tar = shardset.shards[shard]
+        tar = shardset.local(shard)  # a remote dataset's shard is staged here first
         skip = (left_out or {}).get(str(tar), set())
         if len(wanted) == shardset.counts[shard] and not skip:  # the whole shard: its own index serves
             files.append(str(tar))

@@ -15,7 +15,7 @@ import torch
 
 from pipeline.config import DataConfig
 from pipeline.cpu_loader import CpuLoader
-from pipeline.shardset import ShardSet
+from pipeline.shardset import open_shards
 from pipeline.stats import LoaderStats
 
 __all__ = ["CpuLoader", "LoaderStats", "make_loader", "pick_backend"]
@@ -35,7 +35,7 @@ def make_loader(dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int =
 
     ``accumulation`` micro-batches make one optimizer step: the CPU path then hands each rank its
     micro-batch x accumulation videos of every global step (see ``ShardSet.rank_part``)."""
-    shardset = ShardSet(dataset, cfg.limit)
+    shardset = open_shards(dataset, cfg)
     backend = pick_backend(cfg, shardset.video_ext)
     if device is None:
         device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"

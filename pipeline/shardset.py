@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.remote import ShardCache, is_url
 from shards.tars import index_path, read_index
 from shards.verify import load_manifest
 
@@ -19,13 +20,24 @@ class SampleRef:
 
 
 class ShardSet:
-    """The manifest's shard table; each shard's index file is parsed only when one of its samples is read."""
+    """The manifest's shard table; each shard's index file is parsed only when one of its samples is read.
 
-    def __init__(self, dataset: Path, limit: int = 0):
+    ``dataset`` is a folder, or the http(s) URL of one: its shards are then staged into a local cache
+    (``pipeline.remote``) as they are needed; ``local`` gives a shard's local file either way."""
+
+    def __init__(self, dataset: Path | str, limit: int = 0, cache_dir: str | None = None, cache_gb: float = 50.0):
         """``limit``: only the first that many samples, in shard order (0: all)."""
-        self.dataset = Path(dataset)
-        self.manifest = load_manifest(self.dataset)
-        self.shards = [self.dataset / e["name"] for e in self.manifest["shards"]]
+        self.cache = None
+        if is_url(dataset):
+            self.cache = ShardCache(str(dataset), Path(cache_dir) if cache_dir else None, int(cache_gb * 2**30))
+            self.manifest = self.cache.manifest()
+            self.dataset = self.cache.folder
+        else:
+            self.dataset = Path(dataset)
+            self.manifest = load_manifest(self.dataset)
+        self.source = str(dataset)  # as the user gave it: a folder or a URL
+        self.entries = self.manifest["shards"]
+        self.shards = [self.dataset / e["name"] for e in self.entries]
         self.counts = np.array([e["samples"] for e in self.manifest["shards"]], dtype=np.int64)
         if limit:
             kept = np.minimum(self.counts, np.maximum(limit - np.concatenate([[0], np.cumsum(self.counts)[:-1]]), 0))
@@ -45,7 +57,16 @@ class ShardSet:
 
     def members(self, ref: SampleRef) -> tuple[str, dict[str, tuple[int, int]]]:
         """The key and the members {extension: (offset, size)} of one sample."""
-        return _cached_index(index_path(self.shards[ref.shard]))[ref.row]
+        return _cached_index(index_path(self.local(ref.shard)))[ref.row]
+
+    def local(self, shard: int) -> Path:
+        """The shard's local tar (its index beside it): a remote dataset's is downloaded first if not cached."""
+        return self.cache.local(self.entries[shard]) if self.cache else self.shards[shard]
+
+    def prefetch(self, shards: list[int]) -> None:
+        """Stage these shards of a remote dataset in the background, in order (nothing for a local one)."""
+        if self.cache:
+            self.cache.prefetch([self.entries[s] for s in shards])
 
     def shard_order(self, epoch: int, seed: int) -> np.ndarray:
         """The epoch's order of whole shards: the same on every rank, fresh each epoch."""
@@ -109,3 +130,8 @@ class ShardSet:
 @lru_cache(maxsize=64)
 def _cached_index(idx: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
     return read_index(idx)
+
+
+def open_shards(dataset: Path | str, cfg) -> ShardSet:
+    """The dataset as ``cfg`` (a DataConfig) reads it: its sample limit and, for a URL, its cache."""
+    return ShardSet(dataset, cfg.limit, cfg.cache_dir or None, cfg.cache_gb)

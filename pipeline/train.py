@@ -75,16 +75,17 @@ def pretrain_engine(cfg, precision: str) -> tuple:
 
 def check_before_start(cfg, world_size: int) -> None:
     """Refuse a config that cannot run, before any process group, model or loader is made."""
-    from pipeline.shardset import ShardSet
+    from pipeline.remote import is_url
+    from pipeline.shardset import open_shards
 
     if not cfg.train.dataset:
         raise TrainError("train.dataset is not set: pass --dataset DIR (a folder written by `vmae shards build`)")
-    dataset = Path(cfg.train.dataset)
-    if not (dataset / "manifest.json").is_file():
+    dataset = cfg.train.dataset
+    if not is_url(dataset) and not (Path(dataset) / "manifest.json").is_file():
         raise TrainError(f"train.dataset={dataset}: no manifest.json there; build it with `vmae shards build`")
     batch_split(cfg.train, cfg.data, world_size)  # raises on an impossible split
     cfg.model.model_config(cfg.data)  # raises when clips and tubelets do not fit
-    samples = len(ShardSet(dataset, cfg.data.limit))
+    samples = len(open_shards(dataset, cfg.data))  # a URL's manifest is fetched here: an unreachable one stops
     if samples < cfg.train.global_batch:
         raise TrainError(f"train.global_batch={cfg.train.global_batch} is more than the {samples} videos of "
                          f"{dataset}: lower it")
@@ -106,13 +107,13 @@ def pretrain(cfg, config_yaml: str) -> dict:
 
 def finetune(cfg, config_yaml: str) -> dict:
     """Run (or resume) fine-tuning of the classifier as ``cfg`` says; returns rank 0's summary."""
-    from pipeline.shardset import ShardSet
+    from pipeline.shardset import open_shards
 
     check(cfg)
     if cfg.finetune.val_dataset and not (Path(cfg.finetune.val_dataset) / "manifest.json").is_file():
         raise TrainError(f"finetune.val_dataset={cfg.finetune.val_dataset}: no manifest.json there; build it with "
                          "`vmae shards build`")
-    classes = ShardSet(Path(cfg.train.dataset)).classes
+    classes = open_shards(cfg.train.dataset, cfg.data).classes
     if len(classes) < 2:
         raise TrainError(f"{cfg.train.dataset} has {len(classes)} class(es): fine-tuning needs labelled videos of "
                          "at least two (build the shards from class sub-folders or a CSV with labels)")
@@ -164,7 +165,7 @@ def run(cfg, config_yaml: str, task) -> dict:
         log.warning("bf16 on this CPU runs backward several times slower than fp32 (train.precision=fp32)")
 
     engine = build_engine(task, launch, train, split, precision)
-    loader = make_loader(Path(train.dataset), data, launch.rank, launch.world_size, str(launch.device),
+    loader = make_loader(train.dataset, data, launch.rank, launch.world_size, str(launch.device),
                          split.accumulation)
     plan = make_plan(cfg, split, loader.per_epoch)
     position = resume_position(engine, cfg, out)

@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = _command(commands, "loader-check", _run_loader_check, "look at and time the loader's views",
                      "Decode a few batches of a built dataset: write a PNG contact sheet of the views (first, "
                      "middle and last frame of each, crop drawn) and print the clips/s the loader delivers.")
-    check.add_argument("dataset", type=Path, help="dataset folder written by `vmae shards build`")
+    check.add_argument("dataset", type=dataset_location, help="dataset folder written by `vmae shards build`, or "
+                                                              "the http(s) URL of one")
     check.add_argument("--sheet", type=Path, default=Path("loader_check.png"), help="where to write the PNG")
     check.add_argument("--batches", type=int, default=10, help="batches to time after a warm-up batch")
     _config_args(check, "data")
@@ -471,14 +472,20 @@ def _run_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def dataset_location(value: str) -> Path | str:
+    """A dataset argument: a URL stays a string (a Path would fold its '//'), anything else is a folder."""
+    return value if value.startswith(("http://", "https://")) else Path(value)
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     from pipeline.checkpoint import CheckpointError
+    from pipeline.remote import RemoteError
     from pipeline.train_config import TrainError
     from shards.build import BuildError
     from shards.sources import SourceError
     from shards.verify import DatasetError
 
-    return (BuildError, SourceError, DatasetError, TrainError, CheckpointError, FileNotFoundError,
+    return (BuildError, SourceError, DatasetError, TrainError, CheckpointError, RemoteError, FileNotFoundError,
             NotADirectoryError, PermissionError, ValueError)
 
 
