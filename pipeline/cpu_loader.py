@@ -93,7 +93,7 @@ class BatchStream(IterableDataset):
                                                self.world_size, self.chunk, self.cfg.streams)
                 reader = SampleReader(self.shardset, self.cfg, epoch, reader, self.watch, self.abandoned)
                 part_epoch = epoch
-            if self.shardset.cache:  # a remote dataset: stage the shards this worker reads next
+            if self.shardset.remote:  # stage the shards this worker reads next
                 self.shardset.prefetch(upcoming_shards(part, (b + 1) * size, PREFETCH_SHARDS))
             yield reader.batch(part[b * size:(b + 1) * size])
             g += workers

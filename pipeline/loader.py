@@ -15,7 +15,7 @@ import torch
 
 from pipeline.config import DataConfig
 from pipeline.cpu_loader import CpuLoader
-from pipeline.shardset import open_shards
+from pipeline.shardset import MixedShardSet, open_shards
 from pipeline.stats import LoaderStats
 
 __all__ = ["CpuLoader", "LoaderStats", "make_loader", "pick_backend"]
@@ -29,7 +29,7 @@ def pick_backend(cfg: DataConfig, video_ext: str) -> str:
     return "dali" if torch.cuda.is_available() and _dali_available() else "cpu"
 
 
-def make_loader(dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int = 1, device: str | None = None,
+def make_loader(dataset: Path | str, cfg: DataConfig, rank: int = 0, world_size: int = 1, device: str | None = None,
                 accumulation: int = 1):
     """The loader for this machine: DALI with NVDEC on CUDA, CPU workers otherwise; the choice is logged.
 
@@ -41,6 +41,8 @@ def make_loader(dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int =
         device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     log.info("loader: %s backend, %d samples, %d views of %dx%d frames (stride %d), batch %d videos",
              backend, len(shardset), cfg.views, cfg.frames, cfg.crop_size, cfg.stride, cfg.batch_size)
+    if isinstance(shardset, MixedShardSet):
+        log.info("loader: a mix of %d datasets: %s", len(shardset.parts), shardset.describe())
     if backend == "cpu" and shardset.frame_alignment(cfg.stride) > 1:
         log.info("loader: shards have a P-frame every %d frames: clips start on them and the decoder (PyAV) skips "
                  "every B-frame", shardset.pframe_interval)

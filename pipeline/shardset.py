@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.remote import ShardCache, is_url
 from shards.tars import index_path, read_index
-from shards.verify import load_manifest
+from shards.verify import DatasetError, load_manifest
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,10 @@ class ShardSet:
         self.classes = self.manifest["classes"]
         self.pframe_interval = int(self.manifest["build"].get("pframe_interval") or 0)
 
+    @property
+    def remote(self) -> bool:
+        return self.cache is not None
+
     def frame_alignment(self, stride: int) -> int:
         """Sample on multiples of the shards' P-frame interval when the stride allows: then no B-frame is needed."""
         n = self.pframe_interval
@@ -72,18 +76,26 @@ class ShardSet:
         """The epoch's order of whole shards: the same on every rank, fresh each epoch."""
         return np.random.default_rng([seed, epoch, 0x5EED]).permutation(len(self.shards))
 
-    def stream(self, epoch: int, seed: int, shuffle_buffer: int, index: int, length: int) -> list[SampleRef]:
-        """Samples [index·length, (index+1)·length) of the epoch's shards laid end to end, mixed within a sliding
-        buffer: a run of whole shards (cut at its two ends), so that whoever reads it opens only those."""
+    def epoch_pieces(self, epoch: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The epoch as runs of samples laid end to end: (shard, first row, rows) of each. Here: every shard,
+        whole, in a fresh order."""
         order = self.shard_order(epoch, seed)
-        ends = np.cumsum(self.counts[order])
+        return order, np.zeros(len(order), dtype=np.int64), self.counts[order]
+
+    def stream(self, epoch: int, seed: int, shuffle_buffer: int, index: int, length: int) -> list[SampleRef]:
+        """Samples [index·length, (index+1)·length) of the epoch's pieces laid end to end, mixed within a sliding
+        buffer: a run of whole shards (cut at its two ends), so that whoever reads it opens only those."""
+        shards, firsts, rows = self.epoch_pieces(epoch, seed)
+        ends = np.cumsum(rows)
         low, high = index * length, (index + 1) * length
         refs = []
-        for k in range(int(np.searchsorted(ends, low, side="right")), len(order)):
-            shard, start = int(order[k]), int(ends[k] - self.counts[order[k]])
+        for k in range(int(np.searchsorted(ends, low, side="right")), len(shards)):
+            start = int(ends[k] - rows[k])
             if start >= high:
                 break
-            refs.extend(SampleRef(shard, row) for row in range(max(low, start) - start, min(high, ends[k]) - start))
+            shard, first = int(shards[k]), int(firsts[k])
+            refs.extend(SampleRef(shard, first + row)
+                        for row in range(max(low, start) - start, min(high, int(ends[k])) - start))
         if shuffle_buffer > 1:
             rng = np.random.default_rng([seed, epoch, index, 0xB0F])
             for at in range(0, len(refs), shuffle_buffer):
@@ -132,6 +144,124 @@ def _cached_index(idx: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
     return read_index(idx)
 
 
+class MixedShardSet(ShardSet):
+    """Several datasets read as one, each giving its weight's share of every epoch (VideoMAE V2's hybrid).
+
+    Epochs keep the total size of the datasets; dataset d gives round(w_d x size) samples a epoch: a fresh
+    selection of its shards when that is fewer than it holds, its shards again (in another order) when more.
+    Whole shards stay the unit, so ranks still open only their own; shard numbers run on from one dataset to the
+    next."""
+
+    def __init__(self, parts: list[ShardSet], weights: list[float] | None):
+        if len({p.video_ext for p in parts}) > 1:
+            found = ", ".join(f"{p.source}: .{p.video_ext}" for p in parts)
+            raise DatasetError(f"a mix needs shards of one video format ({found}): rebuild one with --codec")
+        self.parts = parts
+        sizes = np.array([len(p) for p in parts], dtype=np.float64)
+        shares = np.array(weights, dtype=np.float64) if weights else sizes
+        targets = np.floor(shares / shares.sum() * sizes.sum()).astype(np.int64)
+        targets[np.argmax(shares)] += int(sizes.sum()) - int(targets.sum())  # rounding: the sizes' total
+        self.targets = targets
+        self.offsets = np.concatenate([[0], np.cumsum([len(p.shards) for p in parts])[:-1]]).astype(np.int64)
+        self.source = ",".join(p.source for p in parts)
+        self.dataset = self.source
+        self.cache = None
+        self.entries = [e for p in parts for e in p.entries]
+        self.shards = [s for p in parts for s in p.shards]
+        self.counts = np.concatenate([p.counts for p in parts])
+        self.video_ext = parts[0].video_ext
+        self.pframe_interval = min(p.pframe_interval for p in parts)
+        if len({p.pframe_interval for p in parts}) > 1:
+            self.pframe_interval = 0
+
+    @property
+    def remote(self) -> bool:
+        return any(p.remote for p in self.parts)
+
+    @property
+    def classes(self) -> list[str]:
+        names = [p.classes for p in self.parts]
+        if any(n != names[0] for n in names):
+            found = "; ".join(f"{p.source}: {len(p.classes)}" for p in self.parts)
+            raise DatasetError(f"the datasets of a mix have different classes ({found}): classify on one, or build "
+                               "them with one --classes file")
+        return names[0]
+
+    def __len__(self) -> int:
+        return int(self.targets.sum())
+
+    def _part(self, shard: int) -> tuple[ShardSet, int]:
+        d = int(np.searchsorted(self.offsets, shard, side="right") - 1)
+        return self.parts[d], shard - int(self.offsets[d])
+
+    def local(self, shard: int) -> Path:
+        part, own = self._part(shard)
+        return part.local(own)
+
+    def prefetch(self, shards: list[int]) -> None:
+        for shard in shards:
+            part, own = self._part(shard)
+            part.prefetch([own])
+
+    def epoch_pieces(self, epoch: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each dataset's share of the epoch as whole shards (the last one cut), all pieces in a fresh order."""
+        shards, firsts, rows = [], [], []
+        for d, (part, target) in enumerate(zip(self.parts, self.targets, strict=True)):
+            taken, round_ = 0, 0
+            while taken < target:  # a dataset asked for more than it holds goes round again, in another order
+                order = np.random.default_rng([seed, epoch, d, round_, 0x313]).permutation(len(part.shards))
+                for shard in order:
+                    n = int(min(part.counts[shard], target - taken))
+                    shards.append(int(self.offsets[d]) + int(shard))
+                    firsts.append(0)
+                    rows.append(n)
+                    taken += n
+                    if taken == target:
+                        break
+                round_ += 1
+        mixed = np.random.default_rng([seed, epoch, 0x5EED]).permutation(len(shards))
+        return (np.array(shards, dtype=np.int64)[mixed], np.array(firsts, dtype=np.int64)[mixed],
+                np.array(rows, dtype=np.int64)[mixed])
+
+    def describe(self) -> str:
+        return ", ".join(f"{p.source}: {t} of {len(p)} videos a epoch ({t / len(p):.2f}x)"
+                         for p, t in zip(self.parts, self.targets, strict=True))
+
+
+def is_mix(dataset: Path | str) -> bool:
+    return isinstance(dataset, str) and ("," in dataset or "@" in dataset)
+
+
+def dataset_locations(dataset: Path | str) -> list[Path | str]:
+    """The folders and URLs a dataset argument names (several for a mix)."""
+    return [location for location, _ in parse_mix(dataset)] if is_mix(dataset) else [dataset]
+
+
+def parse_mix(value: str) -> list[tuple[str, float | None]]:
+    """"A@0.7,B@0.3" (or "A,B": weighted by size) → [(A, 0.7), (B, 0.3)]."""
+    items = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        location, _, weight = part.rpartition("@") if "@" in part else (part, "", "")
+        try:
+            items.append((location, float(weight) if weight else None))
+        except ValueError:
+            raise DatasetError(f"{part!r}: a dataset of a mix is PATH or PATH@WEIGHT (a number)") from None
+    given = [w for _, w in items if w is not None]
+    if given and len(given) != len(items):
+        raise DatasetError(f"{value}: give a weight to every dataset of the mix, or to none (then by size)")
+    if any(w <= 0 for w in given):
+        raise DatasetError(f"{value}: weights must be > 0")
+    return items
+
+
 def open_shards(dataset: Path | str, cfg) -> ShardSet:
-    """The dataset as ``cfg`` (a DataConfig) reads it: its sample limit and, for a URL, its cache."""
+    """The dataset as ``cfg`` (a DataConfig) reads it: its sample limit and, for a URL, its cache; several,
+    comma-separated with optional @weights, are one MixedShardSet."""
+    if is_mix(dataset):
+        if cfg.limit:
+            raise DatasetError("data.limit (and --overfit) takes one dataset, not a mix")
+        mix = parse_mix(dataset)
+        parts = [ShardSet(location, 0, cfg.cache_dir or None, cfg.cache_gb) for location, _ in mix]
+        weights = [w for _, w in mix] if mix[0][1] is not None else None
+        return MixedShardSet(parts, weights)
     return ShardSet(dataset, cfg.limit, cfg.cache_dir or None, cfg.cache_gb)

@@ -76,13 +76,14 @@ def pretrain_engine(cfg, precision: str) -> tuple:
 def check_before_start(cfg, world_size: int) -> None:
     """Refuse a config that cannot run, before any process group, model or loader is made."""
     from pipeline.remote import is_url
-    from pipeline.shardset import open_shards
+    from pipeline.shardset import dataset_locations, open_shards
 
     if not cfg.train.dataset:
         raise TrainError("train.dataset is not set: pass --dataset DIR (a folder written by `vmae shards build`)")
     dataset = cfg.train.dataset
-    if not is_url(dataset) and not (Path(dataset) / "manifest.json").is_file():
-        raise TrainError(f"train.dataset={dataset}: no manifest.json there; build it with `vmae shards build`")
+    for location in dataset_locations(dataset):
+        if not is_url(location) and not (Path(location) / "manifest.json").is_file():
+            raise TrainError(f"train.dataset={location}: no manifest.json there; build it with `vmae shards build`")
     batch_split(cfg.train, cfg.data, world_size)  # raises on an impossible split
     cfg.model.model_config(cfg.data)  # raises when clips and tubelets do not fit
     samples = len(open_shards(dataset, cfg.data))  # a URL's manifest is fetched here: an unreachable one stops

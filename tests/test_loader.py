@@ -17,7 +17,8 @@ from pipeline.config import DataConfig
 from pipeline.decode import decode_frames, reference_frames
 from pipeline.loader import CpuLoader, make_loader
 from pipeline.sampling import plan_views, sample_rng, temporal_windows
-from pipeline.shardset import ShardSet
+from pipeline.shardset import ShardSet, open_shards
+from shards.verify import DatasetError
 from pipeline.views import make_views
 from shards.build import build_shards
 from shards.config import ShardConfig
@@ -87,10 +88,11 @@ def test_resume_mid_epoch_continues_the_same_stream(built):
     assert len(epoch(loader, 1)) == 5  # the next pass is a whole epoch again
 
 
-def shard_table(tmp_path: Path, counts: list[int]) -> ShardSet:
+def shard_table(tmp_path: Path, counts: list[int], ext: str = "mp4", classes=()) -> ShardSet:
     """A dataset of only a manifest (the assignment never opens a shard): shards of the given sample counts."""
-    manifest = {"format": "vmae-shards/1", "video_extension": "mp4", "classes": [], "build": {},
+    manifest = {"format": "vmae-shards/1", "video_extension": ext, "classes": list(classes), "build": {},
                 "shards": [{"name": f"shard-{n:06d}.tar", "samples": c} for n, c in enumerate(counts)]}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     return ShardSet(tmp_path)
 
@@ -133,6 +135,50 @@ def test_fixed_streams_give_every_world_size_the_same_global_steps(tmp_path):
         shardset.rank_part(0, 0, 16, 0, 3, 4, streams=8)
     with pytest.raises(ValueError, match="global batch a multiple"):
         shardset.rank_part(0, 0, 16, 0, 2, 3, streams=8)
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_a_mix_gives_each_dataset_its_weight_every_epoch(tmp_path, world):
+    shard_table(tmp_path / "big", [30, 30, 30, 30])
+    shard_table(tmp_path / "small", [10, 10])
+    mix = open_shards(f"{tmp_path / 'big'}@1,{tmp_path / 'small'}@1", DataConfig())
+    assert len(mix) == 140 and mix.targets.tolist() == [70, 70]  # small: 3.5x its 20 videos, big: 70 of 120
+    seen_big = set()
+    for epoch in range(6):
+        parts = [mix.rank_part(epoch, 0, 8, rank, world, 2) for rank in range(world)]
+        assert len({len(p) for p in parts}) == 1
+        taken = [r for p in parts for r in p]
+        from_small = sum(r.shard >= 4 for r in taken)
+        assert abs(from_small - 70) <= 140 - len(taken)  # the weight, up to the few left for another epoch
+        seen_big |= {r for r in taken if r.shard < 4}
+    assert len(seen_big) == 120  # a fresh selection of the big dataset each epoch: all of it over epochs
+    by_size = open_shards(f"{tmp_path / 'big'},{tmp_path / 'small'}", DataConfig())
+    taken = by_size.rank_part(0, 0, 8, 0, 1, 2)
+    assert len(set(taken)) == len(taken) == 140  # without weights: every video once, as one dataset
+
+
+def test_mixes_that_cannot_work_are_refused(tmp_path):
+    shard_table(tmp_path / "a", [4], classes=["run", "walk"])
+    shard_table(tmp_path / "b", [4], ext="webm")
+    shard_table(tmp_path / "c", [4], classes=["swim", "walk"])
+    with pytest.raises(DatasetError, match="one video format"):
+        open_shards(f"{tmp_path / 'a'},{tmp_path / 'b'}", DataConfig())
+    with pytest.raises(DatasetError, match="to every dataset of the mix, or to none"):
+        open_shards(f"{tmp_path / 'a'}@2,{tmp_path / 'c'}", DataConfig())
+    with pytest.raises(DatasetError, match="one dataset, not a mix"):
+        open_shards(f"{tmp_path / 'a'},{tmp_path / 'c'}", DataConfig(limit=2))
+    with pytest.raises(DatasetError, match="different classes"):
+        _ = open_shards(f"{tmp_path / 'a'},{tmp_path / 'c'}", DataConfig()).classes
+
+
+@pytest.mark.slow
+def test_the_loader_reads_a_mix_of_datasets(built, tmp_path):
+    other = tmp_path / "copy"
+    shutil.copytree(built[0], other)
+    loader = make_loader(f"{built[0]}@1,{other}@3", small(shuffle_buffer=1), device="cpu")
+    batches = epoch(loader)  # an epoch is both datasets' size: 10 + 10 videos, 5 of the first and 15 of the copy
+    assert len(batches) == 10 and all(b["video"].shape == (4, 3, 8, 64, 64) for b in batches)
+    assert {k for b in batches for k in b["key"]} <= {key for key, _ in sample_members_all(built[0])}
 
 
 # ------------------------------------------------------------------ sampling
