@@ -102,7 +102,12 @@ def listed_card(input_path: Path, inputs: list, split: str | None) -> dict:
                                  for name, c in sorted(per_split.items())}}
 
 
-def build_shards(input_path: Path, out_dir: Path, cfg: ShardConfig, progress: bool = True) -> BuildSummary:
+def build_shards(input_path: Path, out_dir: Path, cfg: ShardConfig, progress: bool = True,
+                 part: tuple[int, int] | None = None) -> BuildSummary:
+    """Build ``out_dir`` from ``input_path``. With ``part=(i, n)``: only process (probe, encode) the i-th of n
+    shares of the inputs into the build's state, side by side with the other parts (SLURM array tasks, nodes);
+    the run without ``part`` then packs the shards, processing whatever no part did: the same bytes as one
+    machine's build."""
     started = time.perf_counter()
     inputs = list_inputs(input_path, Path(cfg.root) if cfg.root else None, cfg.split)
     if not inputs:
@@ -115,6 +120,8 @@ def build_shards(input_path: Path, out_dir: Path, cfg: ShardConfig, progress: bo
     plan = make_plan(inputs, cfg.seed, read_class_file(Path(cfg.classes)) if cfg.classes else None)
     params = build_params(cfg, plan.classes)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if part is not None:
+        return _build_part(input_path, out_dir, cfg, plan, params, inputs, part, progress, started)
     with _exclusive(out_dir):
         finished = _finished_manifest(out_dir, params, plan)
         if finished is not None:
@@ -129,13 +136,46 @@ def build_shards(input_path: Path, out_dir: Path, cfg: ShardConfig, progress: bo
     return summary
 
 
+def _build_part(input_path: Path, out_dir: Path, cfg: ShardConfig, plan: Plan, params: dict, inputs: list,
+                part: tuple[int, int], progress: bool, started: float) -> BuildSummary:
+    """Process every n-th planned input, from the i-th on, into the shared state; nothing is packed."""
+    index, count = part
+    if not 0 <= index < count:
+        raise BuildError(f"--part {index}/{count}: the part is 0 to {count - 1} of {count}")
+    with _exclusive(out_dir, shared=True):
+        if _finished_manifest(out_dir, params, plan) is not None:
+            log.info("%s already holds this build: nothing to do", out_dir)
+            return BuildSummary(inputs=len(inputs), up_to_date=True)
+        builder = _Builder(out_dir, cfg, plan, params, {})
+        builder.check_plan()
+        mine = plan.items[index::count]  # the plan's order is shuffled: every part gets a like mix of inputs
+        bar = tqdm(total=len(mine), unit="video", disable=not progress, mininterval=0.5 if _is_tty() else 10.0,
+                   dynamic_ncols=True, desc=f"part {index}/{count}")
+        summary, rejected = BuildSummary(inputs=len(mine)), Counter()
+        with bar:
+            for _, result in builder._results(mine, 0):
+                if result["status"] == "rejected":
+                    rejected[result["reason"]] += 1
+                else:
+                    summary.samples += len(result["samples"])
+                    summary.source_bytes += result["source_bytes"]
+                bar.update(1)
+    summary.rejected = dict(sorted(rejected.items()))
+    summary.seconds = time.perf_counter() - started
+    log.info("part %d/%d done: %d inputs processed; pack the shards with the same command without --part, once "
+             "every part is done", index, count, len(mine))
+    return summary
+
+
 @contextlib.contextmanager
-def _exclusive(out_dir: Path) -> Iterator[None]:
+def _exclusive(out_dir: Path, shared: bool = False) -> Iterator[None]:
+    """The build's lock on ``out_dir``: parts share it, the packing run holds it alone."""
     with (out_dir / ".lock").open("a") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise BuildError(f"another build is writing to {out_dir}; wait for it or choose another folder") from None
+            what = "the packing run" if shared else "another build or part"
+            raise BuildError(f"{what} is writing to {out_dir}; wait for it or choose another folder") from None
         yield
 
 
@@ -197,7 +237,8 @@ class _Builder:
         self.position = (0, 0)  # next (item, sample) to write
 
     # -------------------------------------------------------------- state on disk
-    def _prepare_state(self) -> None:
+    def check_plan(self) -> None:
+        """Make the state folders; refuse a state left by a build of other inputs or options."""
         self.items_dir.mkdir(parents=True, exist_ok=True)
         self.records_dir.mkdir(parents=True, exist_ok=True)
         plan_file = self.state / "plan.json"
@@ -207,7 +248,10 @@ class _Builder:
             raise BuildError(f"{self.out_dir} holds an unfinished build with other inputs or options; re-run it "
                              f"with those, or delete {self.out_dir} to start over")
         _write_atomic(plan_file, json.dumps(plan_id))
-        for stray in self.out_dir.glob("*.tmp"):
+
+    def _prepare_state(self) -> None:
+        self.check_plan()
+        for stray in self.out_dir.glob("*.tmp*"):
             stray.unlink()
         for stray in self.items_dir.glob("*.tmp*"):  # half-written results of killed workers
             shutil.rmtree(stray, ignore_errors=True)
@@ -440,7 +484,7 @@ def _samples(item: PlannedItem, info: VideoInfo, cfg: ShardConfig, mode: str,
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # parts of one build may write the same file at once
     with tmp.open("w") as fh:
         fh.write(text)
         fh.flush()

@@ -203,6 +203,44 @@ def test_killed_build_resumes_to_the_same_bytes(built, video_folder, tmp_path, k
     assert not (out / ".build").exists() and not list(out.glob("*.tmp"))
 
 
+def test_slurm_style_parts_then_packing_give_the_one_machine_bytes(built, video_folder, tmp_path):
+    """Three array tasks through tools/slurm_shards.sh, side by side; one is killed mid-way and submitted again;
+    then the packing run. A `vmae` on PATH stands for the installed command."""
+    reference, _ = built
+    out = tmp_path / "parts"
+    shim = tmp_path / "bin" / "vmae"
+    shim.parent.mkdir()
+    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m tools.cli --log-level WARNING \"$@\"\n")
+    shim.chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_COUNT": "3",
+           "SLURM_CPUS_PER_TASK": "1"}
+    script = Path(__file__).resolve().parent.parent / "tools" / "slurm_shards.sh"
+
+    def task(i: int) -> subprocess.Popen:
+        return subprocess.Popen(["bash", str(script), str(video_folder), str(out), "--samples-per-shard", "4"],
+                                env={**env, "SLURM_ARRAY_TASK_ID": str(i)}, start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    tasks = [task(i) for i in range(3)]
+    deadline = time.time() + 120
+    while not _first_item_done(out) and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(tasks[1].pid, signal.SIGKILL)
+    outputs = [t.communicate()[0] for t in tasks]
+    assert tasks[0].returncode == tasks[2].returncode == 0 and tasks[1].returncode == -signal.SIGKILL, outputs
+    assert not (out / "manifest.json").exists() and not list(out.glob("*.tar"))  # parts pack nothing
+    again = task(1)
+    assert again.wait() == 0, again.stdout.read()
+    done = [p for p in (out / ".build" / "items").iterdir() if (p / "result.json").exists()]
+    assert len(done) == 10  # every input processed by one part or another
+    subprocess.run([str(shim), "shards", "build", str(video_folder), str(out), "--samples-per-shard", "4"],
+                   check=True, capture_output=True, env=env)
+    assert dataset_bytes(out) == dataset_bytes(reference)
+    with pytest.raises(SystemExit):  # a part outside 0..N-1 is refused before any work
+        from tools.cli import main
+        main(["shards", "build", str(video_folder), str(out), "--part", "3/3"])
+
+
 def test_all_inputs_rejected_exits_nonzero(tmp_path):
     (tmp_path / "in" / "c").mkdir(parents=True)
     (tmp_path / "in" / "c" / "empty.mp4").write_bytes(b"")

@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "DALI index files, manifest.json and rejects.jsonl. A killed build resumes when re-run.")
     build.add_argument("input", type=Path, help="a folder (labels = sub-folder names), or a .csv/.jsonl list")
     build.add_argument("out", type=Path, help="dataset folder to write")
+    build.add_argument("--part", type=build_part, metavar="I/N", help=(
+        "only process (probe, encode) the I-th of N shares of the inputs (0-based), beside the other parts: a "
+        "SLURM array task (tools/slurm_shards.sh) or another node; then the same command without --part packs "
+        "the shards"))
     _config_args(build, "shards")
 
     verify = _command(shard_commands, "verify", _run_verify, "check every shard against the manifest",
@@ -253,7 +257,11 @@ def _run_build(args: argparse.Namespace) -> int:
     from tools.report import print_build_summary
 
     cfg = _config(args)
-    summary = build_shards(args.input, args.out, cfg.shards, progress=True)
+    summary = build_shards(args.input, args.out, cfg.shards, progress=True, part=args.part)
+    if args.part is not None:
+        print(f"part {args.part[0]}/{args.part[1]}: {summary.inputs} inputs, {summary.samples} samples, rejected "
+              f"{summary.rejected or 'none'}, {summary.seconds:.0f} s")
+        return 0
     print_build_summary(summary, args.out)
     if summary.samples == 0:
         log.error("no usable video: every input was rejected (see %s)", args.out / "rejects.jsonl")
@@ -470,6 +478,14 @@ def _run_extract_features(args: argparse.Namespace) -> int:
 def _run_config(args: argparse.Namespace) -> int:
     sys.stdout.write(to_yaml(_config(args)))
     return 0
+
+
+def build_part(value: str) -> tuple[int, int]:
+    """"3/16" → (3, 16)."""
+    index, _, count = value.partition("/")
+    if not (index.isdigit() and count.isdigit()) or not 0 <= int(index) < int(count):
+        raise argparse.ArgumentTypeError(f"{value!r}: a part is I/N with 0 <= I < N, e.g. 3/16")
+    return int(index), int(count)
 
 
 def dataset_location(value: str) -> Path | str:
