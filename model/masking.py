@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-STRATEGIES = ("random", "tube", "frame", "block")
+from model.config import STRATEGIES
 
 
 @dataclass(frozen=True)

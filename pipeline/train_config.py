@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from model.mae import PRESETS, ModelConfig, preset
-from model.masking import STRATEGIES
+from model.config import PRESETS, STRATEGIES, ModelConfig, preset
 from pipeline.config import DataConfig
 from shards.config import field_help
 

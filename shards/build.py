@@ -21,7 +21,7 @@ from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import tqdm as tqdm_module
 from tqdm import tqdm
@@ -299,24 +299,64 @@ class _Builder:
                             rejected=dict(sorted(all_rejects.items())))
 
     def _results(self, items: list[PlannedItem], offset: int) -> Iterator[tuple[int, dict]]:
-        """Results in plan order, from a pool that works a bounded window ahead of the packer."""
-        workers = self.cfg.workers or os.cpu_count() or 1
-        window: deque[tuple[int, Future]] = deque()
-        # forkserver: workers start lean (no torch, no open shard files) whatever the main process has imported.
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["shards.build"])  # imported once in the server, not in every worker
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent) as pool:
+        """Results in plan order, from workers kept a bounded window ahead of the packer; an input processed
+        before (by a killed run, or by a --part) is read back, not processed again."""
+        with (self._ray_tasks() if self.cfg.engine == "ray" else self._local_pool()) as (submit, wait, width):
+
+            def start(item: PlannedItem) -> tuple[bool, object]:
+                done = self.items_dir / item.key / "result.json"
+                return (True, json.loads(done.read_text())) if done.exists() else (False, submit(item))
+
             todo = iter(enumerate(items, start=offset))
+            window: deque[tuple[int, tuple[bool, object]]] = deque()
             for index, item in todo:
-                window.append((index, pool.submit(process_item, item, self.cfg, self.items_dir)))
-                if len(window) >= 2 * workers + 2:
+                window.append((index, start(item)))
+                if len(window) >= width:
                     break
             while window:
-                index, future = window.popleft()
+                index, (ready, handle) = window.popleft()
                 nxt = next(todo, None)
                 if nxt is not None:
-                    window.append((nxt[0], pool.submit(process_item, nxt[1], self.cfg, self.items_dir)))
-                yield index, future.result()
+                    window.append((nxt[0], start(nxt[1])))
+                yield index, handle if ready else wait(handle)
+
+    @contextlib.contextmanager
+    def _local_pool(self) -> Iterator[tuple[Callable, Callable, int]]:
+        """A process pool, started only when an input needs processing: (submit, wait, window width)."""
+        workers = self.cfg.workers or os.cpu_count() or 1
+        with contextlib.ExitStack() as stack:
+            pool: list[ProcessPoolExecutor] = []
+
+            def submit(item: PlannedItem) -> Future:
+                if not pool:
+                    # forkserver: workers start lean (no torch, no open shard files) whatever this process imported
+                    ctx = multiprocessing.get_context("forkserver")
+                    ctx.set_forkserver_preload(["shards.build"])  # imported once in the server, not in every worker
+                    pool.append(stack.enter_context(ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                                                        initializer=die_with_parent)))
+                return pool[0].submit(process_item, item, self.cfg, self.items_dir)
+
+            yield submit, Future.result, 2 * workers + 2
+
+    @contextlib.contextmanager
+    def _ray_tasks(self) -> Iterator[tuple[Callable, Callable, int]]:
+        """One Ray task per input (Ray reschedules those of a lost node) on the cluster at $RAY_ADDRESS, else a
+        local Ray: (submit, wait, window width). Workers on other nodes need the output folder on a shared
+        filesystem."""
+        import ray
+
+        address = os.environ.get("RAY_ADDRESS")
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(address=address, num_cpus=None if address else self.cfg.workers or os.cpu_count(),
+                     include_dashboard=False, log_to_driver=False)
+        try:
+            task = ray.remote(num_cpus=self.cfg.threads_per_worker, max_retries=3)(process_item)
+            width = 2 * int(ray.cluster_resources().get("CPU", 1)) + 2
+            yield (lambda item: task.remote(item, self.cfg, self.items_dir)), ray.get, width
+        finally:
+            if started_here:
+                ray.shutdown()
 
     def _pack(self, index: int, result: dict, skip: int) -> None:
         if result["status"] == "rejected":

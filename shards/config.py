@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 CODECS = ("h264", "vp9", "mjpeg")
 SHORT_POLICIES = ("reject", "pad")
+ENGINES = ("local", "ray")
 
 
 def field_help(text: str, **extra) -> dict:
@@ -59,6 +60,10 @@ class ShardConfig:
         "start a new shard before one grows past this size"))
     seed: int = field(default=0, metadata=field_help("seed of the sample order across shards"))
     workers: int = field(default=0, metadata=field_help("parallel worker processes (0: all cores)"))
+    engine: str = field(default="local", metadata=field_help(
+        "who processes the inputs: local (a process pool), or ray (one Ray task per input: on the cluster at "
+        "$RAY_ADDRESS, else a local Ray of --workers CPUs); across SLURM nodes use --part (tools/slurm_shards.sh)",
+        choices=ENGINES))
     threads_per_worker: int = field(default=1, metadata=field_help("ffmpeg threads per worker"))
     timeout_seconds: float = field(default=600.0, metadata=field_help("give up on one video after this long"))
     retries: int = field(default=2, metadata=field_help(
@@ -68,6 +73,7 @@ class ShardConfig:
     def __post_init__(self) -> None:
         _check_choice("shards.codec", self.codec, CODECS)
         _check_choice("shards.short_policy", self.short_policy, SHORT_POLICIES)
+        _check_choice("shards.engine", self.engine, ENGINES)
         _check_positive("shards.samples_per_shard", self.samples_per_shard)
         _check_positive("shards.max_shard_bytes", self.max_shard_bytes)
         _check_positive("shards.keyframe_interval", self.keyframe_interval)

@@ -203,6 +203,14 @@ def test_killed_build_resumes_to_the_same_bytes(built, video_folder, tmp_path, k
     assert not (out / ".build").exists() and not list(out.glob("*.tmp"))
 
 
+def test_the_ray_engine_builds_the_bytes_of_the_local_build(built, video_folder, tmp_path):
+    pytest.importorskip("ray")
+    reference, cfg = built
+    summary = build_shards(video_folder, tmp_path / "ray", replace(cfg, engine="ray", workers=2), progress=False)
+    assert summary.samples == 10
+    assert dataset_bytes(tmp_path / "ray") == dataset_bytes(reference)
+
+
 def test_slurm_style_parts_then_packing_give_the_one_machine_bytes(built, video_folder, tmp_path):
     """Three array tasks through tools/slurm_shards.sh, side by side; one is killed mid-way and submitted again;
     then the packing run. A `vmae` on PATH stands for the installed command."""

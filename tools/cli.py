@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted; a re-run of the same command resumes")
         return 130
-    except _USER_ERRORS as err:
+    except Exception as err:
+        if not isinstance(err, _user_errors()):
+            raise
         log.error("%s", err)
         log.debug("where it was raised", exc_info=True)
         return 1
@@ -504,8 +506,6 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (BuildError, SourceError, DatasetError, TrainError, CheckpointError, RemoteError, FileNotFoundError,
             NotADirectoryError, PermissionError, ValueError)
 
-
-_USER_ERRORS = _user_errors()
 
 if __name__ == "__main__":
     sys.exit(main())
