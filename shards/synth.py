@@ -1,8 +1,9 @@
 """`vmae synth`: labelled videos whose class can only be told from motion, drawn by ffmpeg.
 
 Each class is a kind of movement (drift, swing or dash) in one of eight directions. Colours, sizes, start
-positions, speeds, the still textures of mover and background and static clutter are drawn at random per
-video, so no single frame gives the class away: a model has to see the motion.
+positions, speeds, the still textures of the movers and background and static clutter are drawn at random per
+video (and per mover when ``synth.movers`` > 1), so no single frame gives the class away: a model has to see the
+motion.
 """
 
 from __future__ import annotations
@@ -83,18 +84,32 @@ def _make_one(path: Path, c: int, i: int, cfg: SynthConfig) -> None:
 
 def _video_graph(path: Path, c: int, rng: random.Random, cfg: SynthConfig):
     w, h, fps, seconds = cfg.width, cfg.height, cfg.fps, cfg.seconds
-    size = rng.randrange(max(8, h // 4), max(10, h // 2)) // 2 * 2
+    size = _mover_size(rng, h)
     background = _texture(rng, _colour(rng, 0, 90), w, h, fps, seconds, rng.randrange(20, 50), 12)
     for _ in range(rng.randrange(1, 4)):  # static clutter, same statistics in every class
         bw, bh = rng.randrange(8, w // 4), rng.randrange(8, h // 4)
         background = background.drawbox(rng.randrange(0, w - bw), rng.randrange(0, h - bh), bw, bh,
                                         color=_colour(rng, 60, 200), thickness="fill")
-    mover = _texture(rng, _colour(rng, 100, 220), size, size, fps, seconds, rng.randrange(40, 70), 4)
-    x, y = _motion(c, rng, w, h, size)
-    video = ffmpeg.overlay(background, mover, x=x, y=y, eval="frame", shortest=1)
+    video = background
+    for k in range(cfg.movers):
+        # several movers put motion over much of the frame, as in action videos (one small mover on a still
+        # background leaves a masked autoencoder mostly still background to reconstruct); the first one's size is
+        # drawn above, where it always was, so that movers=1 still gives the very same videos
+        video = _overlay_mover(video, c, rng, cfg, size if k == 0 else _mover_size(rng, h))
     return ffmpeg.output(video, str(path), vcodec="libx264", preset="veryfast", crf=23, pix_fmt="yuv420p",
                          g=2 * fps, threads=1, fflags="+bitexact", map_metadata=-1, movflags="+faststart",
                          **{"frames:v": int(round(seconds * fps))})
+
+
+def _mover_size(rng: random.Random, h: int) -> int:
+    return rng.randrange(max(8, h // 4), max(10, h // 2)) // 2 * 2
+
+
+def _overlay_mover(video, c: int, rng: random.Random, cfg: SynthConfig, size: int):
+    """``video`` with one textured square of side ``size`` moving as class ``c`` prescribes on top."""
+    mover = _texture(rng, _colour(rng, 100, 220), size, size, cfg.fps, cfg.seconds, rng.randrange(40, 70), 4)
+    x, y = _motion(c, rng, cfg.width, cfg.height, size)
+    return ffmpeg.overlay(video, mover, x=x, y=y, eval="frame", shortest=1)
 
 
 def _texture(rng: random.Random, colour: str, w: int, h: int, fps: int, seconds: float, strength: int, cells: int):

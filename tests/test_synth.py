@@ -50,3 +50,18 @@ def test_same_seed_same_bytes_and_resumable(tmp_path):
     stamp = a[0].stat().st_mtime_ns
     make_synthetic_videos(tmp_path / "a", cfg)
     assert a[0].stat().st_mtime_ns == stamp
+
+
+def moving_share(path) -> float:
+    """Share of pixels whose brightness changes by more than 40 between consecutive frames."""
+    with av.open(str(path)) as c:
+        frames = np.stack([f.to_ndarray(format="gray").astype(np.float32) for f in c.decode(video=0)])
+    return float((np.abs(np.diff(frames, axis=0)) > 40).mean())
+
+
+def test_more_movers_put_motion_over_more_of_the_frame(tmp_path):
+    one = make_synthetic_videos(tmp_path / "one", SynthConfig(classes=1, videos_per_class=2, seconds=1.0))
+    four = make_synthetic_videos(tmp_path / "four", SynthConfig(classes=1, videos_per_class=2, seconds=1.0, movers=4))
+    assert sum(map(moving_share, four)) > 1.5 * sum(map(moving_share, one))
+    with pytest.raises(ValueError, match="movers"):
+        SynthConfig(movers=0)
