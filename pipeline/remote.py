@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import http.client
-import json
 import logging
 import os
 import queue
@@ -57,15 +56,12 @@ class ShardCache:
     def __getstate__(self) -> dict:  # decode workers get their own prefetch thread
         return {**self.__dict__, "_ahead": None}
 
-    def manifest(self) -> dict:
-        """The dataset's manifest, fetched again (it is small, and the folder may have been rebuilt)."""
+    def fetch_manifest(self) -> Path:
+        """The dataset's manifest, fetched again into the cache folder (it is small, and the dataset may have been
+        rebuilt); read it with ``shards.verify.load_manifest``."""
         path = self.folder / "manifest.json"
         self._download("manifest.json", path)
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise RemoteError(f"{self.url}/manifest.json is not JSON ({err.msg}): is this a dataset folder written "
-                              "by `vmae shards build`?") from None
+        return path
 
     def local(self, entry: dict) -> Path:
         """The local copy of a manifest shard entry (tar and index), downloaded and checked first if needed."""

@@ -30,8 +30,8 @@ class ShardSet:
         self.cache = None
         if is_url(dataset):
             self.cache = ShardCache(str(dataset), Path(cache_dir) if cache_dir else None, int(cache_gb * 2**30))
-            self.manifest = self.cache.manifest()
-            self.dataset = self.cache.folder
+            self.dataset = self.cache.fetch_manifest().parent
+            self.manifest = load_manifest(self.dataset)
         else:
             self.dataset = Path(dataset)
             self.manifest = load_manifest(self.dataset)

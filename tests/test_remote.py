@@ -114,7 +114,7 @@ def test_the_cache_keeps_to_its_budget_evicting_the_least_recently_used(built, s
 def test_an_unreachable_dataset_url_is_a_clear_error(tmp_path):
     cache = ShardCache("http://127.0.0.1:9", tmp_path, retries=1, backoff=0.01)  # port 9: nothing listens
     with pytest.raises(RemoteError, match=r"127\.0\.0\.1:9/manifest.json: cannot connect.*2 tries"):
-        cache.manifest()
+        cache.fetch_manifest()
 
 
 def _epoch(loader):
