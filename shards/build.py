@@ -184,10 +184,11 @@ def _finished_manifest(out_dir: Path, params: dict, plan: Plan) -> dict | None:
     if not path.exists():
         return None
     manifest = json.loads(path.read_text())
-    if manifest.get("build") == params and manifest.get("inputs_digest") == plan.inputs_digest:
+    # an option added since that build was made had its default then
+    recorded = {**{k: getattr(ShardConfig(), k) for k in BYTE_SHAPING}, **manifest.get("build", {})}
+    if recorded == params and manifest.get("inputs_digest") == plan.inputs_digest:
         return manifest
-    changed = sorted(k for k in set(params) | set(manifest.get("build", {}))
-                     if params.get(k) != manifest.get("build", {}).get(k))
+    changed = sorted(k for k in set(params) | set(recorded) if params.get(k) != recorded.get(k))
     what = f"options differ ({', '.join(changed)})" if changed else "the input list differs"
     raise BuildError(f"{out_dir} already holds a finished build and {what}; write to a new folder, "
                      "or delete this one to rebuild")

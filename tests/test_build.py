@@ -4,6 +4,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -103,6 +104,15 @@ def test_finished_build_rerun_does_nothing_and_refuses_other_options(built, vide
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     with pytest.raises(BuildError, match="short_side"):
         build_shards(video_folder, out, ShardConfig(samples_per_shard=4, short_side=160), progress=False)
+
+
+def test_a_build_made_before_an_option_existed_is_still_up_to_date(built, video_folder, tmp_path):
+    older = tmp_path / "older"
+    shutil.copytree(built[0], older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["build"]["frames_fps"]  # what a build from before folders of frames were read looks like
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    assert build_shards(video_folder, older, built[1], progress=False).up_to_date
 
 
 def test_stream_copy_when_the_source_already_conforms(built, tmp_path):
