@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import os
@@ -217,7 +218,7 @@ class SampleReader:
 def upcoming_shards(part: list[SampleRef], start: int, count: int) -> list[int]:
     """The first ``count`` distinct shards of ``part`` from position ``start`` on."""
     shards: list[int] = []
-    for ref in part[start:]:
+    for ref in itertools.islice(part, start, None):
         if ref.shard not in shards:
             shards.append(ref.shard)
             if len(shards) == count:

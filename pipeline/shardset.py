@@ -30,11 +30,8 @@ class ShardSet:
         self.cache = None
         if is_url(dataset):
             self.cache = ShardCache(str(dataset), Path(cache_dir) if cache_dir else None, int(cache_gb * 2**30))
-            self.dataset = self.cache.fetch_manifest().parent
-            self.manifest = load_manifest(self.dataset)
-        else:
-            self.dataset = Path(dataset)
-            self.manifest = load_manifest(self.dataset)
+        self.dataset = self.cache.fetch_manifest().parent if self.cache else Path(dataset)
+        self.manifest = load_manifest(self.dataset)
         self.source = str(dataset)  # as the user gave it: a folder or a URL
         self.entries = self.manifest["shards"]
         self.shards = [self.dataset / e["name"] for e in self.entries]
