@@ -167,6 +167,42 @@ def _build_part(input_path: Path, out_dir: Path, cfg: ShardConfig, plan: Plan, p
     return summary
 
 
+@dataclass
+class Progress:
+    """How far a build has come, over every part and node writing to its folder."""
+
+    total: int = 0  # planned inputs
+    done: int = 0  # inputs processed (a result kept)
+    rejected: Counter = field(default_factory=Counter)
+    finished: bool = False  # manifest.json written: packed
+
+    def line(self) -> str:
+        rejects = ", ".join(f"{k}: {v}" for k, v in sorted(self.rejected.items())) or "none"
+        state = "packed" if self.finished else "processing" if self.done < self.total else "ready to pack"
+        return f"{self.done}/{self.total} inputs processed, rejected {rejects}; {state}"
+
+
+def build_progress(out_dir: Path, known: dict[str, str] | None = None) -> Progress:
+    """Count the inputs that every part has processed so far; ``known`` (key → status) carries what an earlier
+    call read, so watching a million-input build reads each result once."""
+    known = {} if known is None else known
+    if (out_dir / MANIFEST).exists():
+        manifest = json.loads((out_dir / MANIFEST).read_text())
+        return Progress(total=manifest["inputs"], done=manifest["inputs"], finished=True,
+                        rejected=Counter(manifest["rejects"]))
+    plan_file = out_dir / STATE / "plan.json"
+    if not plan_file.exists():
+        raise BuildError(f"{out_dir}: no build has started there (no {STATE}/plan.json)")
+    keys = json.loads(plan_file.read_text())["keys"]
+    items = out_dir / STATE / "items"
+    for key in keys:
+        if key not in known and (items / key / "result.json").exists():
+            result = json.loads((items / key / "result.json").read_text())
+            known[key] = result.get("reason", "ok") if result["status"] == "rejected" else "ok"
+    rejected = Counter(status for status in known.values() if status != "ok")
+    return Progress(total=len(keys), done=len(known), rejected=rejected)
+
+
 @contextlib.contextmanager
 def _exclusive(out_dir: Path, shared: bool = False) -> Iterator[None]:
     """The build's lock on ``out_dir``: parts share it, the packing run holds it alone."""

@@ -247,13 +247,21 @@ def test_slurm_style_parts_then_packing_give_the_one_machine_bytes(built, video_
     outputs = [t.communicate()[0] for t in tasks]
     assert tasks[0].returncode == tasks[2].returncode == 0 and tasks[1].returncode == -signal.SIGKILL, outputs
     assert not (out / "manifest.json").exists() and not list(out.glob("*.tar"))  # parts pack nothing
+
+    def progress() -> str:
+        return subprocess.run([str(shim), "shards", "progress", str(out)], capture_output=True, text=True,
+                              env=env, check=True).stdout
+
+    assert re.search(r"^\d/10 inputs processed, rejected none; processing", progress())  # task 1's share is missing
     again = task(1)
     assert again.wait() == 0, again.stdout.read()
+    assert "10/10 inputs processed, rejected none; ready to pack" in progress()
     done = [p for p in (out / ".build" / "items").iterdir() if (p / "result.json").exists()]
     assert len(done) == 10  # every input processed by one part or another
     subprocess.run([str(shim), "shards", "build", str(video_folder), str(out), "--samples-per-shard", "4"],
                    check=True, capture_output=True, env=env)
     assert dataset_bytes(out) == dataset_bytes(reference)
+    assert "10/10 inputs processed, rejected none; packed" in progress()
     with pytest.raises(SystemExit):  # a part outside 0..N-1 is refused before any work
         from tools.cli import main
         main(["shards", "build", str(video_folder), str(out), "--part", "3/3"])

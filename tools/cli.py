@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--no-decode", action="store_true", help="skip decoding the videos (fast structural check)")
     _config_args(verify, "shards", only=("workers",))
 
+    progress = _command(shard_commands, "progress", _run_progress, "one progress bar over every part of a build",
+                        "How many inputs the parts of a build (--part, SLURM array tasks, Ray, other nodes) have "
+                        "processed so far, with the rejects by reason; with --watch, one bar until all are done.")
+    progress.add_argument("out", type=Path, help="the dataset folder being built")
+    progress.add_argument("--watch", type=float, metavar="SECONDS", default=0.0,
+                          help="refresh every SECONDS until every input is processed (0: print once)")
+
     inspect = _command(shard_commands, "inspect", _run_inspect, "tabulate a dataset",
                        "Classes, counts, durations, resolutions, codecs and bytes of a built dataset.")
     inspect.add_argument("dataset", type=Path, help="dataset folder written by `vmae shards build`")
@@ -279,6 +286,26 @@ def _run_verify(args: argparse.Namespace) -> int:
     report = verify_dataset(args.dataset, decode=not args.no_decode, workers=cfg.shards.workers)
     print_verify_report(report)
     return 0 if report.ok else 1
+
+
+def _run_progress(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from shards.build import build_progress
+
+    known: dict[str, str] = {}
+    state = build_progress(args.out, known)
+    if args.watch:
+        with tqdm(total=state.total, initial=state.done, unit="video", desc="all parts", dynamic_ncols=True) as bar:
+            while state.done < state.total and not state.finished:
+                time.sleep(args.watch)
+                state = build_progress(args.out, known)
+                bar.update(state.done - bar.n)
+                bar.set_postfix(rejected=sum(state.rejected.values()), refresh=False)
+    print(state.line())
+    return 0
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
