@@ -19,9 +19,7 @@ every engine wrote the local build's bytes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -32,6 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import write_result  # noqa: E402
 
 
 def vmae(*args: str) -> subprocess.Popen:
@@ -91,10 +92,8 @@ def main() -> int:
     for engine, row in rows.items():
         print(f"{engine:6s}: {row['seconds']:6.1f} s (runs {row['runs']}), {row['overhead_vs_local']:+.1%} vs local, "
               f"same bytes: {row['same_bytes']}", flush=True)
-    result = {"videos": args.videos, "seconds_each": args.seconds, "cores": cores, "engines": rows,
-              "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}}
-    if args.out_json:
-        args.out_json.write_text(json.dumps(result, indent=1) + "\n")
+    result = {"videos": args.videos, "seconds_each": args.seconds, "cores": cores, "engines": rows}
+    write_result(args.out_json, result)
     return 0
 
 

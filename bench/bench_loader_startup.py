@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -32,6 +31,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import write_result  # noqa: E402
 
 BATCH = 8
 
@@ -128,10 +130,8 @@ def main() -> int:
             print(f"world {world:4d} {arm:9s}: first batch after {row['seconds']:7.2f} s (assignment "
                   f"{row['assignment_seconds']:.2f} s), {row['files']:6d} files, peak RSS {row['peak_rss_mb']:.0f} MB",
                   flush=True)
-    result = {"shards": args.shards, "samples": args.shards * args.per_shard, "rows": rows,
-              "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}}
-    if args.out_json:
-        args.out_json.write_text(json.dumps(result, indent=1) + "\n")
+    result = {"shards": args.shards, "samples": args.shards * args.per_shard, "rows": rows}
+    write_result(args.out_json, result)
     return 0
 
 

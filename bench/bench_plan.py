@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -22,6 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import write_result  # noqa: E402
 
 
 def make_list(folder: Path, rows: int, classes: int) -> Path:
@@ -69,11 +71,9 @@ def main() -> int:
                           check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["total_seconds"] = round(result["list_seconds"] + result["plan_seconds"], 2)
-    result["machine"] = {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}
     print(f"{result['rows']} rows: listed in {result['list_seconds']:.1f} s, planned in {result['plan_seconds']:.1f} s "
           f"({result['planned']} planned, {result['rejected']} rejected); peak RSS {result['peak_rss_mb']:.0f} MB")
-    if args.out_json:
-        args.out_json.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.out_json, result)
     return 0
 
 

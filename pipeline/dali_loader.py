@@ -194,6 +194,7 @@ class DaliLoader:
         self.steps = self.shardset.steps_per_epoch(world_size, cfg.batch_size, cfg.streams)
         self.per_epoch = self.steps  # batches per epoch, as the CPU path names it
         self.epoch, self.built_epoch, self.skip = 0, None, 0
+        self.pipe = None  # the DALI pipeline of this epoch, once built
         # the decode deadline is per sample; DALI's threads decode a batch's samples side by side
         self.batch_deadline = cfg.decode_deadline * math.ceil(cfg.batch_size / max(1, cfg.worker_count))
         self.call = DeadlineCaller(self.device)
@@ -299,7 +300,7 @@ class DaliLoader:
 
     def _abandon(self, hang: DecoderHang) -> None:
         """Leave a hung pipeline behind (its threads cannot be stopped), count it, and start a fresh one."""
-        self.abandoned.append((self.pipe if hasattr(self, "pipe") else None, self.call))
+        self.abandoned.append((self.pipe, self.call))
         self.stats.failed["decode_timeout"] += 1
         if len(self.abandoned) > self.max_hangs:
             raise RuntimeError(f"the DALI graph hung {len(self.abandoned)} times ({hang}; data.decode_deadline="

@@ -73,16 +73,17 @@ class ShardSet:
         """The epoch's order of whole shards: the same on every rank, fresh each epoch."""
         return np.random.default_rng([seed, epoch, 0x5EED]).permutation(len(self.shards))
 
-    def epoch_pieces(self, epoch: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The epoch as runs of samples laid end to end: (shard, first row, rows) of each. Here: every shard,
-        whole, in a fresh order."""
+    def epoch_pieces(self, epoch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """The epoch as pieces laid end to end, each the first rows of one shard: (shards, rows). Here: every
+        shard, whole, in a fresh order."""
         order = self.shard_order(epoch, seed)
-        return order, np.zeros(len(order), dtype=np.int64), self.counts[order]
+        return order, self.counts[order]
 
-    def stream(self, epoch: int, seed: int, shuffle_buffer: int, index: int, length: int) -> list[SampleRef]:
-        """Samples [index·length, (index+1)·length) of the epoch's pieces laid end to end, mixed within a sliding
-        buffer: a run of whole shards (cut at its two ends), so that whoever reads it opens only those."""
-        shards, firsts, rows = self.epoch_pieces(epoch, seed)
+    def stream(self, pieces: tuple[np.ndarray, np.ndarray], epoch: int, seed: int, shuffle_buffer: int, index: int,
+               length: int) -> list[SampleRef]:
+        """Samples [index·length, (index+1)·length) of the epoch's ``pieces`` laid end to end, mixed within a
+        sliding buffer: a run of whole shards (cut at its two ends), so that whoever reads it opens only those."""
+        shards, rows = pieces
         ends = np.cumsum(rows)
         low, high = index * length, (index + 1) * length
         refs = []
@@ -90,8 +91,7 @@ class ShardSet:
             start = int(ends[k] - rows[k])
             if start >= high:
                 break
-            shard, first = int(shards[k]), int(firsts[k])
-            refs.extend(SampleRef(shard, first + row)
+            refs.extend(SampleRef(int(shards[k]), row)
                         for row in range(max(low, start) - start, min(high, int(ends[k])) - start))
         if shuffle_buffer > 1:
             rng = np.random.default_rng([seed, epoch, index, 0xB0F])
@@ -128,7 +128,9 @@ class ShardSet:
         order: every rank runs the same number of steps."""
         streams, per_stream, length = self.layout(world_size, chunk, streams)
         block = streams // world_size
-        mine = [self.stream(epoch, seed, shuffle_buffer, s, length) for s in range(rank * block, (rank + 1) * block)]
+        pieces = self.epoch_pieces(epoch, seed)  # once: a mix's are a loop over every shard
+        mine = [self.stream(pieces, epoch, seed, shuffle_buffer, s, length)
+                for s in range(rank * block, (rank + 1) * block)]
         return [ref for at in range(0, length, per_stream) for part in mine for ref in part[at:at + per_stream]]
 
     def steps_per_epoch(self, world_size: int, chunk: int, streams: int = 0) -> int:
@@ -144,7 +146,7 @@ def _cached_index(idx: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
 class MixedShardSet(ShardSet):
     """Several datasets read as one, each giving its weight's share of every epoch (VideoMAE V2's hybrid).
 
-    Epochs keep the total size of the datasets; dataset d gives round(w_d x size) samples a epoch: a fresh
+    Epochs keep the total size of the datasets; dataset d gives round(w_d x size) samples an epoch: a fresh
     selection of its shards when that is fewer than it holds, its shards again (in another order) when more.
     Whole shards stay the unit, so ranks still open only their own; shard numbers run on from one dataset to the
     next."""
@@ -160,16 +162,14 @@ class MixedShardSet(ShardSet):
         targets[np.argmax(shares)] += int(sizes.sum()) - int(targets.sum())  # rounding: the sizes' total
         self.targets = targets
         self.offsets = np.concatenate([[0], np.cumsum([len(p.shards) for p in parts])[:-1]]).astype(np.int64)
-        self.source = ",".join(p.source for p in parts)
-        self.dataset = self.source
+        self.source = self.dataset = ",".join(p.source for p in parts)  # for messages: no one folder holds a mix
         self.cache = None
         self.entries = [e for p in parts for e in p.entries]
         self.shards = [s for p in parts for s in p.shards]
         self.counts = np.concatenate([p.counts for p in parts])
         self.video_ext = parts[0].video_ext
-        self.pframe_interval = min(p.pframe_interval for p in parts)
-        if len({p.pframe_interval for p in parts}) > 1:
-            self.pframe_interval = 0
+        intervals = {p.pframe_interval for p in parts}
+        self.pframe_interval = intervals.pop() if len(intervals) == 1 else 0  # skip B-frames only if all allow
 
     @property
     def remote(self) -> bool:
@@ -200,9 +200,9 @@ class MixedShardSet(ShardSet):
             part, own = self._part(shard)
             part.prefetch([own])
 
-    def epoch_pieces(self, epoch: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def epoch_pieces(self, epoch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Each dataset's share of the epoch as whole shards (the last one cut), all pieces in a fresh order."""
-        shards, firsts, rows = [], [], []
+        shards, rows = [], []
         for d, (part, target) in enumerate(zip(self.parts, self.targets, strict=True)):
             taken, round_ = 0, 0
             while taken < target:  # a dataset asked for more than it holds goes round again, in another order
@@ -210,18 +210,16 @@ class MixedShardSet(ShardSet):
                 for shard in order:
                     n = int(min(part.counts[shard], target - taken))
                     shards.append(int(self.offsets[d]) + int(shard))
-                    firsts.append(0)
                     rows.append(n)
                     taken += n
                     if taken == target:
                         break
                 round_ += 1
         mixed = np.random.default_rng([seed, epoch, 0x5EED]).permutation(len(shards))
-        return (np.array(shards, dtype=np.int64)[mixed], np.array(firsts, dtype=np.int64)[mixed],
-                np.array(rows, dtype=np.int64)[mixed])
+        return np.array(shards, dtype=np.int64)[mixed], np.array(rows, dtype=np.int64)[mixed]
 
     def describe(self) -> str:
-        return ", ".join(f"{p.source}: {t} of {len(p)} videos a epoch ({t / len(p):.2f}x)"
+        return ", ".join(f"{p.source}: {t} of {len(p)} videos an epoch ({t / len(p):.2f}x)"
                          for p, t in zip(self.parts, self.targets, strict=True))
 
 

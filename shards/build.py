@@ -153,7 +153,7 @@ def _build_part(input_path: Path, out_dir: Path, cfg: ShardConfig, plan: Plan, p
                    dynamic_ncols=True, desc=f"part {index}/{count}")
         summary, rejected = BuildSummary(inputs=len(mine)), Counter()
         with bar:
-            for _, result in builder._results(mine, 0):
+            for _, result in builder.results(mine, 0):
                 if result["status"] == "rejected":
                     rejected[result["reason"]] += 1
                 else:
@@ -196,8 +196,7 @@ def build_progress(out_dir: Path, known: dict[str, str] | None = None) -> Progre
     keys = json.loads(plan_file.read_text())["keys"]
     items = out_dir / STATE / "items"
     for key in keys:
-        if key not in known and (items / key / "result.json").exists():
-            result = json.loads((items / key / "result.json").read_text())
+        if key not in known and (result := kept_result(items, key)) is not None:
             known[key] = result.get("reason", "ok") if result["status"] == "rejected" else "ok"
     rejected = Counter(status for status in known.values() if status != "ok")
     return Progress(total=len(keys), done=len(known), rejected=rejected)
@@ -317,7 +316,7 @@ class _Builder:
                    mininterval=0.5 if _is_tty() else 10.0, dynamic_ncols=True, desc="shards")
         rejected = Counter(r["reason"] for r in self.rejects)
         with bar:
-            for index, result in self._results(items[first_item:], first_item):
+            for index, result in self.results(items[first_item:], first_item):
                 self._pack(index, result, skip if index == first_item else 0)
                 if result["status"] == "rejected":
                     rejected[result["reason"]] += 1
@@ -335,14 +334,14 @@ class _Builder:
                             copied=self.totals.copied, transcoded=self.totals.transcoded,
                             rejected=dict(sorted(all_rejects.items())))
 
-    def _results(self, items: list[PlannedItem], offset: int) -> Iterator[tuple[int, dict]]:
+    def results(self, items: list[PlannedItem], offset: int) -> Iterator[tuple[int, dict]]:
         """Results in plan order, from workers kept a bounded window ahead of the packer; an input processed
         before (by a killed run, or by a --part) is read back, not processed again."""
         with (self._ray_tasks() if self.cfg.engine == "ray" else self._local_pool()) as (submit, wait, width):
 
             def start(item: PlannedItem) -> tuple[bool, object]:
-                done = self.items_dir / item.key / "result.json"
-                return (True, json.loads(done.read_text())) if done.exists() else (False, submit(item))
+                kept = kept_result(self.items_dir, item.key)
+                return (True, kept) if kept is not None else (False, submit(item))
 
             todo = iter(enumerate(items, start=offset))
             window: deque[tuple[int, tuple[bool, object]]] = deque()
@@ -478,10 +477,10 @@ class _Builder:
 def process_item(item: PlannedItem, cfg: ShardConfig, items_dir: Path) -> dict:
     """Probe and encode one input into ``items_dir/<key>/``; the result (samples or a reject) is returned and kept.
     A transient failure (a read error on a network path, ffmpeg killed) is tried again after a growing wait."""
+    kept = kept_result(items_dir, item.key)
+    if kept is not None:
+        return kept
     final = items_dir / item.key
-    result_file = final / "result.json"
-    if result_file.exists():
-        return json.loads(result_file.read_text())
     tmp = items_dir / f"{item.key}.tmp{os.getpid()}"
     for attempt in range(cfg.retries + 1):
         shutil.rmtree(tmp, ignore_errors=True)
@@ -500,7 +499,13 @@ def process_item(item: PlannedItem, cfg: ShardConfig, items_dir: Path) -> dict:
         os.rename(tmp, final)
     except OSError:  # an earlier, killed run's worker finished the same input first: keep its identical result
         shutil.rmtree(tmp, ignore_errors=True)
-    return json.loads(result_file.read_text())
+    return kept_result(items_dir, item.key)
+
+
+def kept_result(items_dir: Path, key: str) -> dict | None:
+    """The result an input was given when it was processed (by this run, a killed one, or a --part), or None."""
+    path = items_dir / key / "result.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _attempt(item: PlannedItem, cfg: ShardConfig, tmp: Path) -> dict:
