@@ -43,6 +43,7 @@ def make_list(folder: Path, rows: int, classes: int) -> Path:
 
 
 def measure(listing: Path) -> dict:
+    from shards.build import listed_card
     from shards.plan import make_plan
     from shards.sources import list_inputs
 
@@ -50,8 +51,14 @@ def measure(listing: Path) -> dict:
     inputs = list_inputs(listing)
     listed = time.perf_counter()
     plan = make_plan(inputs, seed=0)
+    listed_card(listing, inputs, None)
+    planned = time.perf_counter()
+    keys_file = listing.with_suffix(".keys.txt")
+    plan.write_keys(keys_file)  # what the build stores in its output folder before any work
     return {"rows": len(inputs), "planned": len(plan.items), "rejected": len(plan.rejects),
-            "list_seconds": round(listed - started, 2), "plan_seconds": round(time.perf_counter() - listed, 2),
+            "list_seconds": round(listed - started, 2), "plan_seconds": round(planned - listed, 2),
+            "store_seconds": round(time.perf_counter() - planned, 2),
+            "stored_mb": round(keys_file.stat().st_size / 1e6, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
@@ -70,9 +77,10 @@ def main() -> int:
     proc = subprocess.run([sys.executable, __file__, "--measure", str(listing)], capture_output=True, text=True,
                           check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["total_seconds"] = round(result["list_seconds"] + result["plan_seconds"], 2)
+    result["total_seconds"] = round(result["list_seconds"] + result["plan_seconds"] + result["store_seconds"], 2)
     print(f"{result['rows']} rows: listed in {result['list_seconds']:.1f} s, planned in {result['plan_seconds']:.1f} s "
-          f"({result['planned']} planned, {result['rejected']} rejected); peak RSS {result['peak_rss_mb']:.0f} MB")
+          f"({result['planned']} planned, {result['rejected']} rejected), stored in {result['store_seconds']:.1f} s "
+          f"({result['stored_mb']:.0f} MB); peak RSS {result['peak_rss_mb']:.0f} MB")
     write_result(args.out_json, result)
     return 0
 

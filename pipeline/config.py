@@ -42,8 +42,10 @@ class DataConfig:
     batch_size: int = field(default=8, metadata=field_help("videos per batch per rank (clips = batch_size x views)"))
     backend: str = field(default="auto", metadata=field_help(
         "dali on CUDA (NVDEC), cpu otherwise; auto picks", choices=BACKENDS))
-    cpu_decoder: str = field(default="torchcodec", metadata=field_help(
-        "CPU path decoder (both seek)", choices=CPU_DECODERS))
+    cpu_decoder: str = field(default="pyav", metadata=field_help(
+        "CPU path decoder; both seek. pyav also skips the non-reference frames (most B-frames) no view needs: "
+        "1.13-1.17x torchcodec's clips/s on default shards, 1.55x on --pframe-interval shards (BENCHMARKS.md)",
+        choices=CPU_DECODERS))
     workers: int = field(default=0, metadata=field_help(
         "decode worker processes per rank (0: this machine's cores shared among its ranks)"))
     prefetch: int = field(default=2, metadata=field_help("batches each worker prepares ahead"))

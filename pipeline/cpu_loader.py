@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from torch.utils.data._utils import signal_handling
 from pipeline.config import DataConfig
 from pipeline.decode import DecodeError, decode_frames
 from pipeline.sampling import ViewPlan, plan_views, sample_rng
-from pipeline.shardset import SampleRef, ShardSet, open_shards
+from pipeline.shardset import SampleRef, ShardSet, open_shards, upcoming_shards
 from pipeline.stats import LoaderStats
 from pipeline.views import make_views
 
@@ -187,7 +186,7 @@ class SampleReader:
         unique, inverse = plan.union()
         started = time.perf_counter()
         try:
-            frames = decode_frames(part[ext], unique, self.cfg.cpu_decoder, skip_nonref=self.align > 1)
+            frames = decode_frames(part[ext], unique, self.cfg.cpu_decoder)
         except DecodeError as err:
             raise BadSample("decode_error", str(err)) from None
         decode_seconds = time.perf_counter() - started
@@ -213,17 +212,6 @@ class SampleReader:
         if len(blob) != end - start:
             raise BadSample("truncated_shard", f"read {len(blob)} of {end - start} bytes")
         return blob, start
-
-
-def upcoming_shards(part: list[SampleRef], start: int, count: int) -> list[int]:
-    """The first ``count`` distinct shards of ``part`` from position ``start`` on."""
-    shards: list[int] = []
-    for ref in itertools.islice(part, start, None):
-        if ref.shard not in shards:
-            shards.append(ref.shard)
-            if len(shards) == count:
-                break
-    return shards
 
 
 def shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

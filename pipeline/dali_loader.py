@@ -25,7 +25,7 @@ import torch
 
 from pipeline.config import DataConfig
 from pipeline.sampling import segment_evaluation_points
-from pipeline.shardset import SampleRef, ShardSet, open_shards
+from pipeline.shardset import SampleRef, ShardSet, open_shards, upcoming_shards
 from pipeline.stats import LoaderStats
 from shards.probe import scan_packets
 from shards.tars import INDEX_VERSION, read_index, read_member
@@ -231,7 +231,26 @@ class DaliLoader:
         """This rank's shards this epoch, each with an index copy listing only the samples it takes."""
         part = self.shardset.rank_part(self.epoch, self.cfg.seed, 0, self.rank, self.world_size, self.cfg.batch_size,
                                        self.cfg.streams)
-        return rank_index_copies(self.shardset, part, Path(self._private.name), self.quarantine)
+        files = rank_index_copies(self.shardset, part, Path(self._private.name), self.quarantine)
+        if self.shardset.remote:
+            self._prefetch_next_epoch({ref.shard for ref in part})
+        return files
+
+    def _prefetch_next_epoch(self, current: set[int]) -> None:
+        """A remote dataset's shards of the next epoch download while this one trains, as many as data.cache_gb
+        leaves room for beside this epoch's (DALI reads this epoch's files from the cache until it ends)."""
+        upcoming = self.shardset.rank_part(self.epoch + 1, self.cfg.seed, 0, self.rank, self.world_size,
+                                           self.cfg.batch_size, self.cfg.streams)
+        room = self.cfg.cache_gb * 2**30 - sum(self.shardset.entries[s]["bytes"] for s in current)
+        ahead = []
+        for shard in upcoming_shards(upcoming, 0, len(upcoming)):
+            if shard in current:
+                continue
+            room -= self.shardset.entries[shard]["bytes"]
+            if room < 0:
+                break
+            ahead.append(shard)
+        self.shardset.prefetch(ahead)
 
     def set_epoch(self, epoch: int, samples_seen: int = 0) -> None:
         """Start ``epoch`` (its own shards and order); a resumed run skips ``samples_seen`` videos."""

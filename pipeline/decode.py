@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
 from functools import lru_cache
 
 import av
@@ -23,14 +24,12 @@ class DecodeError(RuntimeError):
     """A sample whose video cannot give the requested frames; the loader counts and replaces it."""
 
 
-def decode_frames(video: bytes, indices: np.ndarray, decoder: str = "torchcodec",
-                  skip_nonref: bool = False) -> torch.Tensor:
-    """Frames at the sorted, distinct ``indices`` as uint8 [F, H, W, 3]. ``skip_nonref``: the wanted frames are
-    all reference frames, so the (PyAV) decoder may skip every non-reference one."""
+def decode_frames(video: bytes, indices: np.ndarray, decoder: str = "torchcodec") -> torch.Tensor:
+    """Frames at the sorted, distinct ``indices`` as uint8 [F, H, W, 3]."""
     try:
-        if decoder == "torchcodec" and not skip_nonref and torchcodec_problem() is None:
+        if decoder == "torchcodec" and torchcodec_problem() is None:
             return _torchcodec_frames(video, indices)
-        return pyav_frames(video, indices, skip_nonref=skip_nonref)
+        return pyav_frames(video, indices)
     except DecodeError:
         raise
     except Exception as err:  # noqa: BLE001 - any decoder failure is a bad sample, not a crashed epoch
@@ -61,41 +60,51 @@ def _torchcodec_frames(video: bytes, indices: np.ndarray) -> torch.Tensor:
     return decoder.get_frames_at(indices.tolist()).data
 
 
-def pyav_frames(video: bytes, indices: np.ndarray, reseek_gap: int = 32, skip_nonref: bool = False) -> torch.Tensor:
+def pyav_frames(video: bytes, indices: np.ndarray, reseek_gap: int = 32, skip_unneeded: bool = True,
+                decoded: list[int] | None = None) -> torch.Tensor:
     """Decode in order from the keyframe before each run of wanted frames; a gap longer than ``reseek_gap``
-    frames seeks again instead of decoding through it."""
+    frames seeks again instead of decoding through it. With ``skip_unneeded``, a non-reference frame (no other
+    frame is predicted from it: most B-frames) that is not wanted is not decoded at all. ``decoded`` receives the
+    index of every frame the decoder produced (its work)."""
     wanted = [int(i) for i in indices]
+    wanted_set = set(wanted)
     out: dict[int, np.ndarray] = {}
     with av.open(io.BytesIO(video)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "NONE"
-        if skip_nonref:
-            stream.codec_context.skip_frame = "NONREF"
-        rate = stream.average_rate
-        tb = stream.time_base
-        start = stream.start_time or 0
+        codec = stream.codec_context
+        rate, tb, start = stream.average_rate, stream.time_base, stream.start_time or 0
+
+        def index_of(pts: int) -> int:
+            return int(round(float((pts - start) * tb * rate)))
+
+        def decoded_from_seek() -> Iterator[av.VideoFrame]:
+            for packet in container.demux(stream):
+                if skip_unneeded and packet.pts is not None:
+                    # FFmpeg reads skip_frame as each packet is decoded, so it can change packet by packet
+                    codec.skip_frame = "DEFAULT" if index_of(packet.pts) in wanted_set else "NONREF"
+                yield from codec.decode(packet)  # the last, empty packet flushes the frames held for reordering
+
         reformatter = VideoReformatter()  # one conversion context for every frame (to_ndarray makes one each)
         pos = 0
         while pos < len(wanted):
             target = wanted[pos]
-            if target > 0:
-                container.seek(start + int(round(target / rate / tb)), stream=stream, backward=True)
-            else:
-                container.seek(start, stream=stream, backward=True)
-            for frame in container.decode(stream):
-                index = int(round(float((frame.pts - start) * tb * rate)))
+            container.seek(start + int(round(target / rate / tb)) if target > 0 else start, stream=stream,
+                           backward=True)
+            codec.flush_buffers()
+            for frame in decoded_from_seek():
+                index = index_of(frame.pts)
+                if decoded is not None:
+                    decoded.append(index)
                 if index < target:
                     continue
                 if index > target:  # the stream skipped the frame we wanted
                     raise DecodeError(f"frame {target} is missing from the stream")
-                if index == target:
-                    out[index] = reformatter.reformat(frame, format="rgb24").to_ndarray()
-                    pos += 1
-                    if pos == len(wanted):
-                        break
-                    if wanted[pos] - index > reseek_gap:
-                        break
-                    target = wanted[pos]
+                out[index] = reformatter.reformat(frame, format="rgb24").to_ndarray()
+                pos += 1
+                if pos == len(wanted) or wanted[pos] - index > reseek_gap:
+                    break
+                target = wanted[pos]
             else:
                 break
     if len(out) != len(wanted):

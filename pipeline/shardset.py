@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -138,6 +139,17 @@ class ShardSet:
         return length // per_stream
 
 
+def upcoming_shards(part: list[SampleRef], start: int, count: int) -> list[int]:
+    """The first ``count`` distinct shards of ``part`` from position ``start`` on."""
+    shards: list[int] = []
+    for ref in itertools.islice(part, start, None):
+        if ref.shard not in shards:
+            shards.append(ref.shard)
+            if len(shards) == count:
+                break
+    return shards
+
+
 @lru_cache(maxsize=64)
 def _cached_index(idx: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
     return read_index(idx)
@@ -196,9 +208,12 @@ class MixedShardSet(ShardSet):
         return part.local(own)
 
     def prefetch(self, shards: list[int]) -> None:
+        per_part: dict[int, list[int]] = {}  # one call per dataset: each call replaces what it had queued
         for shard in shards:
             part, own = self._part(shard)
-            part.prefetch([own])
+            per_part.setdefault(id(part), [part]).append(own)
+        for part, *own in per_part.values():
+            part.prefetch(own)
 
     def epoch_pieces(self, epoch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Each dataset's share of the epoch as whole shards (the last one cut), all pieces in a fresh order."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -29,9 +30,9 @@ from tqdm import tqdm
 from shards.config import ShardConfig
 from shards.encode import EXTENSION, Encoded, die_with_parent, encode, ffmpeg_exe, output_fps, output_size
 from shards.frames import folder_bytes, probe_frames
-from shards.plan import Plan, PlannedItem, make_plan, read_class_file
+from shards.plan import Plan, PlannedItem, make_plan, read_class_file, read_keys
 from shards.probe import RejectedInput, VideoInfo, probe
-from shards.sources import VIDEO_EXTENSIONS, SourceError, input_kind, list_inputs
+from shards.sources import VIDEO_EXTENSIONS, InputTable, SourceError, input_kind, list_inputs
 from shards.tars import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ tqdm_module.tqdm.monitor_interval = 0  # no monitor thread: the worker pool fork
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 STATE = ".build"
+PLAN_KEYS = "plan-keys.txt"  # in STATE: the planned keys in write order
 FORMAT = "vmae-shards/1"
 # Options that change the bytes written; the others (workers, timeouts, root) may differ between runs.
 BYTE_SHAPING = ("short_side", "fps", "frames_fps", "codec", "keyframe_interval", "crf", "preset", "bframes",
@@ -91,12 +93,12 @@ def ffmpeg_version() -> str:
     return out.split("\n", 1)[0].replace("ffmpeg version ", "").split(" Copyright")[0]
 
 
-def listed_card(input_path: Path, inputs: list, split: str | None) -> dict:
+def listed_card(input_path: Path, inputs: InputTable, split: str | None) -> dict:
     """What the input list holds, per split and class: with the digest and the counts in the shards, the dataset
     card two users compare to see whether they hold the same copy (VideoMAE issue 94)."""
     per_split: dict[str, Counter] = {}
-    for item in inputs:
-        per_split.setdefault(item.split or "(no split)", Counter())[item.label_name or "(unlabeled)"] += 1
+    for (split_name, label), count in inputs.counts_per_split_and_label().items():
+        per_split.setdefault(split_name or "(no split)", Counter())[label or "(unlabeled)"] += count
     return {"input_kind": input_kind(input_path), "split": split,
             "listed_per_split": {name: {"videos": sum(c.values()), "per_class": dict(sorted(c.items()))}
                                  for name, c in sorted(per_split.items())}}
@@ -113,9 +115,9 @@ def build_shards(input_path: Path, out_dir: Path, cfg: ShardConfig, progress: bo
     if not inputs:
         raise SourceError(f"{input_path}: no videos found (looked for {', '.join(sorted(VIDEO_EXTENSIONS))} and "
                           "folders of .jpg/.png frames); nothing was written")
-    frame_folder = next((i for i in inputs if i.path is not None and i.path.is_dir()), None)
+    frame_folder = inputs.first_frame_folder()
     if frame_folder is not None and cfg.frames_fps <= 0:
-        raise SourceError(f"{frame_folder.source} is a folder of extracted frames: give the rate they were taken at "
+        raise SourceError(f"{frame_folder} is a folder of extracted frames: give the rate they were taken at "
                           "with --frames-fps (e.g. 30); nothing was written")
     plan = make_plan(inputs, cfg.seed, read_class_file(Path(cfg.classes)) if cfg.classes else None)
     params = build_params(cfg, plan.classes)
@@ -136,7 +138,7 @@ def build_shards(input_path: Path, out_dir: Path, cfg: ShardConfig, progress: bo
     return summary
 
 
-def _build_part(input_path: Path, out_dir: Path, cfg: ShardConfig, plan: Plan, params: dict, inputs: list,
+def _build_part(input_path: Path, out_dir: Path, cfg: ShardConfig, plan: Plan, params: dict, inputs: InputTable,
                 part: tuple[int, int], progress: bool, started: float) -> BuildSummary:
     """Process every n-th planned input, from the i-th on, into the shared state; nothing is packed."""
     index, count = part
@@ -190,16 +192,16 @@ def build_progress(out_dir: Path, known: dict[str, str] | None = None) -> Progre
         manifest = json.loads((out_dir / MANIFEST).read_text())
         return Progress(total=manifest["inputs"], done=manifest["inputs"], finished=True,
                         rejected=Counter(manifest["rejects"]))
-    plan_file = out_dir / STATE / "plan.json"
-    if not plan_file.exists():
-        raise BuildError(f"{out_dir}: no build has started there (no {STATE}/plan.json)")
-    keys = json.loads(plan_file.read_text())["keys"]
-    items = out_dir / STATE / "items"
-    for key in keys:
+    keys_file = out_dir / STATE / PLAN_KEYS
+    if not keys_file.exists():
+        raise BuildError(f"{out_dir}: no build has started there (no {STATE}/{PLAN_KEYS})")
+    items, total = out_dir / STATE / "items", 0
+    for key in read_keys(keys_file):
+        total += 1
         if key not in known and (result := kept_result(items, key)) is not None:
             known[key] = result.get("reason", "ok") if result["status"] == "rejected" else "ok"
     rejected = Counter(status for status in known.values() if status != "ok")
-    return Progress(total=len(keys), done=len(known), rejected=rejected)
+    return Progress(total=total, done=len(known), rejected=rejected)
 
 
 @contextlib.contextmanager
@@ -271,6 +273,7 @@ class _Builder:
         self.pending_rejects: list[dict] = []
         self.writer: ShardWriter | None = None
         self.position = (0, 0)  # next (item, sample) to write
+        self.cleared_to = 0  # the results of items before this one are removed
 
     # -------------------------------------------------------------- state on disk
     def check_plan(self) -> None:
@@ -278,9 +281,15 @@ class _Builder:
         self.items_dir.mkdir(parents=True, exist_ok=True)
         self.records_dir.mkdir(parents=True, exist_ok=True)
         plan_file = self.state / "plan.json"
-        plan_id = {"build": self.params, "inputs_digest": self.plan.inputs_digest,
-                   "keys": [i.key for i in self.plan.items]}
-        if plan_file.exists() and json.loads(plan_file.read_text()) != plan_id:
+        # the plan is stored beside the work: its keys in write order (a line each), and what they were made from
+        plan_id = {"build": self.params, "inputs_digest": self.plan.inputs_digest, "inputs": len(self.plan.items),
+                   "keys_sha256": self.plan.write_keys(self.state / PLAN_KEYS)}
+        stored = json.loads(plan_file.read_text()) if plan_file.exists() else None
+        if stored is not None and "keys" in stored:  # a state written when plan.json held the keys themselves
+            keys = stored.pop("keys")
+            stored.update(inputs=len(keys), keys_sha256=hashlib.sha256("".join(k + "\n" for k in keys).encode()
+                                                                         ).hexdigest())
+        if stored is not None and stored != plan_id:
             raise BuildError(f"{self.out_dir} holds an unfinished build with other inputs or options; re-run it "
                              f"with those, or delete {self.out_dir} to start over")
         _write_atomic(plan_file, json.dumps(plan_id))
@@ -442,8 +451,10 @@ class _Builder:
         self.rejects.extend(self.pending_rejects)
         self.totals.add(record["totals"])
         self.pending, self.pending_rejects, self.writer = _Totals(), [], None
-        for key in [i.key for i in self.plan.items[: next_position[0]]]:
+        # the results packed since the last seal are no longer needed (a million-input build seals thousands of times)
+        for key in self.plan.items[self.cleared_to: next_position[0]].keys():
             shutil.rmtree(self.items_dir / key, ignore_errors=True)
+        self.cleared_to = max(self.cleared_to, next_position[0])
 
     def _write_outputs(self) -> None:
         plan_rejects = [r.as_dict() for r in self.plan.rejects]

@@ -8,10 +8,13 @@ import os
 import random
 import re
 import unicodedata
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from shards.sources import InputItem
+import numpy as np
+
+from shards.sources import MISSING, InputTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +37,52 @@ class Reject:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+class PlannedItems(Sequence):
+    """The planned inputs in write order: rows of the input table, made into PlannedItems only when read."""
+
+    def __init__(self, table: InputTable, rows: np.ndarray, labels: np.ndarray, classes: list[str]):
+        self._table, self._rows, self._labels, self._classes = table, rows, labels, classes
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index):  # an int gives a PlannedItem, a slice the planned items it selects
+        if isinstance(index, slice):
+            return PlannedItems(self._table, self._rows[index], self._labels[index], self._classes)
+        row, label = self._rows[index], int(self._labels[index])
+        source = self._table.source(row)
+        return PlannedItem(make_key(source), source, str(self._table.path(row)), label,
+                           self._classes[label] if label >= 0 else None)
+
+    def keys(self) -> Iterator[str]:
+        return (make_key(self._table.source(row)) for row in self._rows)
+
+
 @dataclass(frozen=True)
 class Plan:
-    items: list[PlannedItem]  # in the (seeded, shuffled) order samples are written
+    items: PlannedItems  # in the (seeded, shuffled) order samples are written
     rejects: list[Reject]  # inputs left out before any work
     classes: list[str]
     inputs_digest: str  # sha256 of the sorted (source, label) list: two users can compare their copies
+
+    def write_keys(self, path: Path) -> str:
+        """Store the planned keys, one per line in write order (how far a build has come is counted from them);
+        the sha256 of the file."""
+        digest = hashlib.sha256()
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        with tmp.open("w", encoding="ascii") as fh:
+            for key in self.items.keys():
+                line = key + "\n"
+                fh.write(line)
+                digest.update(line.encode("ascii"))
+        os.replace(tmp, path)
+        return digest.hexdigest()
+
+
+def read_keys(path: Path) -> Iterator[str]:
+    with path.open(encoding="ascii") as fh:
+        for line in fh:
+            yield line.rstrip("\n")
 
 
 def read_class_file(path: Path) -> list[str]:
@@ -50,50 +93,65 @@ def read_class_file(path: Path) -> list[str]:
     return names
 
 
-def make_plan(inputs: list[InputItem], seed: int, classes: list[str] | None = None) -> Plan:
-    ordered = sorted(inputs, key=lambda i: (i.source, i.label_name or ""))
+def make_plan(inputs: InputTable, seed: int, classes: list[str] | None = None) -> Plan:
+    """Sort the inputs by (source, label), leave out the missing, the unknown-labelled and second listings of one
+    file (device and inode: links too), and shuffle the rest with ``seed``; column-wise, without an object per
+    input."""
+    columns, names = inputs.columns, inputs.label_names
     if classes is None:
-        classes = sorted({i.label_name for i in ordered if i.label_name is not None})
+        classes = sorted({names[i] for i in np.unique(columns["label"]) if i >= 0})
     class_index = {name: n for n, name in enumerate(classes)}
-    items, rejects, seen = [], [], {}
-    for item in ordered:
-        problem, identity = _check(item, class_index, seen)
-        if problem:
-            rejects.append(Reject(item.source, *problem))
-            continue
-        seen[identity] = item.source
-        label = class_index[item.label_name] if item.label_name is not None else -1
-        items.append(PlannedItem(make_key(item.source), item.source, str(item.path), label, item.label_name))
-    digest = _inputs_digest(ordered)
-    random.Random(seed).shuffle(items)
-    return Plan(items=items, rejects=rejects, classes=list(classes), inputs_digest=digest)
+    # per row: its class (-1 unlabeled, -2 not in the class list) and its label's rank among the names ('' first)
+    row_class = np.array([class_index.get(n, -2) for n in names] + [-1], np.int64)[columns["label"]]
+    rank = {name: r for r, name in enumerate(sorted(names))}
+    label_rank = np.array([rank[n] for n in names] + [-1], np.int64)[columns["label"]]
+    order = np.lexsort((label_rank, columns["source"]))
+    missing = columns["where"] == MISSING
+    unknown = ~missing & (row_class == -2)
+    candidates = order[~(missing | unknown)[order]]
+    duplicate_of = _earlier_listing_of_the_same_file(columns["dev"][candidates], columns["inode"][candidates])
+    kept = candidates[duplicate_of < 0]
+    rejected = {row: ("missing_file", f"{inputs.source(row)} does not exist (check the list's paths or --root)")
+                for row in np.flatnonzero(missing).tolist()}
+    rejected.update({row: ("unknown_label", f"label {names[columns['label'][row]]!r} is not in the class list")
+                     for row in np.flatnonzero(unknown).tolist()})
+    rejected.update({int(candidates[n]): ("duplicate", f"the same file as {inputs.source(candidates[first])}, "
+                                                       "which is kept")
+                     for n, first in enumerate(duplicate_of.tolist()) if first >= 0})
+    position = np.empty(len(order), np.int64)
+    position[order] = np.arange(len(order))
+    rejects = [Reject(inputs.source(row), *rejected[row]) for row in sorted(rejected, key=lambda r: position[r])]
+    shuffled = list(range(len(kept)))  # the permutation shuffling a list of the kept inputs would make
+    random.Random(seed).shuffle(shuffled)
+    rows = kept[np.array(shuffled, np.int64)]
+    return Plan(items=PlannedItems(inputs, rows, row_class[rows], list(classes)), rejects=rejects,
+                classes=list(classes), inputs_digest=_inputs_digest(inputs, order))
 
 
-def _inputs_digest(ordered: list[InputItem]) -> str:
-    """sha256 of the JSON list of (source, label) pairs, hashed row by row (a million-row list is never one
-    string)."""
+def _earlier_listing_of_the_same_file(devices: np.ndarray, inodes: np.ndarray) -> np.ndarray:
+    """For each row (in list order), the first row with the same (device, inode) if that is an earlier one, else
+    -1."""
+    n = len(devices)
+    by_file = np.lexsort((np.arange(n), inodes, devices))
+    d, i = devices[by_file], inodes[by_file]
+    starts = np.ones(n, bool)
+    starts[1:] = (d[1:] != d[:-1]) | (i[1:] != i[:-1])
+    group_first = by_file[np.maximum.accumulate(np.where(starts, np.arange(n), 0))] if n else by_file
+    earlier = np.full(n, -1, np.int64)
+    earlier[by_file[~starts]] = group_first[~starts]
+    return earlier
+
+
+def _inputs_digest(inputs: InputTable, order: np.ndarray) -> str:
+    """sha256 of the JSON list of (source, label) pairs in sorted order, hashed row by row (a million-row list is
+    never one string)."""
     digest = hashlib.sha256(b"[")
-    for n, item in enumerate(ordered):
-        digest.update((", " if n else "").encode() + json.dumps([item.source, item.label_name]).encode())
+    labels, names = inputs.columns["label"], inputs.label_names
+    for n, row in enumerate(order.tolist()):
+        label = names[labels[row]] if labels[row] >= 0 else None
+        digest.update((", " if n else "").encode() + json.dumps([inputs.source(row), label]).encode())
     digest.update(b"]")
     return digest.hexdigest()
-
-
-def _check(item: InputItem, class_index: dict[str, int],
-           seen: dict[tuple[int, int], str]) -> tuple[tuple[str, str] | None, tuple[int, int] | None]:
-    """(why the item is left out or None, the identity of its file: device and inode)."""
-    if item.path is None:
-        return ("missing_file", f"{item.source} does not exist (check the list's paths or --root)"), None
-    if item.label_name is not None and item.label_name not in class_index:
-        return ("unknown_label", f"label {item.label_name!r} is not in the class list"), None
-    try:  # one stat, where resolving the path would take one per path component
-        stat = os.stat(item.path)
-    except OSError as err:
-        return ("missing_file", f"{item.source} cannot be read: {err.strerror}"), None
-    identity = (stat.st_dev, stat.st_ino)  # the same file under two names (a link) is one input
-    if identity in seen:
-        return ("duplicate", f"the same file as {seen[identity]}, which is kept"), identity
-    return None, identity
 
 
 def make_key(source: str) -> str:

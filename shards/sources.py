@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
-import sys
-from dataclasses import dataclass, replace
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from shards.frames import is_frame_image
 
@@ -29,12 +33,153 @@ class InputItem:
     split: str | None = None  # the split the list puts it in (Kinetics' split column, UCF/HMDB split files)
 
 
+# where a row's input is, relative to the table's base folder
+MISSING, FILE, FRAMES, FRAMES_BESIDE = 0, 1, 2, 3  # FRAMES_BESIDE: a list names X.avi, the frames are in X/
+
+
+class InputTable(Sequence):
+    """The listed inputs as columns: a million rows are a few arrays, not a million objects (a build of
+    WebVid-10M plans on one node). Indexing and iterating give InputItems; rows are added as the list is read."""
+
+    CHUNK = 1 << 16  # rows gathered as Python objects before they become arrays
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.label_names: list[str] = []  # a row's label is an index into these, -1 when unlabeled
+        self.split_names: list[str] = []
+        self._ids: dict[tuple[str, str], int] = {}
+        self._open: list[tuple[bytes, int, int, int, int, int]] = []  # rows not yet in arrays
+        self._chunks: list[dict[str, np.ndarray]] = []
+        self._columns: dict[str, np.ndarray] | None = None
+
+    # -------------------------------------------------------------- filling
+    def add_listed(self, listed: str, label: str | None, split: str | None) -> None:
+        """A row as a list gives it: a path relative to the base (or absolute), found here or marked missing."""
+        where, identity = locate(self.base / listed)
+        self._add(listed, where, label, split, identity)
+
+    def add_found(self, source: str, found: Path | None, label: str | None, split: str | None = None) -> None:
+        """A row whose file was looked up in an index of the base (``found`` is base/source), or None."""
+        if found is None:
+            self._add(source, MISSING, label, split, (0, 0))
+            return
+        info = os.stat(found)
+        self._add(source, FRAMES if stat.S_ISDIR(info.st_mode) else FILE, label, split, (info.st_dev, info.st_ino))
+
+    def _add(self, source: str, where: int, label: str | None, split: str | None, identity: tuple[int, int]) -> None:
+        self._open.append((source.encode("utf-8"), where, self._id("label", label), self._id("split", split),
+                           *identity))
+        if len(self._open) >= self.CHUNK:
+            self._close_chunk()
+
+    def _id(self, kind: str, name: str | None) -> int:
+        if name is None:
+            return -1
+        names = self.label_names if kind == "label" else self.split_names
+        if (kind, name) not in self._ids:
+            self._ids[kind, name] = len(names)
+            names.append(name)
+        return self._ids[kind, name]
+
+    def _close_chunk(self) -> None:
+        if self._open:
+            sources, where, labels, splits, devs, inodes = zip(*self._open, strict=True)
+            self._chunks.append({"source": np.array(sources, dtype=np.bytes_), "where": np.array(where, np.int8),
+                                 "label": np.array(labels, np.int32), "split": np.array(splits, np.int32),
+                                 "dev": np.array(devs, np.uint64), "inode": np.array(inodes, np.uint64)})
+            self._open = []
+
+    @property
+    def columns(self) -> dict[str, np.ndarray]:
+        """source (UTF-8 bytes), where (MISSING/FILE/...), label, split (indices), dev and inode of each row."""
+        if self._columns is None:
+            self._close_chunk()
+            if not self._chunks:
+                self._chunks = [{"source": np.array([], np.bytes_), "where": np.array([], np.int8),
+                                 "label": np.array([], np.int32), "split": np.array([], np.int32),
+                                 "dev": np.array([], np.uint64), "inode": np.array([], np.uint64)}]
+            width = max(c["source"].dtype.itemsize for c in self._chunks) or 1
+            self._columns = {name: np.concatenate([c[name].astype(f"S{width}") if name == "source" else c[name]
+                                                   for c in self._chunks])
+                             for name in self._chunks[0]}
+            self._chunks = []
+        return self._columns
+
+    def take(self, rows: np.ndarray) -> InputTable:
+        """A table of the given rows (indices or a boolean mask), sharing the names."""
+        taken = InputTable(self.base)
+        taken.label_names, taken.split_names, taken._ids = self.label_names, self.split_names, self._ids
+        taken._columns = {name: column[rows] for name, column in self.columns.items()}
+        return taken
+
+    # -------------------------------------------------------------- reading
+    def __len__(self) -> int:
+        return len(self.columns["source"])
+
+    def __getitem__(self, row):  # an int gives an InputItem, a slice a table
+        if isinstance(row, slice):
+            return self.take(np.arange(len(self))[row])
+        c = self.columns
+        return InputItem(source=self.source(row), path=self.path(row), label_name=self._name(self.label_names,
+                         c["label"][row]), split=self._name(self.split_names, c["split"][row]))
+
+    def source(self, row: int) -> str:
+        return self.columns["source"][row].decode("utf-8")
+
+    def path(self, row: int) -> Path | None:
+        """The row's file or frame folder; None when it does not exist."""
+        where = self.columns["where"][row]
+        if where == MISSING:
+            return None
+        path = self.base / self.source(row)
+        return path.with_suffix("") if where == FRAMES_BESIDE else path
+
+    @staticmethod
+    def _name(names: list[str], index: int) -> str | None:
+        return names[index] if index >= 0 else None
+
+    def split_of(self, name: str) -> InputTable:
+        return self.take(self.columns["split"] == self._ids.get(("split", name), -2))
+
+    def splits(self) -> list[str]:
+        """The splits rows are in, sorted."""
+        return sorted(self.split_names[i] for i in np.unique(self.columns["split"]) if i >= 0)
+
+    def first_frame_folder(self) -> str | None:
+        """The source of the first row that is a folder of extracted frames, or None."""
+        rows = np.flatnonzero(self.columns["where"] >= FRAMES)
+        return self.source(rows[0]) if len(rows) else None
+
+    def counts_per_split_and_label(self) -> dict[tuple[str | None, str | None], int]:
+        pairs, counts = np.unique(np.stack([self.columns["split"], self.columns["label"]], axis=1), axis=0,
+                                  return_counts=True)
+        return {(self._name(self.split_names, s), self._name(self.label_names, lb)): int(n)
+                for (s, lb), n in zip(pairs.tolist(), counts.tolist(), strict=True)}
+
+
+def locate(path: Path) -> tuple[int, tuple[int, int]]:
+    """Where a listed path's input is (MISSING, FILE, FRAMES, FRAMES_BESIDE) and its identity (device, inode), with
+    one stat in the common case; a list of videos (UCF-101's X.avi) also finds frames extracted beside them as X/."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        info = None
+    if info is not None and stat.S_ISREG(info.st_mode):
+        return FILE, (info.st_dev, info.st_ino)
+    if info is not None and is_frame_folder(path):
+        return FRAMES, (info.st_dev, info.st_ino)
+    if path.suffix.lower() in VIDEO_EXTENSIONS and is_frame_folder(path.with_suffix("")):
+        info = os.stat(path.with_suffix(""))
+        return FRAMES_BESIDE, (info.st_dev, info.st_ino)
+    return MISSING, (0, 0)
+
+
 HMDB_SPLIT = re.compile(r"^(?P<label>.+)_test_split(?P<n>\d)\.txt$")
 HMDB_SUBSETS = {"1": "train", "2": "test", "0": "unused"}
 
 
-def list_inputs(input_path: Path, root: Path | None = None, split: str | None = None) -> list[InputItem]:
-    """Every input with its label, in the order found; missing files are kept (path None) to be rejected later.
+def list_inputs(input_path: Path, root: Path | None = None, split: str | None = None) -> InputTable:
+    """Every input with its label, in the order found; missing files are kept (marked MISSING) to be rejected later.
     With ``split``, only the inputs the list puts in that split."""
     items = _list_all(input_path, root)
     if split is None:
@@ -42,11 +187,11 @@ def list_inputs(input_path: Path, root: Path | None = None, split: str | None = 
             raise SourceError(f"{input_path}: HMDB-51 split files hold train (1), test (2) and unused (0) videos: "
                               "pick one with --split train or --split test")
         return items
-    splits = sorted({i.split for i in items if i.split is not None})
+    splits = items.splits()
     if not splits:
         raise SourceError(f"{input_path} names no splits: drop --split {split}")
-    chosen = [i for i in items if i.split == split]
-    if not chosen:
+    chosen = items.split_of(split)
+    if not len(chosen):
         raise SourceError(f"{input_path}: no input in split {split!r}; its splits are {', '.join(splits)}")
     return chosen
 
@@ -62,7 +207,7 @@ def input_kind(input_path: Path) -> str:
                                                                                                         suffix)
 
 
-def _list_all(input_path: Path, root: Path | None) -> list[InputItem]:
+def _list_all(input_path: Path, root: Path | None) -> InputTable:
     if input_path.is_dir():
         return _from_folder(input_path)
     if not input_path.is_file():
@@ -81,7 +226,7 @@ def _list_all(input_path: Path, root: Path | None) -> list[InputItem]:
                       "JSON, or a UCF-101 / HMDB-51 split file (.txt)")
 
 
-def _from_ssv2(list_file: Path, base: Path) -> list[InputItem]:
+def _from_ssv2(list_file: Path, base: Path) -> InputTable:
     """Something-Something V2: [{"id", "template", ...}] with videos <id>.webm under ``base``; the class is the
     template without its brackets ("Putting [something] into [something]" → "Putting something into something",
     as its labels.json names the 174 classes). The test list has ids only: unlabeled."""
@@ -93,37 +238,37 @@ def _from_ssv2(list_file: Path, base: Path) -> list[InputItem]:
         raise SourceError(f"{list_file}: Something-Something V2 lists are a JSON array of objects with an 'id'")
     index = _index_videos(base)
     split = "train" if "train" in list_file.stem else "validation" if "valid" in list_file.stem else None
-    items = []
+    table = InputTable(base)
     for row in rows:
         video = str(row["id"]).strip()
-        path = index.get(video)
         template = row.get("template")
         label = re.sub(r"[\[\]]", "", template).strip() if template else None
-        source = path.relative_to(base).as_posix() if path else f"{video}.webm"
-        items.append(InputItem(source=source, path=path, label_name=label, split=split))
-    return items
+        _add_indexed(table, index, video, f"{video}.webm", label, split)
+    return table
 
 
-def _from_ucf(list_file: Path, base: Path) -> list[InputItem]:
+def _from_ucf(list_file: Path, base: Path) -> InputTable:
     """UCF-101's trainlistNN.txt ("Class/v_Class_g08_c01.avi 1") or testlistNN.txt ("Class/v_Class_g01_c01.avi"):
     the class is the folder; paths are relative to the UCF-101 video folder (--root)."""
-    items = []
-    for n, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        listed = line.split()[0]
-        if "/" not in listed:
-            raise SourceError(f"{list_file}:{n}: a UCF-101 split line is CLASS/VIDEO.avi [INDEX]; got {line!r}")
-        items.append(replace(_item(listed, listed.split("/")[0], base, list_file, n), split=list_file.stem))
-    return items
+    table = InputTable(base)
+    with list_file.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            listed = line.split()[0]
+            if "/" not in listed:
+                raise SourceError(f"{list_file}:{n}: a UCF-101 split line is CLASS/VIDEO.avi [INDEX]; got "
+                                  f"{line.strip()!r}")
+            _add_row(table, listed, listed.split("/")[0], list_file, n, list_file.stem)
+    return table
 
 
-def _from_hmdb(list_file: Path, base: Path) -> list[InputItem]:
+def _from_hmdb(list_file: Path, base: Path) -> InputTable:
     """HMDB-51's CLASS_test_splitN.txt files (all 51 of split N, found beside the one given): "VIDEO.avi 1" (train),
     2 (test) or 0 (unused); videos under ``base`` (CLASS/VIDEO.avi, or found by name)."""
     number = HMDB_SPLIT.match(list_file.name).group("n")
     index = _index_videos(base)
-    items = []
+    table = InputTable(base)
     for split_file in sorted(list_file.parent.glob(f"*_test_split{number}.txt")):
         label = HMDB_SPLIT.match(split_file.name).group("label")
         for n, line in enumerate(split_file.read_text(encoding="utf-8").splitlines(), start=1):
@@ -132,21 +277,18 @@ def _from_hmdb(list_file: Path, base: Path) -> list[InputItem]:
                 continue
             if len(parts) != 2 or parts[1] not in HMDB_SUBSETS:
                 raise SourceError(f"{split_file}:{n}: an HMDB-51 split line is 'VIDEO.avi 0|1|2'; got {line!r}")
-            path = index.get(Path(parts[0]).stem)
-            source = path.relative_to(base).as_posix() if path else f"{label}/{parts[0]}"
-            items.append(InputItem(source=source, path=path, label_name=label, split=HMDB_SUBSETS[parts[1]]))
-    return items
+            _add_indexed(table, index, Path(parts[0]).stem, f"{label}/{parts[0]}", label, HMDB_SUBSETS[parts[1]])
+    return table
 
 
-def _from_folder(folder: Path) -> list[InputItem]:
+def _from_folder(folder: Path) -> InputTable:
     """Kinetics layout: FOLDER/<label>/<video>; videos directly in FOLDER are unlabeled. A folder of extracted
     frames (FOLDER/<label>/<video>/img_00001.jpg, ...) is one video."""
-    items = []
+    table = InputTable(folder)
     for path in _videos_under(folder):
         rel = path.relative_to(folder)
-        label = rel.parts[0] if len(rel.parts) > 1 else None
-        items.append(InputItem(source=rel.as_posix(), path=path, label_name=label))
-    return items
+        table.add_found(rel.as_posix(), path, rel.parts[0] if len(rel.parts) > 1 else None)
+    return table
 
 
 def _videos_under(folder: Path) -> list[Path]:
@@ -172,22 +314,31 @@ def is_frame_folder(path: Path) -> bool:
     return any(is_frame_image(p) for p in names) and not any(p.suffix.lower() in VIDEO_EXTENSIONS for p in names)
 
 
-def _from_csv(list_file: Path, base: Path) -> list[InputItem]:
+def _from_csv(list_file: Path, base: Path) -> InputTable:
+    """Rows are read one at a time into the table (a million-row list is never a list of rows)."""
+    table = InputTable(base)
     with list_file.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         columns = {c.strip() for c in reader.fieldnames or []}
         if "path" in columns:
-            return [_item(row.get("path", ""), row.get("label"), base, list_file, n, row.get("split"))
-                    for n, row in enumerate(reader, start=2)]
+            for n, row in enumerate(reader, start=2):
+                _add_row(table, row.get("path", ""), row.get("label"), list_file, n, row.get("split"))
+            return table
         if KINETICS_COLUMNS <= columns:
             index = _index_videos(base)
-            return [_kinetics_item(row, base, index) for row in reader]
+            for row in reader:
+                # Kinetics downloaders name clips <youtube_id>_<start:06d>_<end:06d>.<ext>, in split or label folders
+                stem = (f"{row['youtube_id'].strip()}_{int(float(row['time_start'])):06d}_"
+                        f"{int(float(row['time_end'])):06d}")
+                _add_indexed(table, index, stem, f"{stem}.mp4", (row.get("label") or "").strip() or None,
+                             (row.get("split") or "").strip() or None)
+            return table
     raise SourceError(f"{list_file}: a CSV needs a 'path' column (and optionally 'label'), or the Kinetics "
                       f"columns label,youtube_id,time_start,time_end[,split]; found {sorted(columns)}")
 
 
-def _from_jsonl(list_file: Path, base: Path) -> list[InputItem]:
-    items = []
+def _from_jsonl(list_file: Path, base: Path) -> InputTable:
+    table = InputTable(base)
     with list_file.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, start=1):
             if not line.strip():
@@ -198,38 +349,23 @@ def _from_jsonl(list_file: Path, base: Path) -> list[InputItem]:
                 raise SourceError(f"{list_file}:{n}: not JSON ({err.msg})") from None
             if not isinstance(row, dict) or "path" not in row:
                 raise SourceError(f"{list_file}:{n}: each line needs an object with a 'path' key")
-            items.append(_item(row["path"], row.get("label"), base, list_file, n, row.get("split")))
-    return items
+            _add_row(table, row["path"], row.get("label"), list_file, n, row.get("split"))
+    return table
 
 
-def _item(listed: str, label, base: Path, list_file: Path, line: int, split=None) -> InputItem:
+def _add_row(table: InputTable, listed: str, label, list_file: Path, line: int, split=None) -> None:
     listed = (listed or "").strip()
     if not listed:
         raise SourceError(f"{list_file}:{line}: empty path")
-    path = Path(listed) if Path(listed).is_absolute() else base / listed
-    # interned: a million rows share a few hundred label and split strings
-    label_name = None if label is None or str(label).strip() == "" else sys.intern(str(label).strip())
-    split = sys.intern(str(split).strip()) or None if split is not None else None
-    return InputItem(source=listed, path=_existing_input(path), label_name=label_name, split=split)
+    label_name = None if label is None or str(label).strip() == "" else str(label).strip()
+    table.add_listed(listed, label_name, str(split).strip() or None if split is not None else None)
 
 
-def _existing_input(path: Path) -> Path | None:
-    """The video file or frame folder a listed path names; a list of videos (UCF-101's X.avi) also finds the frames
-    extracted beside them as X/."""
-    if path.is_file() or is_frame_folder(path):
-        return path
-    if path.suffix.lower() in VIDEO_EXTENSIONS and is_frame_folder(path.with_suffix("")):
-        return path.with_suffix("")
-    return None
-
-
-def _kinetics_item(row: dict, base: Path, index: dict[str, Path]) -> InputItem:
-    """Kinetics downloaders name clips <youtube_id>_<start:06d>_<end:06d>.<ext>, in split or label folders."""
-    stem = f"{row['youtube_id'].strip()}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
-    path = index.get(stem)
-    label = (row.get("label") or "").strip() or None
-    source = path.relative_to(base).as_posix() if path else f"{stem}.mp4"
-    return InputItem(source=source, path=path, label_name=label, split=(row.get("split") or "").strip() or None)
+def _add_indexed(table: InputTable, index: dict[str, Path], name: str, missing_source: str, label: str | None,
+                 split: str | None) -> None:
+    """A row found by name in the base's index; ``missing_source`` names it when it is not there."""
+    path = index.get(name)
+    table.add_found(path.relative_to(table.base).as_posix() if path else missing_source, path, label, split)
 
 
 def _index_videos(base: Path) -> dict[str, Path]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipeline.config import DataConfig
-from pipeline.decode import decode_frames, reference_frames
+from pipeline.decode import decode_frames, pyav_frames, reference_frames
 from pipeline.loader import CpuLoader, make_loader
 from pipeline.sampling import plan_views, sample_rng, temporal_windows
 from pipeline.shardset import ShardSet, open_shards
@@ -369,6 +369,36 @@ def test_dali_ranks_open_only_their_own_shards_and_take_disjoint_samples(vp9_dat
             assert {Path(f) for f in loader._epoch_files()[0]} == wanted  # the reader was given only these
 
 
+@pytest.mark.slow
+def test_dali_stages_the_next_epochs_shards_of_a_remote_dataset_ahead(vp9_dataset, tmp_path):
+    """DALI reads local files: a dataset on HTTP has this epoch's shards staged before the pipeline starts, and the
+    next epoch's download in the background while this one runs."""
+    pytest.importorskip("nvidia.dali")
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    quiet = type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(quiet, directory=str(vp9_dataset)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        cfg = small(backend="dali", shuffle_buffer=1, batch_size=1, cache_dir=str(tmp_path / "cache"))
+        shardset = ShardSet(vp9_dataset)
+        names = [{shardset.entries[r.shard]["name"] for r in shardset.rank_part(e, cfg.seed, 0, 0, 2, 1)}
+                 for e in range(8)]
+        e = next(e for e in range(7) if names[e + 1] - names[e])  # an epoch followed by shards it does not read
+        loader = make_loader(url, cfg, 0, 2, device="cpu")
+        epoch(loader, e)
+        cache = ShardSet(url, cache_dir=cfg.cache_dir).dataset
+        deadline = time.monotonic() + 20
+        while not all((cache / n).exists() for n in names[e + 1]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert {n for n in names[e + 1] if (cache / n).exists()} == names[e + 1]
+    finally:
+        httpd.shutdown()
+
+
 def dali_decode_vs_reference(tar: Path, ext: str, device: str, wanted: list[int]) -> float:
     """Mean |difference| (of 255) between DALI's decode of the shard's first video and a plain PyAV decode."""
     from nvidia.dali import fn, pipeline_def
@@ -522,8 +552,33 @@ def test_pframe_interval_shards_let_the_decoder_skip_every_b_frame(pframe_datase
     assert all(t in ("I", "P") for t in types[0:-4:4]) and all(t == "B" for t in types[1:-4:4])
     reference = reference_frames(video)
     wanted = np.arange(0, len(reference) - 4, 4)[::3]
-    got = decode_frames(video, wanted, skip_nonref=True).numpy()
+    produced: list[int] = []
+    got = pyav_frames(video, wanted, decoded=produced).numpy()
     assert np.array_equal(got, reference[wanted])  # skipping B-frames changes no reference frame
+    assert not any(types[i] == "B" for i in produced)  # and not one was decoded
+
+
+@pytest.mark.slow
+def test_pyav_skips_the_unreferenced_frames_no_view_needs_on_default_shards(built):
+    """Default shards keep the x264 preset's B-frames (most unreferenced, some wanted): the decoder works through
+    the reference frames and the wanted ones only, and the wanted frames are exactly a plain decode's."""
+    import av
+
+    tar = built[0] / json.loads((built[0] / "manifest.json").read_text())["shards"][0]["name"]
+    _, members = sample_members(tar)[0]
+    video = read_member(tar, *next((o, s) for e, o, s in members if e == "mp4"))
+    reference = reference_frames(video)
+    with av.open(__import__("io").BytesIO(video)) as c:
+        c.streams.video[0].codec_context.skip_frame = "NONREF"
+        tb, rate = c.streams.video[0].time_base, c.streams.video[0].average_rate
+        references = {round(float(f.pts * tb * rate)) for f in c.decode(video=0)}
+    assert 0 < len(references) < len(reference)  # the encoding has frames to skip
+    wanted = np.arange(3, len(reference) - 8, 4)  # every 4th frame, B-frames among them
+    produced: list[int] = []
+    got = pyav_frames(video, wanted, decoded=produced).numpy()
+    assert np.array_equal(got, reference[wanted])
+    assert set(wanted) <= set(produced) <= set(wanted) | references
+    assert len(produced) < wanted[-1] - wanted[0]  # fewer than decoding every frame between the first and last
 
 
 @pytest.mark.slow
