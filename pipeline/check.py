@@ -42,7 +42,7 @@ def contact_sheet(dataset: Path | str, cfg: DataConfig, out: Path, videos: int =
             t_pick = [0, cfg.frames // 2, cfg.frames - 1]
             for col, t in enumerate(t_pick):
                 ax = axes[row, col]
-                ax.imshow(sample.frames[sample.inverse[k, t]].numpy())
+                ax.imshow(sample.frames[sample.inverse[k, t]])
                 ax.add_patch(Rectangle((x, y), w, h, fill=False, color="yellow", lw=1.5,
                                        ls="--" if sample.plan.flips[k] else "-"))
                 ax.set_title(f"{sample.key[:28]} v{k} frame {sample.plan.frames[k, t]}", fontsize=7)

@@ -1,8 +1,11 @@
 """CPU decoding of the frames a sample's views need, from the video bytes of a shard member.
 
-torchcodec (PyTorch's decoder) is the default: it seeks to the keyframe before each wanted frame and was the
-fastest CPU decoder measured here (DESIGN.md section 4). PyAV is the fallback and the reference: it decodes
-in order and tells each frame's index from its timestamp.
+PyAV is the default: it seeks to the keyframe before each run of wanted frames, decodes in order, tells each
+frame's index from its timestamp, and does not decode the non-reference frames no view wants (1.13-1.6x
+torchcodec per sample, BENCHMARKS.md). torchcodec (PyTorch's decoder, the fastest at decoding whole videos,
+DESIGN.md section 4) stays selectable as ``data.cpu_decoder=torchcodec``.
+
+Frames come back as one uint8 [H, W, 3] array per wanted frame, not stacked: the views copy only their crops.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from functools import lru_cache
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,8 @@ class DecodeError(RuntimeError):
     """A sample whose video cannot give the requested frames; the loader counts and replaces it."""
 
 
-def decode_frames(video: bytes, indices: np.ndarray, decoder: str = "torchcodec") -> torch.Tensor:
-    """Frames at the sorted, distinct ``indices`` as uint8 [F, H, W, 3]."""
+def decode_frames(video: bytes, indices: np.ndarray, decoder: str = "pyav") -> list[np.ndarray]:
+    """Frames at the sorted, distinct ``indices``, one uint8 [H, W, 3] array each."""
     try:
         if decoder == "torchcodec" and torchcodec_problem() is None:
             return _torchcodec_frames(video, indices)
@@ -50,18 +52,18 @@ def torchcodec_problem() -> str | None:
     return None
 
 
-def _torchcodec_frames(video: bytes, indices: np.ndarray) -> torch.Tensor:
+def _torchcodec_frames(video: bytes, indices: np.ndarray) -> list[np.ndarray]:
     from torchcodec.decoders import VideoDecoder
 
     decoder = VideoDecoder(video, seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NHWC")
     available = decoder.metadata.num_frames
     if available is not None and indices[-1] >= available:
         raise DecodeError(f"frame {indices[-1]} requested, the stream holds {available}")
-    return decoder.get_frames_at(indices.tolist()).data
+    return list(decoder.get_frames_at(indices.tolist()).data.numpy())
 
 
 def pyav_frames(video: bytes, indices: np.ndarray, reseek_gap: int = 32, skip_unneeded: bool = True,
-                decoded: list[int] | None = None) -> torch.Tensor:
+                decoded: list[int] | None = None) -> list[np.ndarray]:
     """Decode in order from the keyframe before each run of wanted frames; a gap longer than ``reseek_gap``
     frames seeks again instead of decoding through it. With ``skip_unneeded``, a non-reference frame (no other
     frame is predicted from it: most B-frames) that is not wanted is not decoded at all. ``decoded`` receives the
@@ -100,6 +102,7 @@ def pyav_frames(video: bytes, indices: np.ndarray, reseek_gap: int = 32, skip_un
                     continue
                 if index > target:  # the stream skipped the frame we wanted
                     raise DecodeError(f"frame {target} is missing from the stream")
+                # a view of the converted frame's own buffer: no copy until the views cut their crops
                 out[index] = reformatter.reformat(frame, format="rgb24").to_ndarray()
                 pos += 1
                 if pos == len(wanted) or wanted[pos] - index > reseek_gap:
@@ -110,7 +113,7 @@ def pyav_frames(video: bytes, indices: np.ndarray, reseek_gap: int = 32, skip_un
     if len(out) != len(wanted):
         missing = [i for i in wanted if i not in out]
         raise DecodeError(f"{len(missing)} frame(s) missing from the stream, first {missing[0]}")
-    return torch.from_numpy(np.stack([out[i] for i in wanted]))
+    return [out[i] for i in wanted]
 
 
 def reference_frames(video: bytes) -> np.ndarray:

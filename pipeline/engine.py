@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -51,8 +52,21 @@ def init_distributed() -> Launch:
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
                                    verbose=False)
+        if not cuda:
+            _unlink_shm_allreduce_buffer()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return Launch(dist.get_rank(), dist.get_world_size(), local_rank, device, launcher)
+
+
+def _unlink_shm_allreduce_buffer() -> None:
+    """DeepSpeed's CPU all-reduce maps one /dev/shm buffer per rank and never removes it: every run of two ranks
+    left 138 MB of memory in /dev/shm until reboot. Once every rank has mapped its peers' buffers (the barrier),
+    each removes its own name; the mappings stay valid."""
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR')}_"
+            f"{os.environ.get('MASTER_PORT')}_{dist.get_rank()}")
+    Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 def detect_launcher(env) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -10,21 +12,23 @@ from pipeline.config import DataConfig
 from pipeline.sampling import ViewPlan
 
 
-def make_views(frames: torch.Tensor, plan: ViewPlan, inverse: np.ndarray, cfg: DataConfig,
+def make_views(frames: torch.Tensor | Sequence[np.ndarray], plan: ViewPlan, inverse: np.ndarray, cfg: DataConfig,
                out: torch.Tensor | None = None) -> torch.Tensor:
-    """Decoded frames uint8 [F, H, W, 3] → normalized clips float [K, 3, T, S, S] (written into ``out`` if given).
+    """Decoded frames uint8 [F, H, W, 3] (a tensor, or one array per frame as the decoders give them) →
+    normalized clips float [K, 3, T, S, S] (written into ``out`` if given).
 
     Crop and resize stay in uint8 with channels last (torch's fast bilinear path, ~10x the float one); the
     conversion to float and the normalization run once, on the small output.
     """
+    if isinstance(frames, torch.Tensor):
+        frames = frames.numpy()
     mean = torch.tensor(cfg.mean).view(3, 1, 1, 1) * 255
     inv_std = 1 / (torch.tensor(cfg.std).view(3, 1, 1, 1) * 255)
     size = (cfg.crop_size, cfg.crop_size)
     views = torch.empty(plan.frames.shape[0], 3, cfg.frames, *size) if out is None else out
     for k in range(plan.frames.shape[0]):
         y, x, h, w = (int(v) for v in plan.crops[k])
-        # [T, 3, h, w] with channels-last memory: only the crop is copied
-        clip = frames[torch.from_numpy(inverse[k]), y:y + h, x:x + w].permute(0, 3, 1, 2)
+        clip = crop_rows(frames, inverse[k], y, x, h, w).permute(0, 3, 1, 2)  # [T, 3, h, w], channels last
         if (h, w) != size:
             clip = F.interpolate(clip, size=size, mode="bilinear", align_corners=False, antialias=False)
         if plan.flips[k]:
@@ -32,6 +36,15 @@ def make_views(frames: torch.Tensor, plan: ViewPlan, inverse: np.ndarray, cfg: D
         views[k].copy_(clip.permute(1, 0, 2, 3))
         views[k].sub_(mean.to(views.dtype)).mul_(inv_std.to(views.dtype))
     return views
+
+
+def crop_rows(frames: Sequence[np.ndarray], rows: np.ndarray, y: int, x: int, h: int, w: int) -> torch.Tensor:
+    """The crop [y:y+h, x:x+w] of the frames at ``rows`` as uint8 [T, h, w, 3]: only the crop is copied, row by
+    row (5x faster than torch's advanced indexing of a frame stack with slices, and no stack of whole frames)."""
+    crop = np.empty((len(rows), h, w, 3), dtype=np.uint8)
+    for t, row in enumerate(rows.tolist()):
+        crop[t] = frames[row][y:y + h, x:x + w]
+    return torch.from_numpy(crop)
 
 
 def denormalize(clips: torch.Tensor, cfg: DataConfig) -> torch.Tensor:

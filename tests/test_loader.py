@@ -79,6 +79,53 @@ def test_stream_depends_on_seed_not_on_worker_count(built):
 
 
 @pytest.mark.slow
+def test_workers_write_again_only_the_batch_memory_the_trainer_dropped(built):
+    """Batches come in a pool of buffers: one the trainer holds (or a view of it) is never written again, one it
+    dropped is, and what comes out equals batches that each have memory of their own."""
+    loader = CpuLoader(built[0], small())
+    held = epoch(loader, 0)[:3]  # three batches kept, the epoch's other two dropped
+    views = [b["video"][:1] for b in held]  # a view outlives its batch dict
+    expected = [v.clone() for v in views]
+    pool = loader.pool
+    pool_at = {pool.tensor((w, n)).data_ptr() for w, n in np.ndindex(pool.busy.shape)}
+    held_at = {b["video"].data_ptr() for b in held}
+    assert held_at <= pool_at and len(held_at) == 3
+    del held
+    copies, used_at = [], []
+    for n in range(1, 4):
+        loader.set_epoch(n)
+        for batch in loader:
+            used_at.append(batch["video"].data_ptr())
+            copies.append(batch["video"].clone())
+            del batch
+    assert set(used_at) <= pool_at - held_at  # from the pool, never a held buffer
+    assert len(used_at) > len(set(used_at))  # dropped buffers came back
+    assert all(torch.equal(v, e) for v, e in zip(views, expected, strict=True))
+    fresh = CpuLoader(built[0], small())
+    reference = [b for n in range(1, 4) for b in epoch(fresh, n)]  # held: each batch in its own memory
+    assert len(reference) == len(copies)
+    assert all(torch.equal(r["video"], c) for r, c in zip(reference, copies, strict=True))
+
+
+@pytest.mark.slow
+def test_stopping_the_workers_leaves_nothing_in_shared_memory(built):
+    """Workers are killed when a stream stops: what they had made or sent must not stay in /dev/shm (torch's named
+    shared-memory files outlive a killed process until the trainer's process exits)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm here")
+    before = set(shm.glob("torch_*"))
+    for _ in range(3):
+        loader = CpuLoader(built[0], small())
+        loader.set_epoch(0)
+        batches = iter(loader)
+        next(batches), next(batches)  # the workers are busy ahead of the trainer
+        del batches
+        loader.close()
+    assert set(shm.glob("torch_*")) <= before
+
+
+@pytest.mark.slow
 def test_resume_mid_epoch_continues_the_same_stream(built):
     loader = CpuLoader(built[0], small())
     full = epoch(loader, 1)
@@ -257,7 +304,7 @@ def test_cpu_decoders_give_the_frames_of_a_plain_decode(built, decoder):
             video = read_member(tar, *next((o, s) for e, o, s in members if e == "mp4"))
             reference = reference_frames(video)
             wanted = np.unique(rng.choice(len(reference), size=12, replace=False))
-            got = decode_frames(video, wanted, decoder).numpy()
+            got = np.stack(decode_frames(video, wanted, decoder))
             assert np.abs(got.astype(int) - reference[wanted].astype(int)).mean() <= 4
 
 
@@ -270,7 +317,7 @@ def test_without_torchcodec_pyav_decodes_and_says_so(real_videos, monkeypatch, c
     decode.torchcodec_problem.cache_clear()
     try:
         video = real_videos[0].read_bytes()
-        got = decode_frames(video, np.array([0, 3, 9]), "torchcodec").numpy()
+        got = np.stack(decode_frames(video, np.array([0, 3, 9]), "torchcodec"))
         assert got.shape[0] == 3 and np.abs(got.astype(int) - reference_frames(video)[[0, 3, 9]]).mean() <= 4
         assert "PyAV decodes instead" in caplog.text
     finally:
@@ -553,7 +600,7 @@ def test_pframe_interval_shards_let_the_decoder_skip_every_b_frame(pframe_datase
     reference = reference_frames(video)
     wanted = np.arange(0, len(reference) - 4, 4)[::3]
     produced: list[int] = []
-    got = pyav_frames(video, wanted, decoded=produced).numpy()
+    got = np.stack(pyav_frames(video, wanted, decoded=produced))
     assert np.array_equal(got, reference[wanted])  # skipping B-frames changes no reference frame
     assert not any(types[i] == "B" for i in produced)  # and not one was decoded
 
@@ -575,7 +622,7 @@ def test_pyav_skips_the_unreferenced_frames_no_view_needs_on_default_shards(buil
     assert 0 < len(references) < len(reference)  # the encoding has frames to skip
     wanted = np.arange(3, len(reference) - 8, 4)  # every 4th frame, B-frames among them
     produced: list[int] = []
-    got = pyav_frames(video, wanted, decoded=produced).numpy()
+    got = np.stack(pyav_frames(video, wanted, decoded=produced))
     assert np.array_equal(got, reference[wanted])
     assert set(wanted) <= set(produced) <= set(wanted) | references
     assert len(produced) < wanted[-1] - wanted[0]  # fewer than decoding every frame between the first and last

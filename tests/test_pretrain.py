@@ -159,11 +159,14 @@ def test_visualize_and_export_commands(reference, built, tmp_path):
 @pytest.mark.slow
 def test_two_processes_zero2_give_the_one_process_losses(reference, built, tmp_path):
     cfg = run_config(built[0], tmp_path / "run", zero_stage=2, data__batch_size=2)
+    port = free_port()
     code, output = vmae_pretrain(write_config(tmp_path, cfg), launcher=torchrun(
-        "--nproc_per_node", "2", "--master_port", str(free_port())))
+        "--nproc_per_node", "2", "--master_port", str(port)))
     assert code == 0, output
     assert losses(tmp_path / "run") == pytest.approx(losses(reference), rel=1e-4, abs=1e-5)
     assert sample_steps(tmp_path / "run") == sample_steps(reference)  # the same videos in every global step
+    # DeepSpeed's CPU all-reduce buffers (69 MB a rank) are not left in /dev/shm
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
 
 
 @pytest.mark.slow
