@@ -53,6 +53,7 @@ class LoadedSample:
     label: int
     plan: ViewPlan
     decoded: np.ndarray  # the distinct frame indices decoded
+    work: int  # frames the decoder produced to get them (keyframe runs included)
     inverse: np.ndarray  # [K, T] row of each view frame in ``frames``
     frames: list[np.ndarray]  # uint8 [H, W, 3] each, the distinct frames decoded
     clips: torch.Tensor  # [K, 3, T, S, S]
@@ -147,7 +148,7 @@ class SampleReader:
                 labels.append(-1), keys.append(key)
                 continue
             labels.append(loaded.label), keys.append(loaded.key)
-            stats["decoded_frames"] += len(loaded.decoded)
+            stats["decoded_frames"] += loaded.work
             stats["padded"] += int(loaded.plan.padded)
             stats["decode_seconds"] += loaded.seconds
         good = [i for i in range(len(refs)) if i not in bad]
@@ -194,9 +195,9 @@ class SampleReader:
         rng = sample_rng(self.cfg.seed, self.epoch, key)
         plan = plan_views(num_frames, height, width, self.cfg, rng, self.align)
         unique, inverse = plan.union()
-        started = time.perf_counter()
+        started, produced = time.perf_counter(), []
         try:
-            frames = decode_frames(part[ext], unique, self.cfg.cpu_decoder)
+            frames = decode_frames(part[ext], unique, self.cfg.cpu_decoder, decoded=produced)
         except DecodeError as err:
             raise BadSample("decode_error", str(err)) from None
         decode_seconds = time.perf_counter() - started
@@ -204,7 +205,8 @@ class SampleReader:
             raise BadSample("bad_metadata", f"frames are {tuple(frames[0].shape[:2])}, the sample says "
                                             f"{height}x{width}")
         clips = make_views(frames, plan, inverse, self.cfg, out=out)
-        return LoadedSample(key, label, plan, unique, inverse, frames, clips, decode_seconds)
+        work = len(produced) or len(unique)  # torchcodec does not say what it decoded
+        return LoadedSample(key, label, plan, unique, work, inverse, frames, clips, decode_seconds)
 
     def _read_span(self, ref: SampleRef, members: dict) -> tuple[bytes, int]:
         """One read covering every member: they are adjacent in the tar."""

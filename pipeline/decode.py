@@ -26,12 +26,14 @@ class DecodeError(RuntimeError):
     """A sample whose video cannot give the requested frames; the loader counts and replaces it."""
 
 
-def decode_frames(video: bytes, indices: np.ndarray, decoder: str = "pyav") -> list[np.ndarray]:
-    """Frames at the sorted, distinct ``indices``, one uint8 [H, W, 3] array each."""
+def decode_frames(video: bytes, indices: np.ndarray, decoder: str = "pyav",
+                  decoded: list[int] | None = None) -> list[np.ndarray]:
+    """Frames at the sorted, distinct ``indices``, one uint8 [H, W, 3] array each; with PyAV, ``decoded`` receives
+    the index of every frame the decoder produced (its work)."""
     try:
         if decoder == "torchcodec" and torchcodec_problem() is None:
             return _torchcodec_frames(video, indices)
-        return pyav_frames(video, indices)
+        return pyav_frames(video, indices, decoded=decoded)
     except DecodeError:
         raise
     except Exception as err:  # noqa: BLE001 - any decoder failure is a bad sample, not a crashed epoch

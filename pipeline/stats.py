@@ -13,7 +13,7 @@ class LoaderStats:
     batches: int = 0
     videos: int = 0
     clips: int = 0
-    decoded_frames: int = 0
+    decoded_frames: int = 0  # the decoder's work: keyframe runs included (frames returned where it cannot tell)
     padded: int = 0
     decode_seconds: float = 0.0  # summed over workers: decoder time alone
     failed: Counter = field(default_factory=Counter)

@@ -55,7 +55,8 @@ def test_batches_follow_the_contract(built):
         assert all(0 <= lab < classes for lab in b["label"].tolist())
         assert -3 < b["video"].mean() < 3 and torch.isfinite(b["video"]).all()
     assert loader.stats.clips == 20 and loader.stats.failed == {}
-    assert 0 < loader.stats.decoded_frames_per_clip <= 8
+    # the decoder's work: at least the frames a clip returns (8 at most, views may share some), keyframe runs added
+    assert 2 < loader.stats.decoded_frames_per_clip < 8 * 16
 
 
 @pytest.mark.slow
