@@ -110,10 +110,12 @@ def our_rate(dataset: Path, cfg: DataConfig, batches: int) -> tuple[float, float
                 break
         epoch += 1
     seconds = time.perf_counter() - started
-    work = decode_work(dataset, cfg)
-    # the decoder's own rate: frames it works through per second of decoder time (one core each)
-    decoder_fps = loader.stats.clips * work / loader.stats.decode_seconds
-    return clips / seconds, loader.stats.decoded_frames_per_clip, work, decoder_fps
+    returned, work = decode_work(dataset, cfg)
+    # the decoder's own rate: frames it works through per second of decoder time (one core each), as the loader
+    # counted them in the timed batches; torchcodec does not say what it decodes beyond the frames it returns
+    decoder_fps = (loader.stats.decoded_frames / loader.stats.decode_seconds if cfg.cpu_decoder == "pyav"
+                   else float("nan"))
+    return clips / seconds, returned, work, decoder_fps
 
 
 class _DaliSource:
@@ -158,12 +160,13 @@ def dali_external_rate(dataset: Path, cfg: DataConfig, batches: int) -> float:
     return clips / (time.perf_counter() - started)
 
 
-_WORK: dict[tuple[str, str], float] = {}
+_WORK: dict[tuple[str, str], tuple[float, float]] = {}
 
 
-def decode_work(dataset: Path, cfg: DataConfig, draws: int = 100) -> float:
-    """Frames the decoder produces per clip (keyframe runs and the reference frames on the way included, the
-    skipped unreferenced ones not), counted by decoding ``draws`` samples' view plans with PyAV."""
+def decode_work(dataset: Path, cfg: DataConfig, draws: int = 100) -> tuple[float, float]:
+    """Distinct frames returned per clip, and frames the decoder produces per clip (keyframe runs and the
+    reference frames on the way included, the skipped unreferenced ones not), from ``draws`` samples' view plans
+    decoded with PyAV: the same draws for every case of a dataset and config."""
     key = (str(dataset), repr(cfg))
     if key not in _WORK:
         shardset = ShardSet(dataset)
@@ -171,7 +174,7 @@ def decode_work(dataset: Path, cfg: DataConfig, draws: int = 100) -> float:
         refs = [SampleRef(shard, row) for shard in range(len(shardset.shards))
                 for row in range(shardset.counts[shard])]
         rng = np.random.default_rng(0)
-        total = 0
+        returned = produced_total = 0
         for i in range(draws):
             ref = refs[i % len(refs)]
             _, members = shardset.members(ref)
@@ -180,8 +183,9 @@ def decode_work(dataset: Path, cfg: DataConfig, draws: int = 100) -> float:
             unique, _ = plan_views(frames, 320, 426, cfg, rng, align).union()
             produced: list[int] = []
             pyav_frames(read_member(tar, *members["mp4"]), unique, decoded=produced)
-            total += len(produced)
-        _WORK[key] = total / (draws * cfg.views)
+            returned += len(unique)
+            produced_total += len(produced)
+        _WORK[key] = returned / (draws * cfg.views), produced_total / (draws * cfg.views)
     return _WORK[key]
 
 
