@@ -58,13 +58,12 @@ class InputTable(Sequence):
         where, identity = locate(self.base / listed)
         self._add(listed, where, label, split, identity)
 
-    def add_found(self, source: str, found: Path | None, label: str | None, split: str | None = None) -> None:
-        """A row whose file was looked up in an index of the base (``found`` is base/source), or None."""
+    def add_found(self, found: Found | None, missing_source: str, label: str | None, split: str | None = None) -> None:
+        """A row whose input was found by a walk of the base (None: not there, named ``missing_source``)."""
         if found is None:
-            self._add(source, MISSING, label, split, (0, 0))
-            return
-        info = os.stat(found)
-        self._add(source, FRAMES if stat.S_ISDIR(info.st_mode) else FILE, label, split, (info.st_dev, info.st_ino))
+            self._add(missing_source, MISSING, label, split, (0, 0))
+        else:
+            self._add(found.source, found.where, label, split, (found.dev, found.inode))
 
     def _add(self, source: str, where: int, label: str | None, split: str | None, identity: tuple[int, int]) -> None:
         self._open.append((source.encode("utf-8"), where, self._id("label", label), self._id("split", split),
@@ -236,7 +235,7 @@ def _from_ssv2(list_file: Path, base: Path) -> InputTable:
         raise SourceError(f"{list_file}: not JSON ({err.msg} at line {err.lineno})") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "id" in r for r in rows):
         raise SourceError(f"{list_file}: Something-Something V2 lists are a JSON array of objects with an 'id'")
-    index = _index_videos(base)
+    index = VideoIndex(base)
     split = "train" if "train" in list_file.stem else "validation" if "valid" in list_file.stem else None
     table = InputTable(base)
     for row in rows:
@@ -267,7 +266,7 @@ def _from_hmdb(list_file: Path, base: Path) -> InputTable:
     """HMDB-51's CLASS_test_splitN.txt files (all 51 of split N, found beside the one given): "VIDEO.avi 1" (train),
     2 (test) or 0 (unused); videos under ``base`` (CLASS/VIDEO.avi, or found by name)."""
     number = HMDB_SPLIT.match(list_file.name).group("n")
-    index = _index_videos(base)
+    index = VideoIndex(base)
     table = InputTable(base)
     for split_file in sorted(list_file.parent.glob(f"*_test_split{number}.txt")):
         label = HMDB_SPLIT.match(split_file.name).group("label")
@@ -285,25 +284,85 @@ def _from_folder(folder: Path) -> InputTable:
     """Kinetics layout: FOLDER/<label>/<video>; videos directly in FOLDER are unlabeled. A folder of extracted
     frames (FOLDER/<label>/<video>/img_00001.jpg, ...) is one video."""
     table = InputTable(folder)
-    for path in _videos_under(folder):
-        rel = path.relative_to(folder)
-        table.add_found(rel.as_posix(), path, rel.parts[0] if len(rel.parts) > 1 else None)
+    for found in walk_videos(folder):
+        label, slash, _ = found.source.partition("/")
+        table.add_found(found, found.source, label if slash else None)
     return table
 
 
-def _videos_under(folder: Path) -> list[Path]:
-    """Video files and frame folders under ``folder`` (hidden ones left out), sorted."""
-    files, frame_dirs = [], set()
-    for path in folder.rglob("*"):
-        if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
-            continue
-        if path.suffix.lower() in VIDEO_EXTENSIONS:
-            files.append(path)
-        elif is_frame_image(path) and path.parent != folder:
-            frame_dirs.add(path.parent)
-    # a folder that holds videos is a class folder, not frames (a stray poster.jpg beside the clips)
-    frame_dirs -= {path.parent for path in files}
-    return sorted(files + list(frame_dirs))
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A video file or frame folder a walk found: its path relative to the walked folder (POSIX) and identity."""
+    source: str
+    where: int  # FILE or FRAMES
+    dev: int
+    inode: int
+
+
+def walk_videos(folder: Path) -> list[Found]:
+    """Video files and frame folders under ``folder`` (hidden ones left out) in path order, from the directory
+    entries themselves (one stat per folder, not per video): a million-video folder is listed as strings, never
+    as a million Paths."""
+    found: list[Found] = []
+    pending = [("", os.fspath(folder))]
+    while pending:
+        prefix, top = pending.pop()
+        dev = os.stat(top).st_dev
+        videos, frames = 0, False
+        with os.scandir(top) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((f"{prefix}{entry.name}/", entry.path))
+                    continue
+                if os.path.splitext(entry.name)[1].lower() in VIDEO_EXTENSIONS:
+                    if entry.is_symlink():  # its identity is the target's, as a listed path's would be
+                        info = _stat_or_none(entry.path)
+                        if info is None or not stat.S_ISREG(info.st_mode):
+                            continue
+                        found.append(Found(prefix + entry.name, FILE, info.st_dev, info.st_ino))
+                    elif entry.is_file():
+                        found.append(Found(prefix + entry.name, FILE, dev, entry.inode()))
+                    else:
+                        continue
+                    videos += 1
+                elif prefix and not frames:
+                    frames = is_frame_image(Path(entry.name)) and entry.is_file()
+        # a folder that holds videos is a class folder, not frames (a stray poster.jpg beside the clips)
+        if frames and not videos:
+            found.append(Found(prefix[:-1], FRAMES, dev, os.stat(top).st_ino))
+    # the order of pathlib's Paths (part by part), so plans stay as they were: no name holds a NUL
+    found.sort(key=lambda f: f.source.replace("/", "\0"))
+    return found
+
+
+def _stat_or_none(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+class VideoIndex:
+    """The videos and frame folders under a folder, looked up by name (a file's stem, a frame folder's name; the
+    first in path order wins): sorted arrays searched by bisection, not a dict of a million Paths."""
+
+    def __init__(self, folder: Path):
+        self.found = walk_videos(folder)
+        names = np.array([_index_name(f) for f in self.found], dtype=np.bytes_)
+        self.names, first = np.unique(names, return_index=True)  # sorted names, each one's first row
+        self.rows = first
+
+    def find(self, name: str) -> Found | None:
+        key = name.encode("utf-8")
+        i = int(np.searchsorted(self.names, key))
+        return self.found[self.rows[i]] if i < len(self.names) and self.names[i] == key else None
+
+
+def _index_name(found: Found) -> bytes:
+    base = found.source.rpartition("/")[2]
+    return (os.path.splitext(base)[0] if found.where == FILE else base).encode("utf-8")
 
 
 def is_frame_folder(path: Path) -> bool:
@@ -325,7 +384,7 @@ def _from_csv(list_file: Path, base: Path) -> InputTable:
                 _add_row(table, row.get("path", ""), row.get("label"), list_file, n, row.get("split"))
             return table
         if KINETICS_COLUMNS <= columns:
-            index = _index_videos(base)
+            index = VideoIndex(base)
             for row in reader:
                 # Kinetics downloaders name clips <youtube_id>_<start:06d>_<end:06d>.<ext>, in split or label folders
                 stem = (f"{row['youtube_id'].strip()}_{int(float(row['time_start'])):06d}_"
@@ -361,16 +420,7 @@ def _add_row(table: InputTable, listed: str, label, list_file: Path, line: int, 
     table.add_listed(listed, label_name, str(split).strip() or None if split is not None else None)
 
 
-def _add_indexed(table: InputTable, index: dict[str, Path], name: str, missing_source: str, label: str | None,
+def _add_indexed(table: InputTable, index: VideoIndex, name: str, missing_source: str, label: str | None,
                  split: str | None) -> None:
     """A row found by name in the base's index; ``missing_source`` names it when it is not there."""
-    path = index.get(name)
-    table.add_found(path.relative_to(table.base).as_posix() if path else missing_source, path, label, split)
-
-
-def _index_videos(base: Path) -> dict[str, Path]:
-    """Videos and frame folders under ``base`` by name (a file's stem, a frame folder's name)."""
-    index: dict[str, Path] = {}
-    for path in _videos_under(base):
-        index.setdefault(path.stem if path.is_file() else path.name, path)
-    return index
+    table.add_found(index.find(name), missing_source, label, split)

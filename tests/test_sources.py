@@ -219,3 +219,33 @@ def test_a_list_read_in_many_chunks_gives_the_same_inputs_and_plan(tmp_path, mon
     a, b = make_plan(whole, seed=3), make_plan(chunked, seed=3)
     assert list(a.items) == list(b.items) and a.inputs_digest == b.inputs_digest
     assert [r.reason for r in a.rejects] == ["missing_file"]
+
+
+def test_a_folder_walk_lists_in_pathlibs_order_with_each_files_identity(tmp_path):
+    """The walk reads directory entries, not a Path and a stat per video, yet gives what sorting Paths gave: part
+    by part ("a/b" before "a-b"), symlinked videos with their target's identity, dead links and linked folders
+    left out, frame folders and their own identity."""
+    import os
+
+    from shards.sources import FILE, FRAMES, VideoIndex
+
+    names = ["a/b.mp4", "a-b/c.mp4", "a.mp4", "ab/0.mp4", "a/b/z.mp4", "frames/v1/img_00001.jpg", "Z.mkv"]
+    for name in names:
+        touch(tmp_path / name)
+    (tmp_path / "a" / "link.mp4").symlink_to(tmp_path / "Z.mkv")
+    (tmp_path / "a" / "dead.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    (tmp_path / "linked").symlink_to(tmp_path / "ab", target_is_directory=True)
+    table = list_inputs(tmp_path)
+    sources = [item.source for item in table]
+    assert sources == ["Z.mkv", "a/b/z.mp4", "a/b.mp4", "a/link.mp4", "a-b/c.mp4", "a.mp4", "ab/0.mp4",
+                       "frames/v1"]
+    assert sources == [p.relative_to(tmp_path).as_posix() for p in sorted(
+        [tmp_path / s for s in sources])]
+    columns = table.columns
+    for row, source in enumerate(sources):
+        info = os.stat(tmp_path / source)
+        assert (int(columns["dev"][row]), int(columns["inode"][row])) == (info.st_dev, info.st_ino), source
+    assert columns["where"][sources.index("frames/v1")] == FRAMES and columns["where"][0] == FILE
+    index = VideoIndex(tmp_path)
+    assert index.find("z").source == "a/b/z.mp4" and index.find("v1").source == "frames/v1"
+    assert index.find("b").source == "a/b.mp4" and index.find("nope") is None
