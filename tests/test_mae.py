@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from model.flops import flop_counter, training_flops
 from model.mae import MaskedVideoAutoencoder, VideoClassifier, masked_loss, patchify, preset
 from model.masking import make_mask
 
@@ -39,6 +40,20 @@ def test_visible_token_encoder_saves_what_mae_st_table_1_says():
     assert counts[False] == pytest.approx(81.0, rel=0.03)
     assert counts[True] == pytest.approx(627.5, rel=0.03)
     assert counts[True] / counts[False] == pytest.approx(7.7, rel=0.05)
+
+
+def test_a_cpu_step_counts_its_attention_as_the_meta_count_does():
+    """torch's FLOP counter does not know SDPA's CPU flash kernels; ours counts them (the benches' FLOP/s used to
+    leave out every attention FLOP on CPU)."""
+    cfg = preset("tiny", **TINY, attention="sdpa")
+    model = MaskedVideoAutoencoder(cfg)
+    mask = make_mask(cfg.mask, 2, model.grid, cfg.mask_ratio, torch.Generator().manual_seed(0))
+    with flop_counter() as counter:
+        model(torch.randn(2, 3, 8, 64, 64), mask=mask)[0].backward()
+    counted = counter.get_flop_counts()["Global"]
+    assert counted[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] > 0
+    assert counted[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward] > 0
+    assert counter.get_total_flops() == training_flops(cfg, clips=2)
 
 
 def test_tiny_model_trains_one_step():
