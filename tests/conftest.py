@@ -26,6 +26,25 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def sweep_semaphores_of_killed_builds():
+    """A build killed with its whole process group (the tests' stand-in for a lost node) takes Python's resource
+    tracker with it, which would have unlinked the forkserver pool's named semaphores: remove those the test left
+    that no live process maps, so test runs do not pile them up in /dev/shm."""
+    shm = Path("/dev/shm")
+    before = set(shm.glob("sem.mp-*"))
+    yield
+    mapped = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            mapped.update(line.split()[-1] for line in maps.read_text().splitlines() if "/dev/shm/sem.mp-" in line)
+        except OSError:  # the process ended while being read
+            continue
+    for stale in set(shm.glob("sem.mp-*")) - before:
+        if str(stale) not in mapped:
+            stale.unlink(missing_ok=True)
+
+
 def ffmpeg(*args: str) -> None:
     """Run ffmpeg quietly; fail the test with its message if it fails."""
     proc = subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", *args], capture_output=True, text=True)

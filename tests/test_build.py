@@ -193,6 +193,7 @@ def _first_item_done(out: Path) -> bool:
 
 
 @pytest.mark.parametrize("kill_when", ["first_video_done", "first_shard_sealed"])
+@pytest.mark.usefixtures("sweep_semaphores_of_killed_builds")
 def test_killed_build_resumes_to_the_same_bytes(built, video_folder, tmp_path, kill_when):
     reference, cfg = built
     out = tmp_path / "killed"
@@ -225,6 +226,7 @@ def test_the_ray_engine_builds_the_bytes_of_the_local_build(built, video_folder,
     assert dataset_bytes(tmp_path / "ray") == dataset_bytes(reference)
 
 
+@pytest.mark.usefixtures("sweep_semaphores_of_killed_builds")
 def test_slurm_style_parts_then_packing_give_the_one_machine_bytes(built, video_folder, tmp_path):
     """Three array tasks through tools/slurm_shards.sh, side by side; one is killed mid-way and submitted again;
     then the packing run. A `vmae` on PATH stands for the installed command."""
