@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import stat
@@ -19,6 +20,8 @@ from shards.frames import is_frame_image
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts"}
 KINETICS_COLUMNS = {"label", "youtube_id", "time_start", "time_end"}
+
+log = logging.getLogger(__name__)
 
 
 class SourceError(ValueError):
@@ -307,28 +310,33 @@ def walk_videos(folder: Path) -> list[Found]:
     pending = [("", os.fspath(folder))]
     while pending:
         prefix, top = pending.pop()
-        dev = os.stat(top).st_dev
+        try:
+            dev = os.stat(top).st_dev
+            with os.scandir(top) as listing:
+                entries = list(listing)
+        except OSError as err:  # left out, as pathlib's walk left it out, but said
+            log.warning("%s: cannot be listed (%s); the videos in it are left out", top, err.strerror or err)
+            continue
         videos, frames = 0, False
-        with os.scandir(top) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append((f"{prefix}{entry.name}/", entry.path))
-                    continue
-                if os.path.splitext(entry.name)[1].lower() in VIDEO_EXTENSIONS:
-                    if entry.is_symlink():  # its identity is the target's, as a listed path's would be
-                        info = _stat_or_none(entry.path)
-                        if info is None or not stat.S_ISREG(info.st_mode):
-                            continue
-                        found.append(Found(prefix + entry.name, FILE, info.st_dev, info.st_ino))
-                    elif entry.is_file():
-                        found.append(Found(prefix + entry.name, FILE, dev, entry.inode()))
-                    else:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                pending.append((f"{prefix}{entry.name}/", entry.path))
+                continue
+            if os.path.splitext(entry.name)[1].lower() in VIDEO_EXTENSIONS:
+                if entry.is_symlink():  # its identity is the target's, as a listed path's would be
+                    info = _stat_or_none(entry.path)
+                    if info is None or not stat.S_ISREG(info.st_mode):
                         continue
-                    videos += 1
-                elif prefix and not frames:
-                    frames = is_frame_image(Path(entry.name)) and entry.is_file()
+                    found.append(Found(prefix + entry.name, FILE, info.st_dev, info.st_ino))
+                elif entry.is_file():
+                    found.append(Found(prefix + entry.name, FILE, dev, entry.inode()))
+                else:
+                    continue
+                videos += 1
+            elif prefix and not frames:
+                frames = is_frame_image(Path(entry.name)) and entry.is_file()
         # a folder that holds videos is a class folder, not frames (a stray poster.jpg beside the clips)
         if frames and not videos:
             found.append(Found(prefix[:-1], FRAMES, dev, os.stat(top).st_ino))

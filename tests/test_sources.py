@@ -249,3 +249,20 @@ def test_a_folder_walk_lists_in_pathlibs_order_with_each_files_identity(tmp_path
     index = VideoIndex(tmp_path)
     assert index.find("z").source == "a/b/z.mp4" and index.find("v1").source == "frames/v1"
     assert index.find("b").source == "a/b.mp4" and index.find("nope") is None
+
+
+def test_a_folder_that_cannot_be_listed_is_left_out_and_named(tmp_path, monkeypatch, caplog):
+    import os
+
+    touch(tmp_path / "open" / "a.mp4")
+    touch(tmp_path / "locked" / "b.mp4")
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert [item.source for item in list_inputs(tmp_path)] == ["open/a.mp4"]
+    assert "locked: cannot be listed (Permission denied)" in caplog.text
