@@ -311,7 +311,7 @@ def walk_videos(folder: Path) -> list[Found]:
     while pending:
         prefix, top = pending.pop()
         try:
-            dev = os.stat(top).st_dev
+            here = os.stat(top)
             with os.scandir(top) as listing:
                 entries = list(listing)
         except OSError as err:  # left out, as pathlib's walk left it out, but said
@@ -331,7 +331,7 @@ def walk_videos(folder: Path) -> list[Found]:
                         continue
                     found.append(Found(prefix + entry.name, FILE, info.st_dev, info.st_ino))
                 elif entry.is_file():
-                    found.append(Found(prefix + entry.name, FILE, dev, entry.inode()))
+                    found.append(Found(prefix + entry.name, FILE, here.st_dev, entry.inode()))
                 else:
                     continue
                 videos += 1
@@ -339,7 +339,7 @@ def walk_videos(folder: Path) -> list[Found]:
                 frames = is_frame_image(Path(entry.name)) and entry.is_file()
         # a folder that holds videos is a class folder, not frames (a stray poster.jpg beside the clips)
         if frames and not videos:
-            found.append(Found(prefix[:-1], FRAMES, dev, os.stat(top).st_ino))
+            found.append(Found(prefix[:-1], FRAMES, here.st_dev, here.st_ino))
     # the order of pathlib's Paths (part by part), so plans stay as they were: no name holds a NUL
     found.sort(key=lambda f: f.source.replace("/", "\0"))
     return found
@@ -359,8 +359,7 @@ class VideoIndex:
     def __init__(self, folder: Path):
         self.found = walk_videos(folder)
         names = np.array([_index_name(f) for f in self.found], dtype=np.bytes_)
-        self.names, first = np.unique(names, return_index=True)  # sorted names, each one's first row
-        self.rows = first
+        self.names, self.rows = np.unique(names, return_index=True)  # sorted names, each one's first row
 
     def find(self, name: str) -> Found | None:
         key = name.encode("utf-8")

@@ -249,6 +249,8 @@ def test_a_folder_walk_lists_in_pathlibs_order_with_each_files_identity(tmp_path
     index = VideoIndex(tmp_path)
     assert index.find("z").source == "a/b/z.mp4" and index.find("v1").source == "frames/v1"
     assert index.find("b").source == "a/b.mp4" and index.find("nope") is None
+    touch(tmp_path / "zz" / "z.webm")  # a second "z", later in path order: the first one still answers
+    assert VideoIndex(tmp_path).find("z").source == "a/b/z.mp4"
 
 
 def test_a_folder_that_cannot_be_listed_is_left_out_and_named(tmp_path, monkeypatch, caplog):
