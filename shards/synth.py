@@ -1,6 +1,6 @@
 """`vmae synth`: labelled videos whose class can only be told from motion, drawn by ffmpeg.
 
-Each class is a kind of movement (drift, swing or dash) in one of eight directions. Colours, sizes, start
+Each class is a kind of movement (drift, zigzag or dash) in one of eight directions. Colours, sizes, start
 positions, speeds, the still textures of the movers and background and static clutter are drawn at random per
 video (and per mover when ``synth.movers`` > 1), so no single frame gives the class away: a model has to see the
 motion.
@@ -26,7 +26,7 @@ from shards.encode import ffmpeg_command, single_threaded
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("east", "southeast", "south", "southwest", "west", "northwest", "north", "northeast")
-MOVEMENTS = ("drift", "swing", "dash")
+MOVEMENTS = ("drift", "zigzag", "dash")
 MAX_CLASSES = len(DIRECTIONS) * len(MOVEMENTS)
 
 
@@ -85,7 +85,7 @@ def _make_one(path: Path, c: int, i: int, cfg: SynthConfig) -> None:
 def _video_graph(path: Path, c: int, rng: random.Random, cfg: SynthConfig):
     w, h, fps, seconds = cfg.width, cfg.height, cfg.fps, cfg.seconds
     size = _mover_size(rng, h)
-    background = _texture(rng, _colour(rng, 0, 90), w, h, fps, seconds, rng.randrange(20, 50), 12)
+    background = _texture(rng, _colour(rng, 0, 90), w, h, fps, seconds, rng.randrange(20, 50), 12, cfg.texture)
     for _ in range(rng.randrange(1, 4)):  # static clutter, same statistics in every class
         bw, bh = rng.randrange(8, w // 4), rng.randrange(8, h // 4)
         background = background.drawbox(rng.randrange(0, w - bw), rng.randrange(0, h - bh), bw, bh,
@@ -106,20 +106,26 @@ def _mover_size(rng: random.Random, h: int) -> int:
 
 
 def _overlay_mover(video, c: int, rng: random.Random, cfg: SynthConfig, size: int):
-    """``video`` with one textured square of side ``size`` moving as class ``c`` prescribes on top."""
-    mover = _texture(rng, _colour(rng, 100, 220), size, size, cfg.fps, cfg.seconds, rng.randrange(40, 70), 4)
+    """``video`` with one square of side ``size`` moving as class ``c`` prescribes on top."""
+    mover = _texture(rng, _colour(rng, 100, 220), size, size, cfg.fps, cfg.seconds, rng.randrange(40, 70), 4,
+                     cfg.texture)
     x, y = _motion(c, rng, cfg.width, cfg.height, size)
     return ffmpeg.overlay(video, mover, x=x, y=y, eval="frame", shortest=1)
 
 
-def _texture(rng: random.Random, colour: str, w: int, h: int, fps: int, seconds: float, strength: int, cells: int):
-    """A still texture: coarse static noise, ``cells`` blobs across the short side, scaled up to w x h.
+def _texture(rng: random.Random, colour: str, w: int, h: int, fps: int, seconds: float, strength: int, cells: int,
+             textured: bool):
+    """A still texture: coarse static noise, ``cells`` blobs across the short side, scaled up to w x h (or the
+    flat colour when not ``textured``; the noise seed is drawn either way, so the other draws do not change).
 
     Texture gives every patch structure that a masked autoencoder's per-patch normalized target keeps (a flat
     colour leaves only compression noise there); the noise is drawn once, so only the mover moves."""
+    seed = rng.randrange(2**31)
+    if not textured:
+        return ffmpeg.input(f"color=c={colour}:s={w}x{h}:r={fps}:d={seconds}", f="lavfi")
     cw, ch = max(2, round(w * cells / min(w, h))), max(2, round(h * cells / min(w, h)))
     coarse = ffmpeg.input(f"color=c={colour}:s={cw}x{ch}:r={fps}:d={seconds}", f="lavfi")
-    return coarse.filter("noise", alls=strength, all_seed=rng.randrange(2**31)).filter("scale", w, h, flags="bicubic")
+    return coarse.filter("noise", alls=strength, all_seed=seed).filter("scale", w, h, flags="bicubic")
 
 
 def _motion(c: int, rng: random.Random, w: int, h: int, size: int) -> tuple[str, str]:
@@ -128,14 +134,17 @@ def _motion(c: int, rng: random.Random, w: int, h: int, size: int) -> tuple[str,
     angle = 2 * math.pi * (c % len(DIRECTIONS)) / len(DIRECTIONS)
     dx, dy = math.cos(angle), math.sin(angle)
     x0, y0 = rng.uniform(0, w - size), rng.uniform(0, h - size)
-    if movement == "swing":  # back and forth along the direction, around a random centre
-        amp, hz, phase = rng.uniform(0.2, 0.3) * min(w, h), rng.uniform(0.5, 1.0), rng.uniform(0, 2 * math.pi)
-        wave = f"sin({2 * math.pi * hz:.4f}*t+{phase:.4f})"
-        return f"{x0:.2f}+{amp * dx:.3f}*{wave}", f"{y0:.2f}+{amp * dy:.3f}*{wave}"
-    speed = rng.uniform(50, 80) if movement == "drift" else rng.uniform(160, 220)  # pixels per second
+    speed = rng.uniform(160, 220) if movement == "dash" else rng.uniform(50, 80)  # pixels per second
     span_x, span_y = w + size, h + size  # wrap around: leave one edge, come back at the other
-    return (f"mod({x0 + 8 * span_x:.2f}+{speed * dx:.3f}*t,{span_x})-{size}",
-            f"mod({y0 + 8 * span_y:.2f}+{speed * dy:.3f}*t,{span_y})-{size}")
+    x = f"mod({x0 + 8 * span_x:.2f}+{speed * dx:.3f}*t,{span_x})-{size}"
+    y = f"mod({y0 + 8 * span_y:.2f}+{speed * dy:.3f}*t,{span_y})-{size}"
+    if movement == "zigzag":  # travels like a drift while it swings across its way, one or two times a second
+        # (a swing along the direction itself would make opposite directions the same class: east at phase p is
+        # west at phase p + pi, so half of those classes could never be told apart)
+        amp, hz, phase = rng.uniform(0.1, 0.15) * min(w, h), rng.uniform(1.0, 2.0), rng.uniform(0, 2 * math.pi)
+        wave = f"sin({2 * math.pi * hz:.4f}*t+{phase:.4f})"
+        x, y = f"{x}+{-amp * dy:.3f}*{wave}", f"{y}+{amp * dx:.3f}*{wave}"
+    return x, y
 
 
 def _colour(rng: random.Random, low: int, high: int) -> str:

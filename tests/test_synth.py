@@ -1,5 +1,7 @@
 """Synthetic motion classes: the class is in the motion, not in any one frame."""
 
+from dataclasses import replace
+
 import av
 import numpy as np
 import pytest
@@ -23,7 +25,7 @@ def centroid_track(path):
 
 def test_class_names_cover_movements_and_directions():
     names = class_names(24)
-    assert len(set(names)) == 24 and names[0] == "drift_east" and names[8] == "swing_east"
+    assert len(set(names)) == 24 and names[0] == "drift_east" and names[8] == "zigzag_east"
     with pytest.raises(ValueError, match="at most 24"):
         class_names(25)
 
@@ -65,3 +67,33 @@ def test_more_movers_put_motion_over_more_of_the_frame(tmp_path):
     assert sum(map(moving_share, four)) > 1.5 * sum(map(moving_share, one))
     with pytest.raises(ValueError, match="movers"):
         SynthConfig(movers=0)
+
+
+def still_detail(path) -> float:
+    """Share of the first frame's pixels that differ from their right neighbour (texture does; flat colours only
+    at the edges of shapes)."""
+    with av.open(str(path)) as c:
+        first = next(c.decode(video=0)).to_ndarray(format="gray").astype(np.float32)
+    return float((np.abs(np.diff(first, axis=1)) > 0.5).mean())
+
+
+def test_flat_looks_keep_the_motion_and_drop_the_texture(tmp_path):
+    cfg = SynthConfig(classes=1, videos_per_class=2, seconds=1.0, movers=4)
+    textured = make_synthetic_videos(tmp_path / "t", cfg)
+    flat = make_synthetic_videos(tmp_path / "f", replace(cfg, texture=False))
+    # the same draws: the same movers in the same places, only their looks are flat
+    for a, b in zip(textured, flat, strict=True):
+        assert moving_share(b) > 0.5 * moving_share(a) > 0
+        assert still_detail(b) < 0.1 * still_detail(a)
+
+
+def test_zigzag_travels_its_way_and_swings_across_it(tmp_path):
+    """Opposite zigzags differ (a swing along the direction would not: east at phase p is west at phase p + pi)."""
+    paths = make_synthetic_videos(tmp_path, SynthConfig(classes=9, videos_per_class=1, seconds=2.0, workers=2))
+    track, _ = centroid_track(tmp_path / "zigzag_east" / "zigzag_east_0000.mp4")
+    steps = np.diff(track, axis=0)
+    steps = steps[np.isfinite(steps).all(axis=1) & (np.abs(steps) < 20).all(axis=1)]  # skip wrap-arounds
+    assert len(paths) == 9 and np.median(steps[:, 0]) > 0.5  # travels east
+    y = track[np.isfinite(track).all(axis=1), 1]
+    assert y.max() - y.min() > 0.1 * 240 and (np.sign(steps[:, 1]) != 0).sum() > 10  # and swings north-south
+    assert np.count_nonzero(np.diff(np.sign(steps[:, 1][steps[:, 1] != 0]))) >= 2  # back and forth
