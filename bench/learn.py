@@ -1,16 +1,19 @@
 """Does pretraining help? MAE-ST's claim on data that fits two CPU cores (issue 7), as `make learn`.
 
-    python bench/learn.py [--out runs/learn] [--seeds 0 1 2] [--pretrain-epochs 15] [--finetune-epochs 8]
-                          [--ablation random:0.9,tube:0.9,frame:0.9,random:0.75] [--movers 4] [--out-json FILE]
+    python bench/learn.py [--out runs/learn] [--seeds 0 1 2] [--pretrain-epochs 33] [--finetune-steps 480]
+                          [--labeled-per-class 0] [--ablation tube:0.9,frame:0.9,random:0.75] [--movers 4]
+                          [--out-json FILE]
 
-1. Data: `vmae synth` motion classes (drift / swing / dash, each in 8 directions: the class is the movement, never
+1. Data: `vmae synth` motion classes (drift / zigzag / dash, each in 8 directions: the class is the movement, never
    one frame's look), a training and a validation set drawn with different seeds, built into shards. Each video
-   has several movers (--movers) so that motion covers much of the frame, as in action videos.
+   has several movers (--movers) so that motion covers much of the frame, as in action videos. With
+   --labeled-per-class L, fine-tuning, the from-scratch arm and the probe see only the first L training videos of
+   each class; pretraining always reads all of them, without labels.
 2. Per seed: `vmae pretrain` (the tiny preset, 90 % random masking, raw-pixel targets) on the training videos
    without their labels, then `vmae finetune` from it; and `vmae finetune` from scratch for the same total time
-   (its step count is set from the pretrain + fine-tune seconds measured in that seed's runs). Both are scored
-   with `vmae evaluate`'s multi-view test on the validation set; the linear probe of the pretrained encoder comes
-   with them.
+   (the pretrain + fine-tune seconds measured in that seed's runs, less the fixed start-up and test cost that the
+   scratch run pays as well, at the fine-tuning run's median step time). Both are scored with `vmae evaluate`'s
+   multi-view test on the validation set; the linear probe of the pretrained encoder comes with them.
 3. The masking ablation (first seed): each strategy:ratio pretrained for the same steps, fine-tuned the same way.
 
 Every run is the real command in its own process, on the real loader and shards.
