@@ -213,6 +213,7 @@ def main() -> int:
     text = json.dumps(results, indent=1)
     (args.out / "learn.json").write_text(text)
     if args.out_json:
+        args.out_json.parent.mkdir(parents=True, exist_ok=True)
         args.out_json.write_text(text)
     print_table(results)
     return 0
