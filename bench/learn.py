@@ -45,8 +45,8 @@ MOVERS = 4
 # lr 2.5e-4 at batch 16 rather than 1e-3: the further pretraining moves the encoder from its initial weights, the
 # worse it fine-tunes here (seed 0, raw pixels: linear probe 34.7 % vs 28.5 %, fine-tuned 63.2 % vs 51.4 %)
 PRETRAIN_BASE_LR = 4e-3
-# about 1000 pretraining steps and 480 fine-tuning steps: pretrained + fine-tuned beat 240 fine-tuning steps after
-# 450 pretraining ones by 11 points in the in-memory trials of the sixth round (BENCHMARKS.md)
+# 990 pretraining and 480 fine-tuning steps: in the sixth round's in-memory trials (BENCHMARKS.md) both longer than
+# the fifth round's 450 and 240 raised the pretrained arm (1500 pretraining steps: +11 points at 240 fine-tuning ones)
 PRETRAIN_EPOCHS, FINETUNE_STEPS = 33, 480
 LABELED_PER_CLASS = 0  # all: 5 per class was tried in the sixth round (pretraining lost there too)
 
