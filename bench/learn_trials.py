@@ -227,11 +227,12 @@ def linear_probe(encoder: torch.nn.Module, train: Clips, val: Clips, epochs: int
     return max(scores)
 
 
-def labeled_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+def labeled_subset(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """The first ``per_class`` videos of each class in key order, as bench/learn.py's --labeled-per-class picks them
+    (keys start with the file name, <class>_<index>); all of them when ``per_class`` is 0."""
     if not per_class:
         return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    return np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(CLASSES)])
+    return np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(CLASSES)])
 
 
 def run_trial(a: argparse.Namespace, trial: dict, train: Clips, val: Clips, device: torch.device) -> dict:
@@ -239,7 +240,7 @@ def run_trial(a: argparse.Namespace, trial: dict, train: Clips, val: Clips, devi
 
     def labeled(per_class: int) -> Clips:
         if per_class not in sets:
-            keep = labeled_subset(train.labels.cpu().numpy(), per_class, a.seed)
+            keep = labeled_subset(train.labels.cpu().numpy(), per_class)
             sets[per_class] = Clips(train.videos[keep].cpu().numpy(), train.labels[keep].cpu().numpy(), device)
         return sets[per_class] if per_class else train
 
