@@ -177,7 +177,8 @@ def main() -> int:
     config = args.out / "learn.yaml"
     config.write_text(yaml.safe_dump(shared_config(args.out)))
     train, labeled, val = build_data(args.out, args.movers, args.labeled_per_class)
-    ft_epochs = max(1, round(args.finetune_steps / steps_per_epoch(labeled)))
+    per_epoch = steps_per_epoch(labeled)
+    ft_epochs = max(1, round(args.finetune_steps / per_epoch))
     results: dict = {"seeds": {}, "ablation": {},
                      "setting": {"pretrain_videos": videos_in(train), "labeled_videos": videos_in(labeled),
                                  "val_videos": videos_in(val), "pretrain_epochs": args.pretrain_epochs,
@@ -187,7 +188,7 @@ def main() -> int:
         pre = pretrain(config, train, folder / "pretrain", seed, args.pretrain_epochs, "random", 0.9)
         tuned = finetune(config, labeled, val, folder / "finetune", seed, ft_epochs, folder / "pretrain")
         steps = same_time_steps(pre, tuned)
-        scratch = finetune(config, labeled, val, folder / "scratch", seed, math.ceil(steps / steps_per_epoch(labeled)),
+        scratch = finetune(config, labeled, val, folder / "scratch", seed, math.ceil(steps / per_epoch),
                            None, max_steps=steps)
         probe = linear_probe(folder / "pretrain", labeled, val)
         results["seeds"][seed] = {"pretrain": pre, "finetune": tuned, "scratch": scratch, "scratch_steps": steps,
