@@ -25,7 +25,7 @@ ffmpeg:
 	@if ! command -v ffmpeg >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null) \
 		|| echo "apt-get could not install ffmpeg: using imageio-ffmpeg's binary only"; fi
-	@$(BIN)/python -c "from shards.encode import ffmpeg_exe; print('ffmpeg:', ffmpeg_exe())"
+	@$(BIN)/python -c "from vmae.shards.encode import ffmpeg_exe; print('ffmpeg:', ffmpeg_exe())"
 
 demo: setup
 	$(BIN)/vmae synth $(DEMO)/videos --classes 24 --videos-per-class 2 --real-samples

@@ -37,7 +37,7 @@ from common import write_result  # noqa: E402
 
 
 def vmae(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tools.cli", "--log-level", "WARNING", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "vmae.tools.cli", "--log-level", "WARNING", *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

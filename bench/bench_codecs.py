@@ -28,9 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shards.config import SynthConfig  # noqa: E402
-from shards.encode import ffmpeg_exe  # noqa: E402
-from shards.synth import copy_sample_videos, make_synthetic_videos  # noqa: E402
+from vmae.shards.config import SynthConfig  # noqa: E402
+from vmae.shards.encode import ffmpeg_exe  # noqa: E402
+from vmae.shards.synth import copy_sample_videos, make_synthetic_videos  # noqa: E402
 
 T, TAU, GOP = 16, 4, 16
 ENCODINGS = {

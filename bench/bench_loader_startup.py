@@ -40,8 +40,8 @@ BATCH = 8
 
 def make_dataset(folder: Path, shards: int, per_shard: int) -> None:
     """Tars of tiny one-member samples, DALI index files and a manifest, written directly (quick at 1M samples)."""
-    from shards.tars import INDEX_VERSION
-    from shards.verify import FORMAT
+    from vmae.shards.tars import INDEX_VERSION
+    from vmae.shards.verify import FORMAT
 
     if (folder / "manifest.json").is_file():
         return
@@ -80,8 +80,8 @@ def reader_first_batch(files: list[str], indexes: list[str], shard_id: int, num_
 
 def measure(dataset: Path, arm: str, world: int) -> dict:
     """One rank's start-up, in this (fresh) process."""
-    from pipeline.dali_loader import rank_index_copies
-    from pipeline.shardset import ShardSet
+    from vmae.pipeline.data.dali_loader import rank_index_copies
+    from vmae.pipeline.data.shardset import ShardSet
 
     started = time.perf_counter()
     shardset = ShardSet(dataset)

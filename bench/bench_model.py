@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.flops import flop_counter, matmul_rate  # noqa: E402
-from model.mae import MaskedVideoAutoencoder, preset  # noqa: E402
+from vmae.model.flops import flop_counter, matmul_rate  # noqa: E402
+from vmae.model.mae import MaskedVideoAutoencoder, preset  # noqa: E402
 
 
 def step_flops(model: MaskedVideoAutoencoder, video: torch.Tensor) -> float:

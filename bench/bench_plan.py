@@ -43,9 +43,9 @@ def make_list(folder: Path, rows: int, classes: int) -> Path:
 
 
 def measure(listing: Path) -> dict:
-    from shards.build import listed_card
-    from shards.plan import make_plan
-    from shards.sources import list_inputs
+    from vmae.shards.build import listed_card
+    from vmae.shards.plan import make_plan
+    from vmae.shards.sources import list_inputs
 
     started = time.perf_counter()
     inputs = list_inputs(listing)

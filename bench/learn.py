@@ -66,7 +66,7 @@ def shared_config(out: Path) -> dict:
 def vmae(*args: str) -> float:
     """Run a vmae command; its wall-clock seconds."""
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "tools.cli", *args], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "vmae.tools.cli", *args], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"vmae {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     return time.perf_counter() - started
@@ -140,7 +140,7 @@ def linear_probe(run: Path, train: Path, val: Path) -> float:
 
 
 def videos_in(shards: Path) -> int:
-    from pipeline.shardset import ShardSet
+    from vmae.pipeline.data.shardset import ShardSet
 
     return len(ShardSet(shards))
 

@@ -30,8 +30,8 @@ from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from model.mae import MaskedVideoAutoencoder, VideoClassifier, preset  # noqa: E402
-from pipeline.config import DataConfig  # noqa: E402
+from vmae.model.mae import MaskedVideoAutoencoder, VideoClassifier, preset  # noqa: E402
+from vmae.pipeline.data.config import DataConfig  # noqa: E402
 
 CLIP = DataConfig()  # mean and std
 CLASSES = 24

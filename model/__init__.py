@@ -1,6 +1,6 @@
-"""The MAE-ST model: tubelet embedding, masking, visible-token ViT encoder, light decoder (issue 4).
+"""The MAE-ST model: tubelet embedding, masking, visible-token ViT encoder, light decoder.
 
-``model.mae`` holds the autoencoder, its presets (tiny, vit-s/b/l/h) and the fine-tuning classifier;
-``model.attention`` the one attention function and its backends; ``model.masking`` the masking strategies;
-``model.embed`` the tubelet embedding and the positions.
+``vmae.model.config`` holds the model's one config and its registries (presets, masking strategies, attention
+backends); ``vmae.model.mae`` the autoencoder and the fine-tuning classifier; ``vmae.model.attention`` the attention
+kernels; ``vmae.model.masking`` the masking strategies; ``vmae.model.embed`` the tubelet embedding and positions.
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-STRATEGIES = ("random", "tube", "frame", "block")  # masking strategies (model.masking)
+STRATEGIES = ("random", "tube", "frame", "block")  # masking strategies (vmae.model.masking)
 
 
 @dataclass(frozen=True)

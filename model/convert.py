@@ -12,7 +12,7 @@ import re
 
 import torch
 
-from model.load import read_state_dict
+from vmae.model.load import read_state_dict
 
 __all__ = ["ConversionError", "from_mae_st", "from_videomae", "read_state_dict", "to_huggingface_videomae"]
 

@@ -1,7 +1,7 @@
 """Tubelet embedding and positions on the T×H×W patch grid.
 
 Positions: learned and separable (a space table plus a time table, summed: MAE-ST's default) or fixed 3-D
-sin-cos (VideoMAE's). Tokens are numbered t·(H·W) + h·W + w, as in ``model.masking``.
+sin-cos (VideoMAE's). Tokens are numbered t·(H·W) + h·W + w, as in ``vmae.model.masking``.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from model.mae import MaskedVideoAutoencoder, ModelConfig, VideoClassifier
-from model.masking import make_mask
+from vmae.model.mae import MaskedVideoAutoencoder, ModelConfig, VideoClassifier
+from vmae.model.masking import make_mask
 
 # Dense bf16 tensor-core peaks (vendor datasheets, SXM parts); matched against torch.cuda.get_device_name().
 GPU_PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "GH200": 989e12, "B200": 2250e12,

@@ -93,7 +93,7 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str =
 def fit_clip_shape(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
     """Resize, in ``state``, the learned positions of every position table of ``module`` to its token grid;
     refuse a tubelet of another size. Returns one note per resized table."""
-    from model.embed import PositionEmbed, TubeletEmbed
+    from vmae.model.embed import PositionEmbed, TubeletEmbed
 
     notes = []
     for name, sub in module.named_modules():

@@ -12,11 +12,11 @@ import torch.nn as nn
 import torch.utils.checkpoint
 from timm.layers import DropPath, Mlp, trunc_normal_
 
-from model.attention import Attention
-from model.config import PRESETS, ModelConfig, preset  # noqa: F401 - the model's config, re-exported
-from model.embed import PositionEmbed, TubeletEmbed
-from model.load import encoder_part, load_strict, read_state_dict
-from model.masking import Mask, decoder_subset, make_mask
+from vmae.model.attention import Attention
+from vmae.model.config import PRESETS, ModelConfig, preset  # noqa: F401 - the model's config, re-exported
+from vmae.model.embed import PositionEmbed, TubeletEmbed
+from vmae.model.load import encoder_part, load_strict, read_state_dict
+from vmae.model.masking import Mask, decoder_subset, make_mask
 
 
 class Block(nn.Module):

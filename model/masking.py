@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.config import STRATEGIES
+from vmae.model.config import STRATEGIES
 
 
 @dataclass(frozen=True)

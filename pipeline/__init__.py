@@ -1,1 +1,1 @@
-"""Loading and training: shards → multi-view clips on the training device (the loader arrives with issue 3)."""
+"""From shards to a trained model: ``data`` (loading), ``train`` (DeepSpeed training), ``evaluate`` (scoring)."""

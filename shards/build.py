@@ -27,13 +27,13 @@ from typing import Callable, Iterator
 import tqdm as tqdm_module
 from tqdm import tqdm
 
-from shards.config import ShardConfig
-from shards.encode import EXTENSION, Encoded, die_with_parent, encode, ffmpeg_exe, output_fps, output_size
-from shards.frames import folder_bytes, probe_frames
-from shards.plan import Plan, PlannedItem, make_plan, read_class_file, read_keys
-from shards.probe import RejectedInput, VideoInfo, probe
-from shards.sources import VIDEO_EXTENSIONS, InputTable, SourceError, input_kind, list_inputs
-from shards.tars import ShardWriter
+from vmae.shards.config import ShardConfig
+from vmae.shards.encode import EXTENSION, Encoded, die_with_parent, encode, ffmpeg_exe, output_fps, output_size
+from vmae.shards.frames import folder_bytes, probe_frames
+from vmae.shards.plan import Plan, PlannedItem, make_plan, read_class_file, read_keys
+from vmae.shards.probe import RejectedInput, VideoInfo, probe
+from vmae.shards.sources import VIDEO_EXTENSIONS, InputTable, SourceError, input_kind, list_inputs
+from vmae.shards.tars import ShardWriter
 
 log = logging.getLogger(__name__)
 tqdm_module.tqdm.monitor_interval = 0  # no monitor thread: the worker pool forks
@@ -376,7 +376,7 @@ class _Builder:
                 if not pool:
                     # forkserver: workers start lean (no torch, no open shard files) whatever this process imported
                     ctx = multiprocessing.get_context("forkserver")
-                    ctx.set_forkserver_preload(["shards.build"])  # imported once in the server, not in every worker
+                    ctx.set_forkserver_preload(["vmae.shards.build"])  # imported once in the server, not in every worker
                     pool.append(stack.enter_context(ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                                                                         initializer=die_with_parent)))
                 return pool[0].submit(process_item, item, self.cfg, self.items_dir)

@@ -19,9 +19,9 @@ from pathlib import Path
 import av
 import ffmpeg
 
-from shards.config import ShardConfig
-from shards.frames import link_frames
-from shards.probe import PacketCounter, PacketScan, RejectedInput, VideoInfo, scan_packets
+from vmae.shards.config import ShardConfig
+from vmae.shards.frames import link_frames
+from vmae.shards.probe import PacketCounter, PacketScan, RejectedInput, VideoInfo, scan_packets
 
 EXTENSION = {"h264": "mp4", "vp9": "webm", "mjpeg": "mkv"}
 MUXER = {"h264": "mp4", "vp9": "webm", "mjpeg": "matroska"}

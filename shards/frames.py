@@ -13,7 +13,7 @@ from pathlib import Path
 
 import av
 
-from shards.probe import RejectedInput, VideoInfo
+from vmae.shards.probe import RejectedInput, VideoInfo
 
 FRAME_EXTENSIONS = {".jpg", ".jpeg", ".png"}
 NUMBERED = re.compile(r"^(?P<prefix>.*?)(?P<number>\d+)$")  # on the file stem: "img_00012" → "img_", 12

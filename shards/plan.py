@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.sources import MISSING, InputTable
+from vmae.shards.sources import MISSING, InputTable
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.frames import is_frame_image
+from vmae.shards.frames import is_frame_image
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts"}
 KINETICS_COLUMNS = {"label", "youtube_id", "time_start", "time_end"}

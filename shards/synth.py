@@ -20,8 +20,8 @@ from pathlib import Path
 
 import ffmpeg
 
-from shards.config import SynthConfig
-from shards.encode import ffmpeg_command, single_threaded
+from vmae.shards.config import SynthConfig
+from vmae.shards.encode import ffmpeg_command, single_threaded
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import av
 
-from shards.build import FORMAT, MANIFEST, REJECTS
-from shards.tars import index_path, make_index, read_member, sample_members
+from vmae.shards.build import FORMAT, MANIFEST, REJECTS
+from vmae.shards.tars import index_path, make_index, read_member, sample_members
 
 REQUIRED_MEMBERS = ("json", "cls", "frames", "label")
 

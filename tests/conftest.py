@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from shards.config import ShardConfig, SynthConfig
-from shards.encode import ffmpeg_exe
-from shards.synth import make_synthetic_videos, sample_videos
+from vmae.shards.config import ShardConfig, SynthConfig
+from vmae.shards.encode import ffmpeg_exe
+from vmae.shards.synth import make_synthetic_videos, sample_videos
 
 
 def pytest_collection_modifyitems(config, items):
@@ -80,7 +80,7 @@ def video_folder(tmp_path_factory, real_videos) -> Path:
 @pytest.fixture(scope="session")
 def built(tmp_path_factory, video_folder) -> tuple[Path, ShardConfig]:
     """One reference build of ``video_folder`` that several tests read (never modify it)."""
-    from shards.build import build_shards
+    from vmae.shards.build import build_shards
 
     out = tmp_path_factory.mktemp("built") / "ds"
     cfg = ShardConfig(samples_per_shard=4, workers=2)

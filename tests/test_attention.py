@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model.attention import Attention, _xformers_problem, attention, resolve_backend
+from vmae.model.attention import Attention, _xformers_problem, attention, resolve_backend
 
 
 def qkv(shape=(2, 4, 157, 64), dtype=torch.float32, device="cpu", seed=0):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from shards.build import build_shards
-from shards.config import ShardConfig
-from shards.plan import make_key
+from vmae.shards.build import build_shards
+from vmae.shards.config import ShardConfig
+from vmae.shards.plan import make_key
 
 from conftest import ffmpeg, make_video
 
@@ -87,7 +87,7 @@ def test_variable_frame_rate_becomes_constant(odd_build, tmp_path):
     assert meta["fps"] == 30 and abs(frames - 240) <= 3  # 8 s at 30 fps
     path = tmp_path / "v.mp4"
     path.write_bytes(video)
-    from shards.probe import scan_packets
+    from vmae.shards.probe import scan_packets
     assert scan_packets(path).constant_rate
 
 
@@ -125,7 +125,7 @@ def test_short_video_padded_by_option(odd_inputs, tmp_path):
     out = tmp_path / "out"
     build_shards(one.parent, out, ShardConfig(short_policy="pad"), progress=False)
     from test_build import samples_of
-    from shards.verify import count_decoded_frames
+    from vmae.shards.verify import count_decoded_frames
     [(_, meta, video, frames, _)] = samples_of(out)
     assert frames == 64 == count_decoded_frames(video) and meta["padded_frames"] == 34
 

@@ -17,12 +17,12 @@ import av
 import numpy as np
 import pytest
 
-from shards.build import BuildError, build_shards
-from shards.config import ShardConfig
-from shards.probe import probe, scan_packets
-from shards.sources import SourceError
-from shards.tars import index_path, sample_members, read_member
-from shards.verify import count_decoded_frames
+from vmae.shards.build import BuildError, build_shards
+from vmae.shards.config import ShardConfig
+from vmae.shards.probe import probe, scan_packets
+from vmae.shards.sources import SourceError
+from vmae.shards.tars import index_path, sample_members, read_member
+from vmae.shards.verify import count_decoded_frames
 
 pytestmark = pytest.mark.slow
 
@@ -199,7 +199,7 @@ def test_killed_build_resumes_to_the_same_bytes(built, video_folder, tmp_path, k
     out = tmp_path / "killed"
     ready = {"first_video_done": lambda: _first_item_done(out),
              "first_shard_sealed": lambda: (out / "shard-000000.tar").exists()}[kill_when]
-    cmd = [sys.executable, "-m", "tools.cli", "--log-level", "WARNING", "shards", "build", str(video_folder),
+    cmd = [sys.executable, "-m", "vmae.tools.cli", "--log-level", "WARNING", "shards", "build", str(video_folder),
            str(out), "--samples-per-shard", "4", "--workers", "1"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -219,7 +219,7 @@ def test_the_ray_engine_builds_the_bytes_of_the_local_build(built, video_folder,
     forked from there later (the tests' DataLoaders) may crash."""
     pytest.importorskip("ray")
     reference, _ = built
-    proc = subprocess.run([sys.executable, "-m", "tools.cli", "shards", "build", str(video_folder),
+    proc = subprocess.run([sys.executable, "-m", "vmae.tools.cli", "shards", "build", str(video_folder),
                            str(tmp_path / "ray"), "--engine", "ray", "--workers", "2", "--samples-per-shard", "4"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -234,7 +234,7 @@ def test_slurm_style_parts_then_packing_give_the_one_machine_bytes(built, video_
     out = tmp_path / "parts"
     shim = tmp_path / "bin" / "vmae"
     shim.parent.mkdir()
-    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m tools.cli --log-level WARNING \"$@\"\n")
+    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m vmae.tools.cli --log-level WARNING \"$@\"\n")
     shim.chmod(0o755)
     env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_COUNT": "3",
            "SLURM_CPUS_PER_TASK": "1"}
@@ -269,14 +269,14 @@ def test_slurm_style_parts_then_packing_give_the_one_machine_bytes(built, video_
     assert dataset_bytes(out) == dataset_bytes(reference)
     assert "10/10 inputs processed, rejected none; packed" in progress()
     with pytest.raises(SystemExit):  # a part outside 0..N-1 is refused before any work
-        from tools.cli import main
+        from vmae.tools.cli import main
         main(["shards", "build", str(video_folder), str(out), "--part", "3/3"])
 
 
 def test_all_inputs_rejected_exits_nonzero(tmp_path):
     (tmp_path / "in" / "c").mkdir(parents=True)
     (tmp_path / "in" / "c" / "empty.mp4").write_bytes(b"")
-    proc = subprocess.run([sys.executable, "-m", "tools.cli", "shards", "build", str(tmp_path / "in"),
+    proc = subprocess.run([sys.executable, "-m", "vmae.tools.cli", "shards", "build", str(tmp_path / "in"),
                            str(tmp_path / "out")], capture_output=True, text=True)
     assert proc.returncode == 1 and "every input was rejected" in proc.stderr
 
@@ -302,14 +302,14 @@ def test_webdataset_and_tar_read_the_shards(built):
 def test_an_input_without_videos_is_refused_before_writing(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "notes.txt").write_text("no videos here")
-    proc = subprocess.run([sys.executable, "-m", "tools.cli", "shards", "build", str(tmp_path / "in"),
+    proc = subprocess.run([sys.executable, "-m", "vmae.tools.cli", "shards", "build", str(tmp_path / "in"),
                            str(tmp_path / "out")], capture_output=True, text=True)
     assert proc.returncode == 1 and "no videos found" in proc.stderr and not (tmp_path / "out").exists()
 
 
 def test_the_manifest_carries_a_dataset_card_that_two_copies_compare_by(tmp_path, capsys):
     from conftest import make_video
-    from tools.cli import main
+    from vmae.tools.cli import main
 
     for name in ("a", "b", "c"):
         make_video(tmp_path / "v" / f"{name}.mp4", 1.0, "160x120", 15)
@@ -382,9 +382,9 @@ def test_transient_failures_are_tried_again_then_rejected_with_the_reason(tmp_pa
     that keeps failing is rejected naming the failure and the tries, and a vanished file never stops the build."""
     import errno
 
-    import shards.build as build
+    import vmae.shards.build as build
     from conftest import make_video
-    from shards.plan import PlannedItem
+    from vmae.shards.plan import PlannedItem
 
     video = make_video(tmp_path / "in" / "v.mp4", 1.0, "160x120", 15)
     item = PlannedItem("v_key", "v.mp4", str(video), -1, None)

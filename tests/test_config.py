@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from tools.cli import build_parser, main, parse_args
-from tools.config import ConfigError, flag_values, load_config, to_yaml
+from vmae.tools.cli import build_parser, main, parse_args
+from vmae.tools.config import ConfigError, flag_values, load_config, to_yaml
 
 
 def test_defaults_are_the_papers_preprocessing():
@@ -63,6 +63,6 @@ def test_config_error_exits_2_with_a_message(capsys, tmp_path):
                                   ["shards", "verify", "--help"], ["shards", "inspect", "--help"],
                                   ["synth", "--help"], ["config", "--help"]])
 def test_every_command_explains_itself(argv):
-    proc = subprocess.run([sys.executable, "-m", "tools.cli", *argv], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "vmae.tools.cli", *argv], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "usage: vmae" in proc.stdout and len(proc.stdout) > 300

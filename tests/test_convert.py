@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.convert import ConversionError, from_mae_st, from_videomae, to_huggingface_videomae
-from model.mae import MaskedVideoAutoencoder, preset
-from model.masking import make_mask
+from vmae.model.convert import ConversionError, from_mae_st, from_videomae, to_huggingface_videomae
+from vmae.model.mae import MaskedVideoAutoencoder, preset
+from vmae.model.masking import make_mask
 
 D, DEPTH, DD, DDEPTH, FRAMES, SIZE = 48, 2, 32, 1, 4, 32
 GRID = (FRAMES // 2, SIZE // 16, SIZE // 16)

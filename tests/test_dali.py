@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shards.build import build_shards
-from shards.config import ShardConfig
+from vmae.shards.build import build_shards
+from vmae.shards.config import ShardConfig
 
 dali = pytest.importorskip("nvidia.dali")
 from nvidia.dali import fn, pipeline_def, types  # noqa: E402

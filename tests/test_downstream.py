@@ -12,12 +12,12 @@ import pytest
 import torch
 import yaml
 
-from model.mae import MaskedVideoAutoencoder, preset
-from pipeline.config import DataConfig
-from pipeline.downstream import (Features, PooledFeatures, evaluation_data, extract_features, linear_probe,
+from vmae.model.mae import MaskedVideoAutoencoder, preset
+from vmae.pipeline.data.config import DataConfig
+from vmae.pipeline.evaluate.downstream import (Features, PooledFeatures, evaluation_data, extract_features, linear_probe,
                                  sampling_statement, scores_report, split_by_key)
-from pipeline.shardset import ShardSet
-from tools.cli import main
+from vmae.pipeline.data.shardset import ShardSet
+from vmae.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,7 +94,7 @@ def test_linear_probe_command_on_a_pretraining_checkpoint(built, tmp_path, capfd
                   "global_batch": 2, "warmup_epochs": 1, "peak_tflops": 1.0}}))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")}
-    proc = subprocess.run([sys.executable, "-m", "tools.cli", "pretrain", "--config", str(config)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "vmae.tools.cli", "pretrain", "--config", str(config)], cwd=ROOT,
                           env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     capfd.readouterr()

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from model.embed import PositionEmbed, TubeletEmbed, sincos_3d
-from model.masking import make_mask
+from vmae.model.embed import PositionEmbed, TubeletEmbed, sincos_3d
+from vmae.model.masking import make_mask
 
 
 def test_tubelets_of_mae_st_give_1568_tokens_in_grid_order():

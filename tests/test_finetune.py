@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
-from pipeline.downstream import remap_labels
-from pipeline.tasks import FinetuneTask
-from shards.config import ShardConfig, SynthConfig
+from vmae.pipeline.evaluate.downstream import remap_labels
+from vmae.pipeline.train.tasks import FinetuneTask
+from vmae.shards.config import ShardConfig, SynthConfig
 from test_pretrain import ROOT, clean_env, run_config, write_config
-from tools.config import load_config, preset_layer
+from vmae.tools.config import load_config, preset_layer
 
 
 def tiny_cfg(**finetune):
@@ -74,10 +74,10 @@ def test_evaluation_labels_are_matched_by_class_name():
 
 LR_CHECK = """
 import sys, torch
-from pipeline.engine import init_distributed, make_engine, set_lr
-from pipeline.tasks import FinetuneTask
-from pipeline.train_config import batch_split
-from tools.config import load_config, preset_layer
+from vmae.pipeline.train.engine import init_distributed, make_engine, set_lr
+from vmae.pipeline.train.tasks import FinetuneTask
+from vmae.pipeline.train.config import batch_split
+from vmae.tools.config import load_config, preset_layer
 stage = int(sys.argv[1])
 cfg = load_config(None, ["model.preset=tiny", "data.frames=4", "data.crop_size=32", "data.views=1",
                          "data.batch_size=2", "train.global_batch=2", "train.weight_decay=0", "train.precision=fp32",
@@ -121,12 +121,12 @@ def test_each_layer_moves_by_its_decayed_lr_under_deepspeed():
 def test_finetune_from_a_pretraining_run_resumes_and_is_scored(built, tmp_path):
     dataset = built[0]
     pre = run_config(dataset, tmp_path / "pre", max_steps=2, log_samples=False)
-    proc = subprocess.run([sys.executable, "-m", "tools.cli", "pretrain", "--config", str(write_config(tmp_path, pre))],
+    proc = subprocess.run([sys.executable, "-m", "vmae.tools.cli", "pretrain", "--config", str(write_config(tmp_path, pre))],
                           cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     def finetune(steps: int) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "tools.cli", "finetune", "--dataset", str(dataset), "--out",
+        command = [sys.executable, "-m", "vmae.tools.cli", "finetune", "--dataset", str(dataset), "--out",
                    str(tmp_path / "ft"), "--pretrained", str(tmp_path / "pre"), "--val-dataset", str(dataset),
                    "data.batch_size=2", "data.workers=1", "data.backend=cpu", "train.global_batch=2",
                    "train.epochs=4", "train.warmup_epochs=1", f"train.max_steps={steps}", "train.checkpoint_every=2",
@@ -151,7 +151,7 @@ def test_finetune_from_a_pretraining_run_resumes_and_is_scored(built, tmp_path):
     assert weights["head.weight"].shape[0] == classes
 
     # evaluate on its own: the run folder, 3 windows x 2 crops
-    proc = subprocess.run([sys.executable, "-m", "tools.cli", "evaluate", str(tmp_path / "ft"), "--dataset",
+    proc = subprocess.run([sys.executable, "-m", "vmae.tools.cli", "evaluate", str(tmp_path / "ft"), "--dataset",
                            str(dataset), "--views", "6", "--test-crops", "2", "--out", str(tmp_path / "eval")],
                           cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -174,8 +174,8 @@ def test_finetune_from_a_pretraining_run_resumes_and_is_scored(built, tmp_path):
 @pytest.fixture(scope="module")
 def motion(tmp_path_factory) -> tuple[Path, Path]:
     """The first four motion classes (drift east, south-east, south, south-west), a train and a validation set."""
-    from shards.build import build_shards
-    from shards.synth import make_synthetic_videos
+    from vmae.shards.build import build_shards
+    from vmae.shards.synth import make_synthetic_videos
 
     root = tmp_path_factory.mktemp("motion")
     sets = []
@@ -192,7 +192,7 @@ def motion(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.mark.slow
 def test_a_short_finetune_learns_motion_above_chance(motion, tmp_path):
     train, val = motion
-    command = [sys.executable, "-m", "tools.cli", "finetune", "--dataset", str(train), "--out", str(tmp_path / "ft"),
+    command = [sys.executable, "-m", "vmae.tools.cli", "finetune", "--dataset", str(train), "--out", str(tmp_path / "ft"),
                "--val-dataset", str(val), "model.preset=tiny", "model.tubelet=[2,8,8]", "data.frames=8",
                "data.stride=4", "data.crop_size=32", "data.views=2", "data.batch_size=8", "data.flip=false",
                "data.scale=[0.6,1.0]", "data.backend=cpu", "train.global_batch=8", "train.epochs=40",
@@ -207,8 +207,8 @@ def test_a_short_finetune_learns_motion_above_chance(motion, tmp_path):
 
 
 def test_a_dataset_whose_class_count_differs_from_the_head_is_refused(tmp_path):
-    from pipeline.train import check_classes
-    from pipeline.train_config import TrainError
+    from vmae.pipeline.train.loop import check_classes
+    from vmae.pipeline.train.config import TrainError
 
     classes = ["drift_east", "drift_north", "spin"]
     cfg = load_config(None, [f"train.out={tmp_path / 'ft'}", "train.dataset=k400", "finetune.num_classes=400"])

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.load import CheckpointMismatch, encoder_part, load_strict, strip_wrappers
-from model.mae import MaskedVideoAutoencoder, VideoClassifier, preset
+from vmae.model.load import CheckpointMismatch, encoder_part, load_strict, strip_wrappers
+from vmae.model.mae import MaskedVideoAutoencoder, VideoClassifier, preset
 
 PRETRAIN = dict(frames=8, size=64)  # tiny preset, 2x16x16 tubelets: a 4 x 4 x 4 token grid
 

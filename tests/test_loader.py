@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import DataConfig
-from pipeline.decode import decode_frames, pyav_frames, reference_frames
-from pipeline.loader import CpuLoader, make_loader
-from pipeline.sampling import plan_views, sample_rng, temporal_windows
-from pipeline.shardset import ShardSet, open_shards
-from shards.verify import DatasetError
-from pipeline.views import make_views
-from shards.build import build_shards
-from shards.config import ShardConfig
-from shards.tars import ShardWriter, read_member, sample_members
+from vmae.pipeline.data.config import DataConfig
+from vmae.pipeline.data.decode import decode_frames, pyav_frames, reference_frames
+from vmae.pipeline.data.loader import CpuLoader, make_loader
+from vmae.pipeline.data.sampling import plan_views, sample_rng, temporal_windows
+from vmae.pipeline.data.shardset import ShardSet, open_shards
+from vmae.shards.verify import DatasetError
+from vmae.pipeline.data.views import make_views
+from vmae.shards.build import build_shards
+from vmae.shards.config import ShardConfig
+from vmae.shards.tars import ShardWriter, read_member, sample_members
 
 from conftest import make_video
 
@@ -312,7 +312,7 @@ def test_cpu_decoders_give_the_frames_of_a_plain_decode(built, decoder):
 def test_without_torchcodec_pyav_decodes_and_says_so(real_videos, monkeypatch, caplog):
     """A machine without torchcodec (or without the FFmpeg libraries it loads) decodes with PyAV, not a
     decode error per sample."""
-    from pipeline import decode
+    from vmae.pipeline.data import decode
 
     monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # import fails as if not installed
     decode.torchcodec_problem.cache_clear()
@@ -527,7 +527,7 @@ class NeverReturns:
 @pytest.mark.slow
 def test_a_hung_dali_graph_is_abandoned_and_a_fresh_one_goes_on(vp9_dataset, monkeypatch, give_up_after):
     pytest.importorskip("nvidia.dali")
-    from pipeline.dali_loader import DaliLoader
+    from vmae.pipeline.data.dali_loader import DaliLoader
 
     give_up_after(240)
     made = []
@@ -571,7 +571,7 @@ def test_gpu_loader_follows_the_contract(built):
 @pytest.mark.slow
 def test_loader_check_writes_a_contact_sheet(built, tmp_path):
     sheet = tmp_path / "sheet.png"
-    proc = subprocess.run([sys.executable, "-m", "tools.cli", "loader-check", str(built[0]), "--sheet", str(sheet),
+    proc = subprocess.run([sys.executable, "-m", "vmae.tools.cli", "loader-check", str(built[0]), "--sheet", str(sheet),
                            "--batches", "2", "--batch-size", "2", "--views", "2", "--frames", "8",
                            "--crop-size", "64"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -642,8 +642,8 @@ def test_loader_samples_on_p_frames_of_such_shards(pframe_dataset):
 
 @pytest.mark.slow
 def test_a_sample_with_incomplete_metadata_is_a_counted_bad_sample(built, tmp_path):
-    from pipeline.cpu_loader import BadSample, SampleReader
-    from pipeline.shardset import SampleRef
+    from vmae.pipeline.data.cpu_loader import BadSample, SampleReader
+    from vmae.pipeline.data.shardset import SampleRef
 
     out = tmp_path / "ds"
     shutil.copytree(built[0], out)
@@ -676,7 +676,7 @@ def test_default_workers_share_the_cores_among_the_ranks_of_a_machine(monkeypatc
 
 
 def test_evaluation_views_are_temporal_windows_times_spatial_crops():
-    from pipeline.sampling import plan_views
+    from vmae.pipeline.data.sampling import plan_views
 
     cfg = DataConfig(views=6, test_crops=3, augment=False, frames=4, stride=2)
     plan = plan_views(100, 240, 320, cfg, np.random.default_rng(0))
@@ -716,8 +716,8 @@ def give_up_after(request):
 @pytest.mark.slow
 def test_a_decode_that_never_returns_is_abandoned_and_its_worker_replaced(built, monkeypatch, tmp_path,
                                                                           give_up_after):
-    from pipeline import cpu_loader
-    from pipeline.shardset import SampleRef
+    from vmae.pipeline.data import cpu_loader
+    from vmae.pipeline.data.shardset import SampleRef
 
     shardset = ShardSet(built[0])
     stuck_key, members = shardset.members(SampleRef(1, 2))
@@ -807,7 +807,7 @@ def test_dali_draws_the_same_segment_frames_as_the_cpu_path():
     pytest.importorskip("nvidia.dali")
     from nvidia.dali import fn, pipeline_def, types
 
-    from pipeline.dali_loader import view_frame_indices
+    from vmae.pipeline.data.dali_loader import view_frame_indices
 
     cfg = DataConfig(augment=False, views=6, test_crops=3, sampling="segment", frames=8)
 

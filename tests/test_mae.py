@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from model.flops import flop_counter, training_flops
-from model.mae import MaskedVideoAutoencoder, VideoClassifier, masked_loss, patchify, preset
-from model.masking import make_mask
+from vmae.model.flops import flop_counter, training_flops
+from vmae.model.mae import MaskedVideoAutoencoder, VideoClassifier, masked_loss, patchify, preset
+from vmae.model.masking import make_mask
 
 TINY = dict(frames=8, size=64)
 
@@ -115,7 +115,7 @@ def test_unknown_preset_is_refused():
 
 
 def test_unpatchify_inverts_patchify():
-    from model.mae import unpatchify
+    from vmae.model.mae import unpatchify
 
     video = torch.randn(2, 3, 8, 32, 48)
     for frames in (1, 2):
@@ -152,7 +152,7 @@ def test_classifier_takes_every_encoder_tensor_of_a_pretraining_checkpoint(tmp_p
 
 
 def test_dual_masking_reconstructs_a_running_cell_half_of_the_hidden_tokens():
-    from model.masking import decoder_subset
+    from vmae.model.masking import decoder_subset
 
     grid = (8, 14, 14)
     mask = make_mask("random", 3, grid, 0.9, torch.Generator().manual_seed(0))

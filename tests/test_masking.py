@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model.masking import STRATEGIES, make_mask
+from vmae.model.masking import STRATEGIES, make_mask
 
 GRID = (8, 14, 14)  # 16 frames / 2, 224 / 16: MAE-ST's 1568 tokens
 

@@ -18,14 +18,14 @@ import pytest
 import torch
 import yaml
 
-from pipeline.checkpoint import (MARKER, CheckpointError, complete_checkpoints, latest_checkpoint,
+from vmae.pipeline.train.checkpoint import (MARKER, CheckpointError, complete_checkpoints, latest_checkpoint,
                                  save_checkpoint)
-from pipeline.engine import deepspeed_config, detect_launcher, free_port, optimizer_clips
-from pipeline.metrics import read_metrics
-from pipeline.train_config import (BatchSplit, TrainConfig, batch_split, batch_statement, batch_warning,
+from vmae.pipeline.train.engine import deepspeed_config, detect_launcher, free_port, optimizer_clips
+from vmae.pipeline.train.metrics import read_metrics
+from vmae.pipeline.train.config import (BatchSplit, TrainConfig, batch_split, batch_statement, batch_warning,
                                    describe_batch, lr_at, peak_lr)
-from pipeline.config import DataConfig
-from tools.cli import main
+from vmae.pipeline.data.config import DataConfig
+from vmae.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 8  # 2 steps per epoch of 10 videos at a global batch of 4: four epochs
@@ -64,7 +64,7 @@ def write_config(tmp: Path, cfg: dict) -> Path:
 def vmae_pretrain(config: Path, *extra: str, launcher: tuple[str, ...] = (sys.executable, "-m"), wait: bool = True,
                   timeout=300):
     """`vmae pretrain` as a module under ``launcher`` (which ends with its own "run a module" flag)."""
-    command = [*launcher, "tools.cli", "pretrain", "--config", str(config), *extra]
+    command = [*launcher, "vmae.tools.cli", "pretrain", "--config", str(config), *extra]
     proc = subprocess.Popen(command, cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     if not wait:
@@ -131,7 +131,7 @@ def test_one_process_learns_and_leaves_everything_a_run_promises(reference, buil
 
 @pytest.mark.slow
 def test_exported_weights_load_into_the_classifier_safely(reference):
-    from model.mae import VideoClassifier, preset
+    from vmae.model.mae import VideoClassifier, preset
 
     classifier = VideoClassifier(preset("tiny", frames=4, size=32), num_classes=3)
     fresh = classifier.head.weight.clone()
@@ -447,11 +447,11 @@ def test_honest_reconstructions_tell_a_trained_model_from_one_that_predicts_noth
     visible neighbours; the leaking one is only drawn on request, labelled."""
     import copy
 
-    from pipeline.checkpoint import resolve_checkpoint, saved_config
-    from pipeline.loader import make_loader
-    from pipeline.pretrained import load_pretrained
-    from pipeline.visualize import masked_psnr, reconstruct, reconstruction_grid
-    from tools.config import load_config
+    from vmae.pipeline.train.checkpoint import resolve_checkpoint, saved_config
+    from vmae.pipeline.data.loader import make_loader
+    from vmae.pipeline.evaluate.pretrained import load_pretrained
+    from vmae.pipeline.evaluate.visualize import masked_psnr, reconstruct, reconstruction_grid
+    from vmae.tools.config import load_config
 
     folder = resolve_checkpoint(overfit_run)
     cfg = load_config(str(saved_config(folder)))

@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from tools.cli import main
-from tools.profile import Rate, compare_profiles, measure
+from vmae.tools.cli import main
+from vmae.tools.profile import Rate, compare_profiles, measure
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +45,7 @@ def medians(stages: dict) -> list[float]:
 def test_full_profile_is_bounded_complete_and_drawn(built, tmp_path):
     config = small_config(tmp_path, built[0])
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "tools.cli", "profile", "--config", str(config), "--seconds", "2",
+    proc = subprocess.run([sys.executable, "-m", "vmae.tools.cli", "profile", "--config", str(config), "--seconds", "2",
                            "--out", str(tmp_path / "report")], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -120,15 +120,15 @@ def test_bad_profile_requests_are_refused(built, tmp_path, capfd):
 @pytest.mark.gpu
 def test_nvdec_decode_rate_on_cuda(built):
     pytest.importorskip("nvidia.dali")
-    from tools.profile import nvdec_rate
+    from vmae.tools.profile import nvdec_rate
 
     windows = nvdec_rate(built[0], seconds=2)
     assert windows and all(w > 0 for w in windows)
 
 
 def test_a_dali_loader_that_limits_the_run_gets_the_cpu_path_suggested():
-    from tools.config import load_config
-    from tools.profile import verdict
+    from vmae.tools.config import load_config
+    from vmae.tools.profile import verdict
 
     cfg = load_config(None, ["data.views=4"])
     load = {"K=4": {"median": 10.0, "backend": "dali"}}
@@ -158,8 +158,8 @@ class FakeNvml:
 
 
 def test_decoder_utilization_is_sampled_beside_sm_utilization_and_reported():
-    from tools.gpu_monitor import DeviceUtilization
-    from tools.profile import utilization_advice
+    from vmae.tools.gpu_monitor import DeviceUtilization
+    from vmae.tools.profile import utilization_advice
 
     with DeviceUtilization(period=0.01, nvml=FakeNvml()) as device:
         time.sleep(0.2)
@@ -171,7 +171,7 @@ def test_decoder_utilization_is_sampled_beside_sm_utilization_and_reported():
 
 
 def test_without_a_gpu_there_is_nothing_to_sample():
-    from tools.gpu_monitor import DeviceUtilization
+    from vmae.tools.gpu_monitor import DeviceUtilization
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -183,8 +183,8 @@ def test_without_a_gpu_there_is_nothing_to_sample():
 @pytest.mark.gpu
 def test_nvml_reads_nvdec_while_dali_decodes(built):
     pytest.importorskip("nvidia.dali")
-    from tools.gpu_monitor import DeviceUtilization
-    from tools.profile import nvdec_rate
+    from vmae.tools.gpu_monitor import DeviceUtilization
+    from vmae.tools.profile import nvdec_rate
 
     with DeviceUtilization(period=0.05) as device:
         nvdec_rate(built[0], 2.0)

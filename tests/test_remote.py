@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import DataConfig
-from pipeline.loader import make_loader
-from pipeline.remote import RemoteError, ShardCache
-from pipeline.shardset import ShardSet
+from vmae.pipeline.data.config import DataConfig
+from vmae.pipeline.data.loader import make_loader
+from vmae.pipeline.data.remote import RemoteError, ShardCache
+from vmae.pipeline.data.shardset import ShardSet
 
 
 class Handler(BaseHTTPRequestHandler):

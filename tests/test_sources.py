@@ -3,8 +3,8 @@ import re
 
 import pytest
 
-from shards.plan import make_key, make_plan, read_class_file
-from shards.sources import SourceError, list_inputs
+from vmae.shards.plan import make_key, make_plan, read_class_file
+from vmae.shards.sources import SourceError, list_inputs
 
 
 def touch(path, data=b"x"):
@@ -203,7 +203,7 @@ def test_split_files_and_lists_find_frame_folders_in_place_of_videos(tmp_path):
 
 def test_a_list_read_in_many_chunks_gives_the_same_inputs_and_plan(tmp_path, monkeypatch):
     """Rows become arrays a chunk at a time (paths of different lengths in each): nothing is lost or cut."""
-    from shards.sources import InputTable
+    from vmae.shards.sources import InputTable
 
     rows = []
     for n in range(23):
@@ -227,7 +227,7 @@ def test_a_folder_walk_lists_in_pathlibs_order_with_each_files_identity(tmp_path
     left out, frame folders and their own identity."""
     import os
 
-    from shards.sources import FILE, FRAMES, VideoIndex
+    from vmae.shards.sources import FILE, FRAMES, VideoIndex
 
     names = ["a/b.mp4", "a-b/c.mp4", "a.mp4", "ab/0.mp4", "a/b/z.mp4", "frames/v1/img_00001.jpg", "Z.mkv"]
     for name in names:

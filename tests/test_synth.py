@@ -6,8 +6,8 @@ import av
 import numpy as np
 import pytest
 
-from shards.config import SynthConfig
-from shards.synth import class_names, make_synthetic_videos
+from vmae.shards.config import SynthConfig
+from vmae.shards.synth import class_names, make_synthetic_videos
 
 
 def centroid_track(path):

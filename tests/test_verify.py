@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from shards.stats import dataset_stats
-from shards.tars import sample_members
-from shards.verify import verify_dataset
+from vmae.shards.stats import dataset_stats
+from vmae.shards.tars import sample_members
+from vmae.shards.verify import verify_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ def copy(built, tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "tools.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "vmae.tools.cli", *args], capture_output=True, text=True)
 
 
 def test_a_clean_build_verifies(built):

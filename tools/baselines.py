@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.config import DataConfig
-from pipeline.sampling import plan_views
-from pipeline.views import make_views
+from vmae.pipeline.data.config import DataConfig
+from vmae.pipeline.data.sampling import plan_views
+from vmae.pipeline.data.views import make_views
 
 
 class PerFileDecord(Dataset):
@@ -43,7 +43,7 @@ def per_file_loader(files: list[Path], cfg: DataConfig, workers: int) -> DataLoa
 
 def per_file_loader_rate(files: list[Path], cfg: DataConfig, seconds: float) -> list[float]:
     """Clips/s windows of the per-file loader for about ``seconds`` (after a warm-up batch)."""
-    from tools.profile import measure
+    from vmae.tools.profile import measure
 
     workers = cfg.workers or 1
     loader = per_file_loader(files, cfg, workers)

@@ -12,9 +12,9 @@ from typing import Callable
 
 import yaml
 
-from tools.config import (ConfigError, VmaeConfig, add_section_flags, flag_values, load_config, preset_layer,
+from vmae.tools.config import (ConfigError, VmaeConfig, add_section_flags, flag_values, load_config, preset_layer,
                           to_yaml)
-from tools.log import setup_logging
+from vmae.tools.log import setup_logging
 
 log = logging.getLogger("vmae")
 
@@ -22,7 +22,7 @@ EPILOG = ("Every option is also a config key: --config FILE|PRESET loads YAML, a
           "overrides win over both (e.g. shards.short_side=256). `vmae config` prints the resolved config.")
 
 
-STAGE_NAMES = ("decode", "load", "model", "train")  # tools.profile.STAGES, without importing torch for --help
+STAGE_NAMES = ("decode", "load", "model", "train")  # vmae.tools.profile.STAGES, without importing torch for --help
 OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
 
 
@@ -262,8 +262,8 @@ def _config(args: argparse.Namespace) -> VmaeConfig:
 # ------------------------------------------------------------------ command bodies (imports kept lazy)
 
 def _run_build(args: argparse.Namespace) -> int:
-    from shards.build import build_shards
-    from tools.report import print_build_summary
+    from vmae.shards.build import build_shards
+    from vmae.tools.report import print_build_summary
 
     cfg = _config(args)
     summary = build_shards(args.input, args.out, cfg.shards, progress=True, part=args.part)
@@ -279,8 +279,8 @@ def _run_build(args: argparse.Namespace) -> int:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from shards.verify import verify_dataset
-    from tools.report import print_verify_report
+    from vmae.shards.verify import verify_dataset
+    from vmae.tools.report import print_verify_report
 
     cfg = _config(args)
     report = verify_dataset(args.dataset, decode=not args.no_decode, workers=cfg.shards.workers)
@@ -293,7 +293,7 @@ def _run_progress(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from shards.build import build_progress
+    from vmae.shards.build import build_progress
 
     known: dict[str, str] = {}
     state = build_progress(args.out, known)
@@ -309,8 +309,8 @@ def _run_progress(args: argparse.Namespace) -> int:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from shards.stats import dataset_stats
-    from tools.report import print_dataset_stats
+    from vmae.shards.stats import dataset_stats
+    from vmae.tools.report import print_dataset_stats
 
     stats = dataset_stats(args.dataset)
     if args.json:
@@ -321,7 +321,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from shards.synth import make_synthetic_videos
+    from vmae.shards.synth import make_synthetic_videos
 
     cfg = _config(args)
     paths = make_synthetic_videos(args.out, cfg.synth)
@@ -330,7 +330,7 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 
 def _run_loader_check(args: argparse.Namespace) -> int:
-    from pipeline.check import contact_sheet, measure_loader
+    from vmae.pipeline.data.check import contact_sheet, measure_loader
 
     cfg = _config(args)
     sheet = contact_sheet(args.dataset, cfg.data, args.sheet)
@@ -344,8 +344,8 @@ def _run_loader_check(args: argparse.Namespace) -> int:
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
-    from pipeline.train import pretrain
-    from tools.report import print_train_summary
+    from vmae.pipeline.train.loop import pretrain
+    from vmae.tools.report import print_train_summary
 
     cfg = _config(args)
     summary = pretrain(cfg, to_yaml(cfg))
@@ -355,8 +355,8 @@ def _run_pretrain(args: argparse.Namespace) -> int:
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
-    from pipeline.train import finetune
-    from tools.report import print_train_summary
+    from vmae.pipeline.train.loop import finetune
+    from vmae.tools.report import print_train_summary
 
     cfg = _finetune_config(args)
     summary = finetune(cfg, to_yaml(cfg))
@@ -373,7 +373,7 @@ INHERITED_FROM_PRETRAINING = {"model": ("preset", "tubelet", "positions", "targe
 def _finetune_config(args: argparse.Namespace) -> VmaeConfig:
     """Layers: defaults < configs/finetune.yaml < the pretrained run's model and clip shape < --config < flags <
     overrides. The pretrained run is only known once the upper layers are read, hence two passes."""
-    from pipeline.checkpoint import config_text
+    from vmae.pipeline.train.checkpoint import config_text
 
     base = [preset_layer("finetune")]
     cfg = load_config(args.config, _overrides(args), flag_values(args), base=base)
@@ -387,8 +387,8 @@ def _finetune_config(args: argparse.Namespace) -> VmaeConfig:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.checkpoint import config_text, weights_file
-    from pipeline.downstream import evaluate_classifier
+    from vmae.pipeline.train.checkpoint import config_text, weights_file
+    from vmae.pipeline.evaluate.downstream import evaluate_classifier
 
     cfg = load_config(base=[("the run's config", yaml.safe_load(config_text(args.checkpoint)))])
     weights = weights_file(args.checkpoint, "finetuned.pt")
@@ -410,8 +410,8 @@ def _is_worker_rank() -> bool:
 
 
 def _run_visualize(args: argparse.Namespace) -> int:
-    from pipeline.checkpoint import resolve_checkpoint, saved_config
-    from pipeline.pretrained import visualize_checkpoint
+    from vmae.pipeline.train.checkpoint import resolve_checkpoint, saved_config
+    from vmae.pipeline.evaluate.pretrained import visualize_checkpoint
 
     folder = resolve_checkpoint(args.checkpoint)
     cfg = load_config(str(saved_config(folder)))
@@ -422,7 +422,7 @@ def _run_visualize(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from pipeline.checkpoint import export_weights, resolve_checkpoint
+    from vmae.pipeline.train.checkpoint import export_weights, resolve_checkpoint
 
     written = export_weights(resolve_checkpoint(args.checkpoint), args.out)
     log.info("wrote %s", written)
@@ -430,8 +430,8 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _run_profile(args: argparse.Namespace) -> int:
-    from tools.profile import compare_profiles, run_profile
-    from tools.report import print_comparison, print_profile
+    from vmae.tools.profile import compare_profiles, run_profile
+    from vmae.tools.report import print_comparison, print_profile
 
     if args.compare:
         a, b = (json.loads(path.read_text()) for path in args.compare)
@@ -454,11 +454,11 @@ def _run_profile(args: argparse.Namespace) -> int:
 
 
 def _run_linear_probe(args: argparse.Namespace) -> int:
-    from pipeline.checkpoint import resolve_checkpoint, saved_config
-    from pipeline.downstream import (PooledFeatures, evaluation_data, extract_features, linear_probe,
+    from vmae.pipeline.train.checkpoint import resolve_checkpoint, saved_config
+    from vmae.pipeline.evaluate.downstream import (PooledFeatures, evaluation_data, extract_features, linear_probe,
                                      sampling_statement, split_by_key, write_per_video, write_report)
-    from pipeline.pretrained import load_pretrained
-    from pipeline.shardset import ShardSet
+    from vmae.pipeline.evaluate.pretrained import load_pretrained
+    from vmae.pipeline.data.shardset import ShardSet
 
     folder = resolve_checkpoint(args.checkpoint)
     cfg = load_config(str(saved_config(folder)))
@@ -485,9 +485,9 @@ def _run_linear_probe(args: argparse.Namespace) -> int:
 
 
 def _run_extract_features(args: argparse.Namespace) -> int:
-    from pipeline.checkpoint import config_text, weights_file
-    from pipeline.downstream import evaluation_data, extract_features, load_feature_model, write_features
-    from pipeline.shardset import ShardSet
+    from vmae.pipeline.train.checkpoint import config_text, weights_file
+    from vmae.pipeline.evaluate.downstream import evaluation_data, extract_features, load_feature_model, write_features
+    from vmae.pipeline.data.shardset import ShardSet
 
     overrides = [f"data.frames={args.frames}"] if args.frames else []
     cfg = load_config(overrides=overrides, base=[("the run's config", yaml.safe_load(config_text(args.checkpoint)))])
@@ -523,12 +523,12 @@ def dataset_location(value: str) -> Path | str:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from pipeline.checkpoint import CheckpointError
-    from pipeline.remote import RemoteError
-    from pipeline.train_config import TrainError
-    from shards.build import BuildError
-    from shards.sources import SourceError
-    from shards.verify import DatasetError
+    from vmae.pipeline.train.checkpoint import CheckpointError
+    from vmae.pipeline.data.remote import RemoteError
+    from vmae.pipeline.train.config import TrainError
+    from vmae.shards.build import BuildError
+    from vmae.shards.sources import SourceError
+    from vmae.shards.verify import DatasetError
 
     return (BuildError, SourceError, DatasetError, TrainError, CheckpointError, RemoteError, FileNotFoundError,
             NotADirectoryError, PermissionError, ValueError)

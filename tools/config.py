@@ -20,9 +20,9 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config import DataConfig
-from pipeline.train_config import FinetuneConfig, ModelOptions, TrainConfig
-from shards.config import ShardConfig, SynthConfig
+from vmae.pipeline.data.config import DataConfig
+from vmae.pipeline.train.config import FinetuneConfig, ModelOptions, TrainConfig
+from vmae.shards.config import ShardConfig, SynthConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from tools.gpu_monitor import DeviceUtilization
+from vmae.tools.gpu_monitor import DeviceUtilization
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def measure(step: Callable[[], float], seconds: float, warmup: int = 1, min_step
 def decode_stage(dataset: Path, data, seconds: float, scratch: Path) -> dict:
     """Raw decoded frames/s of our CPU decoder (whole videos, one core) next to `ffmpeg -threads 1` on the same
     files: the per-core limit."""
-    from pipeline.decode import decode_frames
+    from vmae.pipeline.data.decode import decode_frames
 
     files = extract_videos(dataset, scratch, limit=4)
     videos = [(f, f.read_bytes(), frame_count(f)) for f in files]
@@ -103,7 +103,7 @@ def nvdec_rate(dataset: Path, seconds: float) -> list[float]:
     """Frames/s of DALI's GPU decoder decoding whole videos straight from the shards."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from pipeline.shardset import ShardSet
+    from vmae.pipeline.data.shardset import ShardSet
 
     shardset = ShardSet(dataset)
 
@@ -140,7 +140,7 @@ def load_stage(dataset: Path, data, seconds: float, views: tuple[int, ...], slee
 
 
 def loader_rate(dataset: Path, data, seconds: float, sleep: float = 0.0) -> Rate:
-    from pipeline.loader import make_loader
+    from vmae.pipeline.data.loader import make_loader
 
     loader = make_loader(dataset, data)
     batches = _epochs(loader)
@@ -164,8 +164,8 @@ def loader_rate(dataset: Path, data, seconds: float, sleep: float = 0.0) -> Rate
 def model_stage(model_options, data, seconds: float, dense: bool = False, sleep: float = 0.0) -> dict:
     """Forward + backward + AdamW step per attention backend: step time, tokens/s, FLOP/s and MFU against a
     matmul measured in the same run."""
-    from model.attention import available_backends
-    from model.flops import matmul_rate
+    from vmae.model.attention import available_backends
+    from vmae.model.flops import matmul_rate
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -180,8 +180,8 @@ def model_stage(model_options, data, seconds: float, dense: bool = False, sleep:
 
 def model_rate(cfg, clips: int, device: torch.device, dtype: torch.dtype, seconds: float, peak: float,
                sleep: float = 0.0) -> Rate:
-    from model.flops import training_flops
-    from model.mae import MaskedVideoAutoencoder
+    from vmae.model.flops import training_flops
+    from vmae.model.mae import MaskedVideoAutoencoder
 
     model = MaskedVideoAutoencoder(cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -211,9 +211,9 @@ def model_rate(cfg, clips: int, device: torch.device, dtype: torch.dtype, second
 
 def train_stage(cfg, seconds: float, steps_hint: float, scratch: Path) -> dict:
     """`vmae pretrain` for about ``seconds``: end-to-end clips/s and the share of time spent waiting for data."""
-    from pipeline.metrics import read_metrics
-    from pipeline.train import pretrain
-    from tools.config import to_yaml
+    from vmae.pipeline.train.metrics import read_metrics
+    from vmae.pipeline.train.loop import pretrain
+    from vmae.tools.config import to_yaml
 
     warmup = 2
     steps = int(min(200, max(WINDOWS, seconds / max(steps_hint, 1e-3)))) + warmup
@@ -295,7 +295,7 @@ def run_profile(cfg, stages: tuple[str, ...], seconds: float, out: Path, sweep: 
                 make_cfg: Callable[[list[str]], object] | None = None, baselines: bool = False,
                 slow: dict[str, float] | None = None) -> dict:
     """Every requested stage, the verdict, the machine; writes profile.json and profile.png into ``out``."""
-    from tools.config import ConfigError
+    from vmae.tools.config import ConfigError
 
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -371,7 +371,7 @@ def utilization_advice(utilization: dict) -> list[str]:
 
 def baseline_stage(dataset: Path, cfg, seconds: float, scratch: Path, figures: dict) -> dict:
     """VideoMAE's per-file decord loader and the dense (all-token) encoder, on the same videos and clip spec."""
-    from tools.baselines import per_file_loader_rate
+    from vmae.tools.baselines import per_file_loader_rate
 
     files = extract_videos(dataset, scratch, limit=None)
     result: dict = {"per_file_decord": Rate("clips/s", per_file_loader_rate(files, replace(cfg.data, views=1),
@@ -499,8 +499,8 @@ def machine() -> dict:
 
 def extract_videos(dataset: Path, scratch: Path, limit: int | None) -> list[Path]:
     """The dataset's encoded videos as one file each (what ffmpeg and a per-file loader read)."""
-    from pipeline.shardset import SampleRef, ShardSet
-    from shards.tars import read_member
+    from vmae.pipeline.data.shardset import SampleRef, ShardSet
+    from vmae.shards.tars import read_member
 
     shardset = ShardSet(dataset)
     folder = scratch / "videos"
@@ -527,7 +527,7 @@ def frame_count(path: Path) -> int:
 
 
 def _ffmpeg() -> str:
-    from shards.encode import ffmpeg_exe
+    from vmae.shards.encode import ffmpeg_exe
 
     return shutil.which("ffmpeg") or ffmpeg_exe()
 

@@ -97,7 +97,7 @@ def print_train_summary(summary: dict) -> None:
 
 
 def print_profile(report: dict, folder: Path) -> None:
-    from tools.profile import _rates
+    from vmae.tools.profile import _rates
 
     wide = console if console.is_terminal else Console(width=150)
     table = Table(title=f"vmae profile ({report['machine']['cpu']}, {report['machine']['cores']} cores"

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import DataConfig
-from pipeline.sampling import segment_evaluation_points
-from pipeline.shardset import SampleRef, ShardSet, open_shards, upcoming_shards
-from pipeline.stats import LoaderStats
-from shards.probe import scan_packets
-from shards.tars import INDEX_VERSION, read_index, read_member
+from vmae.pipeline.data.config import DataConfig
+from vmae.pipeline.data.sampling import segment_evaluation_points
+from vmae.pipeline.data.shardset import SampleRef, ShardSet, open_shards, upcoming_shards
+from vmae.pipeline.data.stats import LoaderStats
+from vmae.shards.probe import scan_packets
+from vmae.shards.tars import INDEX_VERSION, read_index, read_member
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from pipeline.config import DataConfig  # noqa: E402
-from pipeline.cpu_loader import BadSample, LoadedSample, SampleReader  # noqa: E402
-from pipeline.loader import make_loader  # noqa: E402
-from pipeline.shardset import open_shards  # noqa: E402
-from pipeline.views import denormalize  # noqa: E402
+from vmae.pipeline.data.config import DataConfig  # noqa: E402
+from vmae.pipeline.data.cpu_loader import BadSample, LoadedSample, SampleReader  # noqa: E402
+from vmae.pipeline.data.loader import make_loader  # noqa: E402
+from vmae.pipeline.data.shardset import open_shards  # noqa: E402
+from vmae.pipeline.data.views import denormalize  # noqa: E402
 
 
 def contact_sheet(dataset: Path | str, cfg: DataConfig, out: Path, videos: int = 3) -> Path:

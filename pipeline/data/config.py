@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from shards.config import field_help
+from vmae.shards.config import field_help
 
 BACKENDS = ("auto", "dali", "cpu")
 CPU_DECODERS = ("torchcodec", "pyav")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pipeline.train_config import BatchSplit, TrainConfig
+from vmae.pipeline.train.config import BatchSplit, TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import DataConfig
-from pipeline.cpu_loader import CpuLoader
-from pipeline.shardset import MixedShardSet, open_shards
-from pipeline.stats import LoaderStats
+from vmae.pipeline.data.config import DataConfig
+from vmae.pipeline.data.cpu_loader import CpuLoader
+from vmae.pipeline.data.shardset import MixedShardSet, open_shards
+from vmae.pipeline.data.stats import LoaderStats
 
 __all__ = ["CpuLoader", "LoaderStats", "make_loader", "pick_backend"]
 
@@ -47,7 +47,7 @@ def make_loader(dataset: Path | str, cfg: DataConfig, rank: int = 0, world_size:
         log.info("loader: shards have a P-frame every %d frames: clips start on them and the decoder (PyAV) skips "
                  "every B-frame", shardset.pframe_interval)
     if backend == "dali":
-        from pipeline.dali_loader import DaliLoader
+        from vmae.pipeline.data.dali_loader import DaliLoader
 
         if cfg.limit:
             raise ValueError("data.limit (and --overfit) runs on the CPU path: set data.backend=cpu")

@@ -58,7 +58,7 @@ class ShardCache:
 
     def fetch_manifest(self) -> Path:
         """The dataset's manifest, fetched again into the cache folder (it is small, and the dataset may have been
-        rebuilt); read it with ``shards.verify.load_manifest``."""
+        rebuilt); read it with ``vmae.shards.verify.load_manifest``."""
         path = self.folder / "manifest.json"
         self._download("manifest.json", path)
         return path

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.remote import ShardCache, is_url
-from shards.tars import index_path, read_index
-from shards.verify import DatasetError, load_manifest
+from vmae.pipeline.data.remote import ShardCache, is_url
+from vmae.shards.tars import index_path, read_index
+from vmae.shards.verify import DatasetError, load_manifest
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class ShardSet:
     """The manifest's shard table; each shard's index file is parsed only when one of its samples is read.
 
     ``dataset`` is a folder, or the http(s) URL of one: its shards are then staged into a local cache
-    (``pipeline.remote``) as they are needed; ``local`` gives a shard's local file either way."""
+    (``vmae.pipeline.data.remote``) as they are needed; ``local`` gives a shard's local file either way."""
 
     def __init__(self, dataset: Path | str, limit: int = 0, cache_dir: str | None = None, cache_gb: float = 50.0):
         """``limit``: only the first that many samples, in shard order (0: all)."""

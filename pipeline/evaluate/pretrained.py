@@ -6,11 +6,11 @@ from dataclasses import replace
 from pathlib import Path
 
 
-from model.load import load_strict, read_state_dict
-from model.mae import MaskedVideoAutoencoder
-from pipeline.checkpoint import weights_file
-from pipeline.loader import make_loader
-from pipeline.visualize import reconstruction_grid
+from vmae.model.load import load_strict, read_state_dict
+from vmae.model.mae import MaskedVideoAutoencoder
+from vmae.pipeline.train.checkpoint import weights_file
+from vmae.pipeline.data.loader import make_loader
+from vmae.pipeline.evaluate.visualize import reconstruction_grid
 
 
 def load_pretrained(folder: Path, cfg) -> MaskedVideoAutoencoder:

@@ -1,6 +1,6 @@
 """What the training loop trains: MAE pretraining or classification fine-tuning.
 
-``pipeline.train`` runs either through the same loop (DeepSpeed engine, schedule, checkpoints, resume, metrics,
+``vmae.pipeline.train.loop`` runs either through the same loop (DeepSpeed engine, schedule, checkpoints, resume, metrics,
 faults); a task says which model, which parameter groups, the loss of one micro-batch, and what to write at the end.
 """
 
@@ -16,12 +16,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
-from model.flops import classifier_training_flops, training_flops
-from model.mae import MaskedVideoAutoencoder, VideoClassifier
-from model.masking import Mask, make_mask
-from pipeline.checkpoint import export_weights, weights_file
-from pipeline.train_config import TrainError
-from pipeline.visualize import reconstruction_grid
+from vmae.model.flops import classifier_training_flops, training_flops
+from vmae.model.mae import MaskedVideoAutoencoder, VideoClassifier
+from vmae.model.masking import Mask, make_mask
+from vmae.pipeline.train.checkpoint import export_weights, weights_file
+from vmae.pipeline.train.config import TrainError
+from vmae.pipeline.evaluate.visualize import reconstruction_grid
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class FinetuneTask:
 
     def finish(self, engine, batch: dict | None, folder: Path, out: Path, step: int) -> dict:
         """Rank 0, after the last checkpoint: plain weights, and the multi-view test on finetune.val_dataset."""
-        from pipeline.downstream import evaluate_classifier
+        from vmae.pipeline.evaluate.downstream import evaluate_classifier
 
         weights = export_weights(folder, out / self.weights_file)
         result = {"weights": str(weights)}

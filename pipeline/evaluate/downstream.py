@@ -19,10 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.load import CheckpointMismatch, encoder_part, load_strict, read_state_dict
-from model.mae import Encoder, VideoClassifier
-from pipeline.config import DataConfig
-from pipeline.loader import make_loader
+from vmae.model.load import CheckpointMismatch, encoder_part, load_strict, read_state_dict
+from vmae.model.mae import Encoder, VideoClassifier
+from vmae.pipeline.data.config import DataConfig
+from vmae.pipeline.data.loader import make_loader
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def evaluate_classifier(weights: Path, cfg, dataset: Path, out: Path, views: int
                         test_crops: int | None = None) -> dict:
     """The papers' multi-view test: softmax averaged over temporal windows x spatial crops; top-1/top-5, the
     confusion matrix, report.json and confusion.png in ``out``."""
-    from pipeline.shardset import ShardSet
+    from vmae.pipeline.data.shardset import ShardSet
 
     trained_on = Path(cfg.train.dataset or dataset)
     names = ShardSet(trained_on if (trained_on / "manifest.json").is_file() else dataset).classes

@@ -10,9 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from model.mae import MaskedVideoAutoencoder, patchify, unpatchify  # noqa: E402
-from pipeline.config import DataConfig  # noqa: E402
-from pipeline.views import denormalize  # noqa: E402
+from vmae.model.mae import MaskedVideoAutoencoder, patchify, unpatchify  # noqa: E402
+from vmae.pipeline.data.config import DataConfig  # noqa: E402
+from vmae.pipeline.data.views import denormalize  # noqa: E402
 
 
 @torch.no_grad()

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import DataConfig
-from pipeline.sampling import ViewPlan
+from vmae.pipeline.data.config import DataConfig
+from vmae.pipeline.data.sampling import ViewPlan
 
 
 def make_views(frames: torch.Tensor | Sequence[np.ndarray], plan: ViewPlan, inverse: np.ndarray, cfg: DataConfig,

@@ -5,7 +5,7 @@ One process per accelerator (or one CPU process). Each rank reads its own block 
 any world size dividing it x micro-batch x accumulation with the same global batch, since a clip's random draws
 (mask, mixup) are functions of (seed, step, its place in the global batch). A resumed run continues the loss curve
 step for step. What is trained — MAE
-pretraining or classification — is a task (``pipeline.tasks``); the loop is the same.
+pretraining or classification — is a task (``vmae.pipeline.train.tasks``); the loop is the same.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import torch
 import torch.distributed as dist
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from model.flops import device_peak_flops
-from pipeline.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, tag_of)
-from pipeline.engine import Launch, init_distributed, make_engine, pick_precision, set_lr
-from pipeline.loader import make_loader
-from pipeline.metrics import MetricsWriter, peak_memory_gb
-from pipeline.tasks import FinetuneTask, PretrainTask, seed_of
-from pipeline.train_config import (BatchSplit, TrainError, batch_split, batch_statement, batch_warning, describe_batch,
+from vmae.model.flops import device_peak_flops
+from vmae.pipeline.train.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, tag_of)
+from vmae.pipeline.train.engine import Launch, init_distributed, make_engine, pick_precision, set_lr
+from vmae.pipeline.data.loader import make_loader
+from vmae.pipeline.train.metrics import MetricsWriter, peak_memory_gb
+from vmae.pipeline.train.tasks import FinetuneTask, PretrainTask, seed_of
+from vmae.pipeline.train.config import (BatchSplit, TrainError, batch_split, batch_statement, batch_warning, describe_batch,
                                    lr_at, peak_lr)
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,8 @@ def pretrain_engine(cfg, precision: str) -> tuple:
 
 def check_before_start(cfg, world_size: int) -> None:
     """Refuse a config that cannot run, before any process group, model or loader is made."""
-    from pipeline.remote import is_url
-    from pipeline.shardset import dataset_locations, open_shards
+    from vmae.pipeline.data.remote import is_url
+    from vmae.pipeline.data.shardset import dataset_locations, open_shards
 
     if not cfg.train.dataset:
         raise TrainError("train.dataset is not set: pass --dataset DIR (a folder written by `vmae shards build`)")
@@ -108,7 +108,7 @@ def pretrain(cfg, config_yaml: str) -> dict:
 
 def finetune(cfg, config_yaml: str) -> dict:
     """Run (or resume) fine-tuning of the classifier as ``cfg`` says; returns rank 0's summary."""
-    from pipeline.shardset import open_shards
+    from vmae.pipeline.data.shardset import open_shards
 
     check(cfg)
     if cfg.finetune.val_dataset and not (Path(cfg.finetune.val_dataset) / "manifest.json").is_file():

@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from model.config import PRESETS, STRATEGIES, ModelConfig, preset
-from pipeline.config import DataConfig
-from shards.config import field_help
+from vmae.model.config import PRESETS, STRATEGIES, ModelConfig, preset
+from vmae.pipeline.data.config import DataConfig
+from vmae.shards.config import field_help
 
 PRECISIONS = ("auto", "bf16", "fp32")
 LR_BATCH_UNITS = ("videos", "clips")

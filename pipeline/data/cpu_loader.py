@@ -36,12 +36,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data._utils import signal_handling
 
-from pipeline.config import DataConfig
-from pipeline.decode import DecodeError, decode_frames
-from pipeline.sampling import ViewPlan, plan_views, sample_rng
-from pipeline.shardset import SampleRef, ShardSet, open_shards, upcoming_shards
-from pipeline.stats import LoaderStats
-from pipeline.views import make_views
+from vmae.pipeline.data.config import DataConfig
+from vmae.pipeline.data.decode import DecodeError, decode_frames
+from vmae.pipeline.data.sampling import ViewPlan, plan_views, sample_rng
+from vmae.pipeline.data.shardset import SampleRef, ShardSet, open_shards, upcoming_shards
+from vmae.pipeline.data.stats import LoaderStats
+from vmae.pipeline.data.views import make_views
 
 log = logging.getLogger(__name__)
 PREFETCH_SHARDS = 2  # of a remote dataset, staged ahead of each worker's reading

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import DataConfig
+from vmae.pipeline.data.config import DataConfig
 
 
 @dataclass(frozen=True)

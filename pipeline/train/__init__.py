@@ -1,0 +1,1 @@
+"""Training: the DeepSpeed engine, the loop shared by pretraining and fine-tuning, checkpoints and metrics."""
