@@ -1,4 +1,4 @@
-"""The shard builder's engines on one input set (issue 9): local process pool, Ray, and SLURM-style parts.
+"""The shard builder's engines on one input set: local process pool, Ray, and SLURM-style parts.
 
     python bench/bench_build_engines.py [--videos 48 144] [--seconds 20] [--repeats 3]
                                         [--workdir /tmp/vmae-engines] [--out-json FILE]

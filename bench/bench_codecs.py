@@ -1,4 +1,4 @@
-"""Which shard encoding makes clips cheapest to decode (issue 3, "know the codec").
+"""Which shard encoding makes clips cheapest to decode ("know the codec").
 
     python bench/bench_codecs.py [--repeats 3] [--out bench/results/codecs.json]
 

@@ -1,4 +1,4 @@
-"""The CUDA figures of issues 3, 4 and 5, in one run on whatever GPU is present.
+"""The CUDA figures (attention, model step, ZeRO engine, loader) in one run on whatever GPU is present.
 
     python bench/bench_gpu.py [--sections attention,model,zero,loader] [--seconds 4] [--out bench/results/gpu.json]
 
@@ -78,7 +78,7 @@ def attention_section(seconds: float) -> list[dict]:
 
 
 def model_section(seconds: float, peak: float, datasheet: float) -> list[dict]:
-    from vmae.tools.profile import model_rate
+    from vmae.tools.profile.stages import model_rate
 
     rows = []
     device = torch.device("cuda")
@@ -193,9 +193,9 @@ def build_dataset(workdir: Path, videos_per_class: int) -> Path:
 
 def dali_sweep(dataset: Path, base, seconds: float) -> list[dict]:
     """DALI's graph alone (no iterator), mixed decode, over batch size, CPU threads and K: where NVDEC saturates."""
-    from vmae.pipeline.data.dali_loader import build_pipeline
+    from vmae.pipeline.data.dali_graph import build_pipeline
     from vmae.pipeline.data.shardset import ShardSet
-    from vmae.tools.profile import measure
+    from vmae.tools.profile.rates import measure
 
     shardset = ShardSet(dataset)
     files = [str(p) for p in shardset.shards]
@@ -223,7 +223,7 @@ def dali_sweep(dataset: Path, base, seconds: float) -> list[dict]:
 
 def loader_section(dataset: Path, seconds: float) -> dict:
     from vmae.pipeline.data.config import DataConfig
-    from vmae.tools.profile import loader_rate, nvdec_rate
+    from vmae.tools.profile.stages import loader_rate, nvdec_rate
 
     out = {"nvdec_frames_per_s": round(statistics.median(nvdec_rate(dataset, seconds)), 1)}
     print(f"NVDEC whole videos: {out['nvdec_frames_per_s']:.0f} frames/s", flush=True)

@@ -1,8 +1,8 @@
-"""Fine-tuning step time with layer-wise lr decay against without, under DeepSpeed ZeRO 0-3 (issue 10).
+"""Fine-tuning step time with layer-wise lr decay against without, under DeepSpeed ZeRO 0-3.
 
     python bench/bench_layer_decay.py [--preset vit-s] [--stages 0,1,2,3] [--steps 8] [--out FILE]
 
-DeepSpeed has been reported to slow down with many parameter groups (DeepSpeed issue 2125). Layer decay gives the
+DeepSpeed has been reported to slow down with many parameter groups (DeepSpeed's issue tracker). Layer decay gives the
 classifier 2 x (depth + 2) groups (decayed / not, per layer) where plain AdamW has 2. Each case runs in its own
 process (a fresh process group and ZeRO state): the engine's forward + backward + step on one batch held in
 memory, fp32 on the CPU (bf16 on CUDA); median of the steps after 2 warm-up steps.

@@ -1,4 +1,4 @@
-"""Benchmark of the loader against the per-file decord loader VideoMAE uses (issue 3).
+"""Benchmark of the loader against the per-file decord loader VideoMAE uses.
 
     python bench/bench_loader.py [--repeats 3] [--batches 12] [--epochs-memory 20] [--out bench/results/loader.json]
 
@@ -18,7 +18,7 @@ Cases, each with 2 DataLoader workers (one per core), batches of 8 videos, T=16,
                    the baseline is also run on these files (decord cannot skip them)
 The crop/normalize code is the same for every case (ours), so the figures compare reading and decoding.
 The "dec fps/core" column is the frames the decoder works through (keyframe runs included) per second of time
-spent in the decoder: the figure the issue compares with `ffmpeg -threads 1` on one core.
+spent in the decoder: the figure to compare with `ffmpeg -threads 1` on one core.
 Also measured: `ffmpeg -threads 1 -f null` decode rate of the same files (the per-core limit) and private memory over
 ``--epochs-memory`` epochs of the K=4 loader.
 """
@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vmae.pipeline.data.config import DataConfig  # noqa: E402
 from vmae.pipeline.data.decode import pyav_frames  # noqa: E402
-from vmae.pipeline.data.loader import CpuLoader  # noqa: E402
+from vmae.pipeline.data.cpu_loader import CpuLoader  # noqa: E402
 from vmae.pipeline.data.sampling import plan_views  # noqa: E402
 from vmae.pipeline.data.shardset import SampleRef, ShardSet  # noqa: E402
 from vmae.shards.build import build_shards  # noqa: E402
@@ -126,7 +126,7 @@ class _DaliSource:
         self.reader = None
 
     def __call__(self, info):
-        from vmae.pipeline.data.cpu_loader import SampleReader
+        from vmae.pipeline.data.sample_reader import SampleReader
 
         if self.reader is None:  # in the DALI worker process
             shardset = ShardSet(self.dataset)
@@ -138,7 +138,7 @@ class _DaliSource:
 
 
 def dali_external_rate(dataset: Path, cfg: DataConfig, batches: int) -> float:
-    """The other CPU design the issue names: DALI drives the workers (parallel external_source, one Python process
+    """The other CPU design: DALI drives the workers (parallel external_source, one Python process
     per core) and each runs the same seeking decode and cut; clips/s over ``batches`` batches after one warm-up."""
     from nvidia.dali import fn, pipeline_def
 

@@ -1,4 +1,4 @@
-"""Loader start-up at scale (issue 9): from nothing to the first batch for one rank of a large dataset.
+"""Loader start-up at scale: from nothing to the first batch for one rank of a large dataset.
 
     python bench/bench_loader_startup.py [--workdir /tmp/vmae-startup] [--shards 10000] [--per-shard 100]
                                          [--worlds 1 8 64 512] [--out-json FILE]
@@ -40,8 +40,8 @@ BATCH = 8
 
 def make_dataset(folder: Path, shards: int, per_shard: int) -> None:
     """Tars of tiny one-member samples, DALI index files and a manifest, written directly (quick at 1M samples)."""
+    from vmae.shards.format import FORMAT
     from vmae.shards.tars import INDEX_VERSION
-    from vmae.shards.verify import FORMAT
 
     if (folder / "manifest.json").is_file():
         return

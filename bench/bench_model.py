@@ -1,4 +1,4 @@
-"""Step time of the MAE-ST model on this machine's CPU, visible-token encoder against the dense one (issue 4).
+"""Step time of the MAE-ST model on this machine's CPU, visible-token encoder against the dense one.
 
     python bench/bench_model.py [--preset vit-b] [--batch 2] [--steps 3] [--out bench/results/model.json]
 
@@ -25,7 +25,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vmae.model.flops import flop_counter, matmul_rate  # noqa: E402
+from vmae.model.config import PRESETS  # noqa: E402
 from vmae.model.mae import MaskedVideoAutoencoder, preset  # noqa: E402
+
+FRAMES, SIZE = 16, 224  # MAE-ST's clips: the models' default
 
 
 def step_flops(model: MaskedVideoAutoencoder, video: torch.Tensor) -> float:
@@ -50,15 +53,15 @@ def step_seconds(model: MaskedVideoAutoencoder, video: torch.Tensor, steps: int)
 
 def hf_videomae(name: str):
     """HuggingFace transformers' VideoMAEForPreTraining with our preset's sizes, randomly initialized (no download)."""
-    from transformers import VideoMAEConfig, VideoMAEForPreTraining
+    from transformers import VideoMAEConfig, VideoMAEForPreTraining  # optional: main() skips it when missing
 
-    cfg = preset(name)
+    arch = PRESETS[name]
     return VideoMAEForPreTraining(VideoMAEConfig(
-        image_size=cfg.size, patch_size=cfg.tubelet[1], num_frames=cfg.frames, tubelet_size=cfg.tubelet[0],
-        hidden_size=cfg.dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads,
-        intermediate_size=int(cfg.dim * cfg.mlp_ratio), decoder_hidden_size=cfg.decoder_dim,
-        decoder_num_hidden_layers=cfg.decoder_depth, decoder_num_attention_heads=cfg.decoder_heads,
-        decoder_intermediate_size=int(cfg.decoder_dim * cfg.mlp_ratio), norm_pix_loss=True,
+        image_size=SIZE, patch_size=arch.tubelet[1], num_frames=FRAMES, tubelet_size=arch.tubelet[0],
+        hidden_size=arch.dim, num_hidden_layers=arch.depth, num_attention_heads=arch.heads,
+        intermediate_size=int(arch.dim * arch.mlp_ratio), decoder_hidden_size=arch.decoder_dim,
+        decoder_num_hidden_layers=arch.decoder_depth, decoder_num_attention_heads=arch.decoder_heads,
+        decoder_intermediate_size=int(arch.decoder_dim * arch.mlp_ratio), norm_pix_loss=True,
         attn_implementation="sdpa"))
 
 
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/model.json"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    video = torch.randn(args.batch, 3, 16, 224, 224)
+    video = torch.randn(args.batch, 3, FRAMES, SIZE, SIZE)
     peak = matmul_rate()
     rows = {}
     for dense in (False, True):

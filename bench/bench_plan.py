@@ -1,4 +1,4 @@
-"""Planning a shard build of a million-row list (issue 9): time and peak memory of reading the list and making the
+"""Planning a shard build of a million-row list: time and peak memory of reading the list and making the
 plan, before any video is touched.
 
     python bench/bench_plan.py [--workdir /tmp/vmae-plan] [--rows 1000000] [--classes 700] [--out-json FILE]

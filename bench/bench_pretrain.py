@@ -1,4 +1,4 @@
-"""End-to-end pretraining throughput against its two halves, measured in the same run (issue 5).
+"""End-to-end pretraining throughput against its two halves, measured in the same run.
 
     python bench/bench_pretrain.py [--preset vit-s] [--repeats 3] [--steps 12] [--out FILE]
 
@@ -29,10 +29,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from vmae.pipeline.data.loader import make_loader  # noqa: E402
+from vmae.pipeline.train.loop import pretrain, pretrain_engine  # noqa: E402
+from vmae.pipeline.train.metrics import read_metrics  # noqa: E402
+from vmae.shards.build import build_shards  # noqa: E402
+from vmae.shards.config import ShardConfig, SynthConfig  # noqa: E402
+from vmae.shards.synth import copy_sample_videos, make_synthetic_videos  # noqa: E402
+from vmae.tools.config import load_config, to_yaml  # noqa: E402
+from vmae.tools.log import setup_logging  # noqa: E402
 
 WARMUP = 3
 
@@ -51,8 +60,6 @@ def config(dataset: Path, out: Path, steps: int, workers: int, preset: str) -> d
 # ------------------------------------------------------------------ the three measurements (child processes)
 
 def loader_alone(cfg) -> float:
-    from vmae.pipeline.data.loader import make_loader
-
     loader = make_loader(Path(cfg.train.dataset), cfg.data, device="cpu")
     batches = iter(_forever(loader))
     clips = 0
@@ -73,10 +80,6 @@ def _forever(loader):
 
 
 def model_alone(cfg) -> float:
-    import torch
-
-    from vmae.pipeline.train.loop import pretrain_engine
-
     engine, _, _ = pretrain_engine(cfg, "fp32")
     video = torch.randn(cfg.data.batch_size * cfg.data.views, 3, cfg.data.frames, cfg.data.crop_size,
                         cfg.data.crop_size)
@@ -91,10 +94,6 @@ def model_alone(cfg) -> float:
 
 
 def end_to_end(cfg) -> tuple[float, float]:
-    from vmae.pipeline.train.metrics import read_metrics
-    from vmae.pipeline.train.loop import pretrain
-    from vmae.tools.config import to_yaml
-
     pretrain(cfg, to_yaml(cfg))
     records = read_metrics(Path(cfg.train.out) / "metrics.jsonl")[WARMUP:]
     busy = sum(r["data_wait"] + r["compute"] for r in records)
@@ -102,9 +101,6 @@ def end_to_end(cfg) -> tuple[float, float]:
 
 
 def child(mode: str, config_file: Path) -> None:
-    from vmae.tools.config import load_config
-    from vmae.tools.log import setup_logging
-
     setup_logging("WARNING")
     cfg = load_config(str(config_file))
     result = {"loader": loader_alone, "model": model_alone, "end-to-end": end_to_end}[mode](cfg)
@@ -135,10 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(args.child[0], Path(args.child[1]))
         return 0
-
-    from vmae.shards.build import build_shards
-    from vmae.shards.config import ShardConfig, SynthConfig
-    from vmae.shards.synth import copy_sample_videos, make_synthetic_videos
 
     cores = os.cpu_count() or 1
     settings = {"shared": (cores, cores), "partitioned": (max(1, cores // 2), max(1, cores - cores // 2))}

@@ -1,4 +1,4 @@
-"""Benchmark of `vmae shards build` against raw ffmpeg on the same files (issue 2).
+"""Benchmark of `vmae shards build` against raw ffmpeg on the same files.
 
     python bench/bench_shards.py [--repeats 3] [--out bench/results/shards.json]
 
@@ -11,7 +11,7 @@ Cases, each timed ``--repeats`` times after one untimed warm-up round (median re
                      ``single_threaded(_ffmpeg_args(src, info, cfg, workdir, "transcode", False, 0), threads)``
   builder transcode  ``build_shards`` on the originals, into a fresh output folder
   ffmpeg copy        plain ffmpeg stream copy, ``single_threaded(_ffmpeg_args(..., "copy", False, 0), threads)``
-                     (the builder itself copies in-process with PyAV; raw ffmpeg copy is the issue's reference)
+                     (the builder itself copies in-process with PyAV; raw ffmpeg copy is the reference)
   builder copy       ``build_shards`` on the conforming set, into a fresh output folder
   vmae CLI ...       ``vmae shards build IN OUT --workers N`` in a fresh process, for each of the two sets: the
                      builder plus its once-per-build costs (interpreter start-up, imports, forkserver start)
@@ -42,14 +42,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from vmae.shards.build import build_shards, ffmpeg_version, process_item
+from vmae.shards.build import build_shards
 from vmae.shards.config import ShardConfig, SynthConfig
 from vmae.shards.encode import (_ffmpeg_args, _run_ffmpeg, copy_video_stream, expected_frames, ffmpeg_exe,
-                           single_threaded, why_not_copy)
+                           ffmpeg_version, single_threaded, why_not_copy)
 from vmae.shards.plan import make_plan
 from vmae.shards.probe import probe, scan_packets
 from vmae.shards.sources import list_inputs
 from vmae.shards.synth import make_synthetic_videos
+from vmae.shards.worker import process_item
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "shards.json"
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, ratios = summarize(cases, videos)
         first_original, first_conforming = (Path(plan_items(f, cfg)[0].path) for f in (original, conforming))
         report = {
-            "benchmark": "shards build vs raw ffmpeg (issue 2)",
+            "benchmark": "shards build vs raw ffmpeg",
             "command": "python bench/bench_shards.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "date": dt.date.today().isoformat(),
             "machine": machine(),

@@ -1,4 +1,4 @@
-"""Does pretraining help? MAE-ST's claim on data that fits two CPU cores (issue 7), as `make learn`.
+"""Does pretraining help? MAE-ST's claim on data that fits two CPU cores, as `make learn`.
 
     python bench/learn.py [--out runs/learn] [--seeds 0 1 2] [--pretrain-epochs 33] [--finetune-steps 480]
                           [--labeled-per-class 0] [--ablation tube:0.9,frame:0.9,random:0.75] [--movers 4]

@@ -1,6 +1,7 @@
 """Quick trials for bench/learn.py's recipe: the same models, optimizer rules and clip spec, with clips cut from
 videos decoded once into memory (GPU or CPU), so that many settings can be tried side by side on a GPU machine
-that lacks the project's loading stack (DALI, DeepSpeed, webdataset: only torch, timm and PyAV are needed).
+that lacks the project's loading stack (DALI, DeepSpeed, webdataset: only torch, torchvision, timm and PyAV are
+needed).
 
     python bench/learn_trials.py --data DIR [--trials trials.jsonl --worker I --workers N] [--out results.jsonl]
                                  [--pt-steps 1000 --ft-steps 480 --scratch-steps 480 --labeled 5 --probe ...]
@@ -21,26 +22,30 @@ import os
 import sys
 import tarfile
 import time
+from dataclasses import replace
+from multiprocessing import Pool
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+from torchvision.ops import roi_align
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from vmae.model.mae import MaskedVideoAutoencoder, VideoClassifier, preset  # noqa: E402
+from vmae.model.config import PRESETS, ModelConfig, preset  # noqa: E402
+from vmae.model.mae import MaskedVideoAutoencoder, VideoClassifier  # noqa: E402
 from vmae.pipeline.data.config import DataConfig  # noqa: E402
 
 CLIP = DataConfig()  # mean and std
 CLASSES = 24
+FRAMES, SIZE = 8, 48  # the clips of bench/learn.py
 
 
 def decode_tar(path: str) -> list[tuple[str, int, np.ndarray]]:
     """(key, label, frames uint8 [F, H, W, 3]) of every sample of one shard."""
-    import av
-
     samples: dict[str, dict[str, bytes]] = {}
     with tarfile.open(path) as tar:
         for member in tar.getmembers():
@@ -57,8 +62,6 @@ def decode_tar(path: str) -> list[tuple[str, int, np.ndarray]]:
 def load_set(shards: Path, cache: Path) -> tuple[np.ndarray, np.ndarray]:
     """All videos of a shard folder as one array [V, F, H, W, 3] (cut to the shortest) and their labels."""
     if not cache.exists():
-        from multiprocessing import Pool
-
         tars = sorted(str(p) for p in shards.glob("*.tar"))
         with Pool(min(len(tars), os.cpu_count() or 1)) as pool:
             items = sorted((x for chunk in pool.map(decode_tar, tars) for x in chunk), key=lambda x: x[0])
@@ -85,8 +88,6 @@ class Clips:
 
     def cut(self, index: torch.Tensor, starts: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """Normalized clips [N, 3, T, S, S] of videos ``index`` from frame ``starts``, boxes (x0, y0, x1, y1)."""
-        from torchvision.ops import roi_align
-
         rows = starts[:, None] + self.stride * torch.arange(self.frames, device=self.device)
         x = self.videos[index[:, None], rows]  # [N, T, H, W, 3]
         n = x.shape[0]
@@ -140,14 +141,20 @@ def batches(n: int, batch: int, g: torch.Generator, device: torch.device):
             yield order[i:i + batch]
 
 
-def model_config(**overrides):
-    return preset("tiny", frames=8, size=48, tubelet=(2, 8, 8), attention="sdpa", **overrides)
+def model_config(decoder_dim: int | None = None, decoder_depth: int | None = None, **options) -> ModelConfig:
+    """The tiny preset in 2 x 8 x 8 tubelets; another decoder size is registered as a preset of its own."""
+    tiny = PRESETS["tiny"]
+    decoder_dim, decoder_depth = decoder_dim or tiny.decoder_dim, decoder_depth or tiny.decoder_depth
+    name = f"tiny-decoder-{decoder_dim}x{decoder_depth}"
+    PRESETS.setdefault(name, replace(tiny, decoder_dim=decoder_dim, decoder_depth=decoder_depth))
+    return preset(name, tubelet=[2, 8, 8], attention="sdpa", **options)
 
 
 def pretrain(data: Clips, a: argparse.Namespace, device: torch.device) -> tuple[MaskedVideoAutoencoder, float]:
     torch.manual_seed(a.seed)
-    model = MaskedVideoAutoencoder(model_config(mask=a.mask, mask_ratio=a.ratio, norm_pix_loss=bool(a.norm_pix),
-                                                decoder_dim=a.dec_dim, decoder_depth=a.dec_depth)).to(device)
+    cfg = model_config(mask=a.mask, mask_ratio=a.ratio, norm_pix_loss=bool(a.norm_pix), decoder_dim=a.dec_dim,
+                       decoder_depth=a.dec_depth)
+    model = MaskedVideoAutoencoder(cfg, FRAMES, SIZE).to(device)
     groups = param_groups_weight_decay(model, 0.05, no_weight_decay_list=model.no_weight_decay())
     opt = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
     g, masks = torch.Generator(device=device).manual_seed(a.seed), torch.Generator().manual_seed(a.seed + 1000)
@@ -169,7 +176,7 @@ def finetune(train: Clips, val: Clips, a: argparse.Namespace, device: torch.devi
              steps: int) -> float:
     """Multi-view top-1 on ``val`` after ``steps`` of fine-tuning ``encoder`` (None: from scratch)."""
     torch.manual_seed(a.seed + 7)
-    model = VideoClassifier(model_config(drop_path=a.drop_path), CLASSES).to(device)
+    model = VideoClassifier(model_config(drop_path=a.drop_path), CLASSES, FRAMES, SIZE).to(device)
     if encoder is not None:
         model.load_pretrained_encoder(encoder)
     groups = param_groups_layer_decay(model, 0.05, no_weight_decay_list=tuple(model.no_weight_decay()),
@@ -247,7 +254,7 @@ def run_trial(a: argparse.Namespace, trial: dict, train: Clips, val: Clips, devi
     result: dict = {"trial": trial}
     if a.probe:
         torch.manual_seed(a.seed)
-        initial = MaskedVideoAutoencoder(model_config()).to(device)
+        initial = MaskedVideoAutoencoder(model_config(), FRAMES, SIZE).to(device)
         result["probe_initial"] = linear_probe(initial.encoder, labeled(a.labeled), val)
     if a.pt_steps:
         started = time.perf_counter()

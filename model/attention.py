@@ -4,7 +4,8 @@
 - ``sdpa``: PyTorch's ``scaled_dot_product_attention`` (CUDA and CPU; layout [B, H, N, d]).
 - ``math``: softmax(q kᵀ / √d) v written out, the reference the others are tested against.
 
-``auto`` picks xformers on CUDA when it imports and runs, else SDPA, and logs the choice once.
+``auto`` picks xformers on CUDA when it imports and runs, else SDPA, and logs the choice once. The names are
+``vmae.model.config.ATTENTION_BACKENDS``; ``Attention`` is timm's attention layer running on the chosen kernel.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import math
 from functools import lru_cache
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from timm.models.vision_transformer import Attention as TimmAttention
+
+from vmae.model.config import ATTENTION_BACKENDS, ATTENTION_KERNELS
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "xformers", "sdpa", "math")
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> torch.Tensor:
@@ -30,7 +31,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
         return weights.softmax(dim=-1) @ v
     if chosen == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
-    import xformers.ops as xops
+    import xformers.ops as xops  # optional dependency (CUDA only): imported once the backend is chosen
 
     out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
@@ -38,8 +39,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     """The backend ``backend`` stands for on ``device``; refuses one that cannot run there, naming why."""
-    if backend not in BACKENDS:
-        raise ValueError(f"attention backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention backend must be one of {', '.join(ATTENTION_BACKENDS)}; got {backend!r}")
     if backend == "auto":
         return _auto_backend(device.type)
     if backend == "xformers":
@@ -52,9 +53,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def available_backends(device: torch.device) -> list[str]:
-    """The backends that run on ``device``, fastest-expected first."""
-    fused = ["xformers"] if device.type == "cuda" and _xformers_problem() is None else []
-    return [*fused, "sdpa", "math"]
+    """The kernels that run on ``device``, fastest-expected first (the registry's order)."""
+    runs_xformers = device.type == "cuda" and _xformers_problem() is None
+    return [kernel for kernel in ATTENTION_KERNELS if kernel != "xformers" or runs_xformers]
 
 
 @lru_cache(maxsize=None)
@@ -71,7 +72,7 @@ def _auto_backend(device_type: str) -> str:
 def _xformers_problem() -> str | None:
     """None when xformers' memory-efficient attention runs on this GPU, else the reason it does not."""
     try:
-        import xformers.ops as xops
+        import xformers.ops as xops  # optional dependency: its absence is one of the reasons reported
 
         x = torch.zeros(1, 8, 1, 64, device="cuda", dtype=torch.bfloat16)
         xops.memory_efficient_attention(x, x, x)
@@ -80,19 +81,20 @@ def _xformers_problem() -> str | None:
         return f"{type(err).__name__}: {err}"
 
 
-class Attention(nn.Module):
-    """timm-style multi-head self-attention (fused qkv, output projection) over [B, N, D] tokens."""
+class Attention(TimmAttention):
+    """timm's multi-head self-attention (fused qkv, output projection; same weights and names) over [B, N, D]
+    tokens, its scores computed by this project's kernel ``backend`` (``attention``)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str = "auto"):
-        super().__init__()
-        if dim % num_heads:
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, backend: str = "auto", **timm_options):
+        if dim % num_heads:  # timm only asserts this
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
-        self.num_heads, self.backend = num_heads, backend
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        super().__init__(dim, num_heads, qkv_bias=qkv_bias, **timm_options)
+        self.backend = backend
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise ValueError("vmae's attention kernels attend to every token: call it without attn_mask or is_causal")
         b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = attention(q, k, v, self.backend)  # [B, H, N, d]
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = attention(self.q_norm(q), self.k_norm(k), v, self.backend)  # [B, H, N, d]
+        return self.proj_drop(self.proj(self.norm(out.transpose(1, 2).reshape(b, n, self.attn_dim))))

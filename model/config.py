@@ -1,46 +1,113 @@
-"""The model's configuration and presets, apart from the model so that reading a config imports no torch."""
+"""The model's one config, the ``model`` section of every command, and its registries: architecture presets,
+masking strategies, attention backends, position embeddings and targets.
+
+It lives apart from the model so that reading a config imports no torch; the modules that implement each registry
+(``vmae.model.masking``, ``attention``, ``embed``, ``mae``) read the names from here. The clip shape is not a
+model key: frames and size come from the data section (data.frames, data.crop_size) and are passed to the model.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 
-STRATEGIES = ("random", "tube", "frame", "block")  # masking strategies (vmae.model.masking)
+from vmae.shards.config import field_help
+
+# masking strategies, drawn by vmae.model.masking: spacetime-agnostic, space-only (the same spatial mask at every
+# time step), time-only (whole frames) and spacetime cubes
+STRATEGIES = ("random", "tube", "frame", "block")
+# attention kernels, run by vmae.model.attention; "auto" picks the fastest that runs on the device
+ATTENTION_KERNELS = ("xformers", "sdpa", "math")
+ATTENTION_BACKENDS = ("auto", *ATTENTION_KERNELS)
+# position embeddings, made by vmae.model.embed: learned space + time tables, fixed 3-D sin-cos, VideoMAE's 1-D
+POSITIONS = ("separable", "sincos", "sinusoid")
+# what a token predicts: one frame per temporal patch (MAE-ST) or the whole tubelet (VideoMAE)
+TARGETS = ("slice", "tube")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    dim: int = 768
-    depth: int = 12
-    heads: int = 12
+class Architecture:
+    """The sizes of a preset: encoder and decoder width, depth and heads, and the tubelet one token covers."""
+
+    dim: int
+    depth: int
+    heads: int
     decoder_dim: int = 512
     decoder_depth: int = 4
     decoder_heads: int = 16
     mlp_ratio: float = 4.0
-    frames: int = 16
-    size: int = 224
-    tubelet: tuple[int, int, int] = (2, 16, 16)
-    positions: str = "separable"  # or "sincos" (VideoMAE)
-    mask: str = "random"
-    mask_ratio: float = 0.9
-    target: str = "slice"  # "slice": one frame per temporal patch (MAE-ST); "tube": the whole tubelet (VideoMAE)
-    norm_pix_loss: bool = True
-    dense: bool = False
-    decoder_mask_ratio: float = 0.0  # VideoMAE V2 dual masking: share of the hidden tokens the decoder skips
-    drop_path: float = 0.0
-    attention: str = "auto"
-    checkpoint: bool = False  # recompute each block's activations in backward (ViT-L/H memory)
+    tubelet: tuple[int, int, int] = (2, 16, 16)  # frames x height x width
 
 
-PRESETS = {
-    "tiny": ModelConfig(dim=192, depth=4, heads=3, decoder_dim=128, decoder_depth=2, decoder_heads=4),
-    "vit-s": ModelConfig(dim=384, depth=12, heads=6),
-    "vit-b": ModelConfig(dim=768, depth=12, heads=12),
-    "vit-l": ModelConfig(dim=1024, depth=24, heads=16),
-    "vit-h": ModelConfig(dim=1280, depth=32, heads=16),
+PRESETS: dict[str, Architecture] = {
+    "tiny": Architecture(dim=192, depth=4, heads=3, decoder_dim=128, decoder_depth=2, decoder_heads=4),
+    "vit-s": Architecture(dim=384, depth=12, heads=6),
+    "vit-b": Architecture(dim=768, depth=12, heads=12),
+    "vit-l": Architecture(dim=1024, depth=24, heads=16),
+    "vit-h": Architecture(dim=1280, depth=32, heads=16),
 }
 
 
-def preset(name: str, **overrides) -> ModelConfig:
-    if name not in PRESETS:
-        raise ValueError(f"model preset must be one of {', '.join(PRESETS)}; got {name!r}")
-    return replace(PRESETS[name], **overrides)
+@dataclass
+class ModelConfig:
+    """A preset plus the knobs of MAE-ST's ablations: the ``model`` config section and what the model is built
+    from. Clip length and size come from the data section."""
+
+    # choices=PRESETS (the dict itself): --help and validation see presets registered after import too
+    preset: str = field(default="vit-l", metadata=field_help("model size", choices=PRESETS))
+    tubelet: list[int] | None = field(default=None, metadata=field_help(
+        "frames x height x width of a token (unset: the preset's 2 x 16 x 16)"))
+    mask: str = field(default="random", metadata=field_help("masking strategy", choices=STRATEGIES))
+    mask_ratio: float = field(default=0.9, metadata=field_help("share of spacetime patches hidden from the encoder"))
+    decoder_mask_ratio: float = field(default=0.0, metadata=field_help(
+        "VideoMAE V2 dual masking: share of the hidden tokens the decoder skips (0: off)"))
+    target: str = field(default="slice", metadata=field_help(
+        "slice: one frame per temporal patch (MAE-ST); tube: the whole tubelet (VideoMAE)", choices=TARGETS))
+    positions: str = field(default="separable", metadata=field_help(
+        "position embedding: learned separable space+time (MAE-ST), fixed 3-D sin-cos, or VideoMAE's fixed "
+        "1-D sinusoid (to load VideoMAE checkpoints)", choices=POSITIONS))
+    norm_pix_loss: bool = field(default=True, metadata=field_help("targets are per-patch normalized pixels"))
+    drop_path: float = field(default=0.0, metadata=field_help("stochastic depth rate of the last encoder block"))
+    attention: str = field(default="auto", metadata=field_help(
+        "attention kernel: auto (xformers on CUDA, else SDPA), xformers, sdpa, math", choices=ATTENTION_BACKENDS))
+    checkpoint: bool = field(default=False, metadata=field_help(
+        "recompute each block's activations in backward (ViT-L/H memory)"))
+    dense: bool = field(default=False, metadata=field_help(
+        "ablation: the encoder runs on every token, hidden ones replaced by a learned mask token (MAE-ST Table 1's "
+        "'with mask tokens' row, for speed comparisons)"))
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            allowed = f.metadata.get("choices")
+            if allowed is not None and getattr(self, f.name) not in allowed:
+                raise ValueError(f"model.{f.name} must be one of {', '.join(allowed)}; got {getattr(self, f.name)!r}")
+        if self.tubelet is not None and (len(self.tubelet) != 3 or min(self.tubelet) < 1):
+            raise ValueError(f"model.tubelet must be three positive sizes (frames, height, width); got {self.tubelet}")
+        if not 0 <= self.mask_ratio < 1 or not 0 <= self.decoder_mask_ratio < 1:
+            raise ValueError("model.mask_ratio and model.decoder_mask_ratio must be in [0, 1)")
+
+    @property
+    def architecture(self) -> Architecture:
+        """The preset's sizes, with model.tubelet in place of the preset's when set."""
+        sizes = PRESETS[self.preset]
+        return replace(sizes, tubelet=tuple(self.tubelet)) if self.tubelet else sizes
+
+    def token_grid(self, frames: int, size: int) -> tuple[int, int, int]:
+        """The T x H x W token grid of ``frames`` x ``size`` x ``size`` clips; refuses a clip the tubelet does
+        not divide, naming the keys."""
+        return token_grid(frames, size, self.architecture.tubelet)
+
+
+def token_grid(frames: int, size: int, tubelet: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The T x H x W grid of ``tubelet``-sized tokens on a ``frames`` x ``size`` x ``size`` clip, or an error naming
+    the keys when the tubelet does not divide the clip."""
+    t, p, q = tubelet
+    if frames % t or size % p or size % q:
+        raise ValueError(f"a {frames}x{size}x{size} clip does not divide into {t}x{p}x{q} tubelets: data.frames "
+                         f"({frames}) and data.crop_size ({size}) must be multiples of the tubelet {t}x{p}x{q} "
+                         "(model.tubelet, or the preset's)")
+    return frames // t, size // p, size // q
+
+
+def preset(name: str, **options) -> ModelConfig:
+    """The model config of preset ``name`` with ``options`` (model keys: mask, mask_ratio, attention …)."""
+    return ModelConfig(preset=name, **options)

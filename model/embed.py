@@ -1,7 +1,8 @@
 """Tubelet embedding and positions on the T×H×W patch grid.
 
-Positions: learned and separable (a space table plus a time table, summed: MAE-ST's default) or fixed 3-D
-sin-cos (VideoMAE's). Tokens are numbered t·(H·W) + h·W + w, as in ``vmae.model.masking``.
+Positions (``vmae.model.config.POSITIONS``): learned and separable (a space table plus a time table, summed:
+MAE-ST's default), fixed 3-D sin-cos, or VideoMAE's fixed 1-D sinusoid. Tokens are numbered t·(H·W) + h·W + w, as
+in ``vmae.model.masking``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
-POSITIONS = ("separable", "sincos", "sinusoid")
+from vmae.model.config import POSITIONS, token_grid
 
 
 class TubeletEmbed(nn.Module):
@@ -21,11 +22,8 @@ class TubeletEmbed(nn.Module):
     def __init__(self, frames: int = 16, size: int = 224, tubelet: tuple[int, int, int] = (2, 16, 16),
                  channels: int = 3, dim: int = 768):
         super().__init__()
-        t, p, q = tubelet
-        if frames % t or size % p or size % q:
-            raise ValueError(f"a {frames}x{size}x{size} clip does not divide into {t}x{p}x{q} tubelets")
-        self.tubelet = tubelet
-        self.grid = (frames // t, size // p, size // q)
+        self.tubelet = tuple(tubelet)
+        self.grid = token_grid(frames, size, self.tubelet)
         self.proj = nn.Conv3d(channels, dim, kernel_size=tubelet, stride=tubelet)
 
     @property
@@ -40,7 +38,8 @@ class TubeletEmbed(nn.Module):
 
 
 class PositionEmbed(nn.Module):
-    """Adds a position to each token of the grid: ``separable`` (learned space + time) or ``sincos`` (fixed)."""
+    """Adds a position to each token of the grid: ``separable`` (learned space + time), or the fixed tables
+    ``sincos`` (3-D) and ``sinusoid`` (1-D, VideoMAE's)."""
 
     def __init__(self, grid: tuple[int, int, int], dim: int, kind: str = "separable"):
         super().__init__()

@@ -9,7 +9,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vmae.model.mae import MaskedVideoAutoencoder, ModelConfig, VideoClassifier
+from vmae.model.config import ModelConfig
+from vmae.model.mae import MaskedVideoAutoencoder, VideoClassifier
 from vmae.model.masking import make_mask
 
 # Dense bf16 tensor-core peaks (vendor datasheets, SXM parts); matched against torch.cuda.get_device_name().
@@ -41,22 +42,24 @@ def flop_counter() -> FlopCounterMode:
         aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_backward})
 
 
-def training_flops(cfg: ModelConfig, clips: int = 1) -> float:
-    """FLOPs of one forward and backward over ``clips`` clips, counted on the meta device (no memory, no time)."""
+def training_flops(cfg: ModelConfig, frames: int, size: int, clips: int = 1) -> float:
+    """FLOPs of one forward and backward over ``clips`` clips of ``frames`` x ``size`` x ``size``, counted on the
+    meta device (no memory, no time)."""
     with torch.device("meta"):
-        model = MaskedVideoAutoencoder(cfg)
-        video = torch.empty(clips, 3, cfg.frames, cfg.size, cfg.size)
+        model = MaskedVideoAutoencoder(cfg, frames, size)
+        video = torch.empty(clips, 3, frames, size, size)
     mask = make_mask(cfg.mask, clips, model.grid, cfg.mask_ratio, torch.Generator().manual_seed(0))
     with flop_counter() as counter:
         model(video, torch.Generator().manual_seed(0), mask=mask)[0].backward()
     return float(counter.get_total_flops())
 
 
-def classifier_training_flops(cfg: ModelConfig, classes: int, clips: int = 1) -> float:
-    """FLOPs of one fine-tuning forward and backward (all tokens) over ``clips`` clips, counted on the meta device."""
+def classifier_training_flops(cfg: ModelConfig, classes: int, frames: int, size: int, clips: int = 1) -> float:
+    """FLOPs of one fine-tuning forward and backward (all tokens) over ``clips`` clips of ``frames`` x ``size`` x
+    ``size``, counted on the meta device."""
     with torch.device("meta"):
-        model = VideoClassifier(cfg, classes)
-        video = torch.empty(clips, 3, cfg.frames, cfg.size, cfg.size)
+        model = VideoClassifier(cfg, classes, frames, size)
+        video = torch.empty(clips, 3, frames, size, size)
     with flop_counter() as counter:
         model(video).sum().backward()
     return float(counter.get_total_flops())

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vmae.model.embed import PositionEmbed, TubeletEmbed
+
 log = logging.getLogger(__name__)
 
 # DDP / DeepSpeed wrap a model as `module`; torch.compile as `_orig_mod` (at the top or around a submodule)
@@ -93,8 +95,6 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str =
 def fit_clip_shape(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
     """Resize, in ``state``, the learned positions of every position table of ``module`` to its token grid;
     refuse a tubelet of another size. Returns one note per resized table."""
-    from vmae.model.embed import PositionEmbed, TubeletEmbed
-
     notes = []
     for name, sub in module.named_modules():
         prefix = f"{name}." if name else ""

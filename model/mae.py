@@ -1,50 +1,50 @@
 """The MAE-ST model: tubelets → mask → ViT encoder on the visible tokens only → light decoder → loss on the
 masked patches against per-patch normalized pixels (arXiv 2205.09113), plus the classifier for fine-tuning.
 
-``dense=True`` runs the encoder on every token, masked ones replaced by a learned mask token (MAE-ST Table 1's
-"with mask tokens" row), for the speed comparison.
+Each model is built from a ``ModelConfig`` (the ``model`` config section: preset and ablation knobs) and the clip
+shape (frames, size: data.frames and data.crop_size). ``dense=True`` runs the encoder on every token, masked ones
+replaced by a learned mask token (MAE-ST Table 1's "with mask tokens" row), for the speed comparison.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+from functools import partial
+
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import Block
 
 from vmae.model.attention import Attention
-from vmae.model.config import PRESETS, ModelConfig, preset  # noqa: F401 - the model's config, re-exported
+# the model's config and registry, re-exported for the short API: MaskedVideoAutoencoder(preset("vit-b"))
+from vmae.model.config import PRESETS, Architecture, ModelConfig, preset  # noqa: F401
 from vmae.model.embed import PositionEmbed, TubeletEmbed
 from vmae.model.load import encoder_part, load_strict, read_state_dict
-from vmae.model.masking import Mask, decoder_subset, make_mask
+from vmae.model.masking import Mask, decoder_subset, make_mask, visible_count
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block (timm's layout) whose attention goes through ``model.attention``."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float, backend: str):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads, qkv_bias=True, backend=backend)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+def vit_block(dim: int, heads: int, mlp_ratio: float, drop_path: float, backend: str) -> Block:
+    """timm's pre-norm transformer block (LayerNorm eps 1e-6, qkv bias) whose attention runs on ``backend``."""
+    block = Block(dim, heads, mlp_ratio, qkv_bias=True, drop_path=drop_path,
+                  norm_layer=partial(nn.LayerNorm, eps=1e-6), attn_layer=Attention)
+    block.attn.backend = backend  # timm's Block passes no extra arguments to its attention layer
+    return block
 
 
 class Encoder(nn.Module):
     """Tubelet embedding, positions and a ViT; runs on whichever tokens it is given."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, frames: int = 16, size: int = 224):
         super().__init__()
-        self.patch_embed = TubeletEmbed(cfg.frames, cfg.size, cfg.tubelet, 3, cfg.dim)
-        self.pos_embed = PositionEmbed(self.patch_embed.grid, cfg.dim, cfg.positions)
-        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # stochastic depth rule
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, r, cfg.attention) for r in rates)
-        self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+        arch = cfg.architecture
+        self.patch_embed = TubeletEmbed(frames, size, arch.tubelet, 3, arch.dim)
+        self.pos_embed = PositionEmbed(self.patch_embed.grid, arch.dim, cfg.positions)
+        rates = [cfg.drop_path * i / max(arch.depth - 1, 1) for i in range(arch.depth)]  # stochastic depth rule
+        self.blocks = nn.ModuleList(vit_block(arch.dim, arch.heads, arch.mlp_ratio, r, cfg.attention) for r in rates)
+        self.norm = nn.LayerNorm(arch.dim, eps=1e-6)
         self.checkpoint = cfg.checkpoint
 
     def forward(self, video: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -58,22 +58,27 @@ class Encoder(nn.Module):
 
 
 class MaskedVideoAutoencoder(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """The pretraining model of ``cfg`` on clips of ``frames`` x ``size`` x ``size``."""
+
+    def __init__(self, cfg: ModelConfig, frames: int = 16, size: int = 224):
         super().__init__()
-        self.cfg = cfg
-        self.encoder = Encoder(cfg)
+        self.cfg = replace(cfg)  # a copy: the model does not change with the config object it came from
+        self.frames, self.size = frames, size
+        arch = cfg.architecture
+        self.tubelet = arch.tubelet
+        self.encoder = Encoder(cfg, frames, size)
         self.grid = self.encoder.patch_embed.grid
-        t, p, q = cfg.tubelet
+        t, p, q = arch.tubelet
         self.pred_frames = 1 if cfg.target == "slice" else t
         if cfg.dense:
-            self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        self.decoder_embed = nn.Linear(cfg.dim, cfg.decoder_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
-        self.decoder_pos = PositionEmbed(self.grid, cfg.decoder_dim, cfg.positions)
-        self.decoder_blocks = nn.ModuleList(Block(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio, 0.0,
-                                                  cfg.attention) for _ in range(cfg.decoder_depth))
-        self.decoder_norm = nn.LayerNorm(cfg.decoder_dim, eps=1e-6)
-        self.decoder_pred = nn.Linear(cfg.decoder_dim, self.pred_frames * p * q * 3)
+            self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, arch.dim))
+        self.decoder_embed = nn.Linear(arch.dim, arch.decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, arch.decoder_dim))
+        self.decoder_pos = PositionEmbed(self.grid, arch.decoder_dim, cfg.positions)
+        self.decoder_blocks = nn.ModuleList(vit_block(arch.decoder_dim, arch.decoder_heads, arch.mlp_ratio, 0.0,
+                                                      cfg.attention) for _ in range(arch.decoder_depth))
+        self.decoder_norm = nn.LayerNorm(arch.decoder_dim, eps=1e-6)
+        self.decoder_pred = nn.Linear(arch.decoder_dim, self.pred_frames * p * q * 3)
         self.apply(_init_weights)
         trunc_normal_(self.mask_token, std=0.02)
         if cfg.dense:
@@ -128,12 +133,17 @@ class MaskedVideoAutoencoder(nn.Module):
 
     def targets(self, video: torch.Tensor) -> torch.Tensor:
         """Pixels each token should predict [B, N, pixels], per-patch normalized if ``norm_pix_loss``."""
-        target = patchify(video, self.cfg.tubelet, self.pred_frames)
+        target = patchify(video, self.tubelet, self.pred_frames)
         if self.cfg.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)
             target = (target - mean) / (var + 1e-6).sqrt()
         return target
+
+
+def encoder_token_count(cfg: ModelConfig, grid: tuple[int, int, int]) -> int:
+    """Tokens the encoder runs on per clip: the visible ones, or every token of the grid with ``dense``."""
+    return math.prod(grid) if cfg.dense else visible_count(cfg.mask, grid, cfg.mask_ratio)
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpoint: bool) -> torch.Tensor:
@@ -177,12 +187,13 @@ class VideoClassifier(nn.Module):
 
     ``load_pretrained_encoder`` takes the encoder of a pretraining state dict or checkpoint file."""
 
-    def __init__(self, cfg: ModelConfig, num_classes: int):
+    def __init__(self, cfg: ModelConfig, num_classes: int, frames: int = 16, size: int = 224):
         super().__init__()
-        self.encoder = Encoder(cfg)
+        dim = cfg.architecture.dim
+        self.encoder = Encoder(cfg, frames, size)
         self.encoder.norm = nn.Identity()  # pooled features are normalized instead (fc_norm)
-        self.fc_norm = nn.LayerNorm(cfg.dim, eps=1e-6)
-        self.head = nn.Linear(cfg.dim, num_classes)
+        self.fc_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
         self.apply(_init_weights)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:

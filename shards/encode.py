@@ -1,16 +1,14 @@
 """Turn one probed input into normalized video files: a stream copy when it conforms, else an ffmpeg transcode.
 
 Normalized means: constant frame rate, the short side resized, rotation applied, audio dropped, closed GOPs
-of a bounded length, and a codec the loader can decode (DESIGN.md section 3).
+of a bounded length, and a codec the loader can decode.
 """
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import shutil
-import signal
 import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,12 +18,12 @@ import av
 import ffmpeg
 
 from vmae.shards.config import ShardConfig
+from vmae.shards.format import VIDEO_EXTENSION
 from vmae.shards.frames import link_frames
 from vmae.shards.probe import PacketCounter, PacketScan, RejectedInput, VideoInfo, scan_packets
 
-EXTENSION = {"h264": "mp4", "vp9": "webm", "mjpeg": "mkv"}
 MUXER = {"h264": "mp4", "vp9": "webm", "mjpeg": "matroska"}
-# NVDEC on A100/Hopper decodes 8-bit 4:2:0 H.264 in these profiles only (DESIGN.md section 3).
+# NVDEC on A100/Hopper decodes 8-bit 4:2:0 H.264 in these profiles only.
 NVDEC_H264_PROFILES = {"Baseline", "Constrained Baseline", "Main", "High"}
 COPYABLE_CONTAINERS = {"mov,mp4,m4a,3gp,3g2,mj2"}
 
@@ -47,7 +45,7 @@ def ffmpeg_exe() -> str:
     if override:
         return override
     try:
-        import imageio_ffmpeg
+        import imageio_ffmpeg  # optional: without it, the ffmpeg on PATH
 
         return imageio_ffmpeg.get_ffmpeg_exe()
     except (ImportError, RuntimeError):
@@ -56,6 +54,12 @@ def ffmpeg_exe() -> str:
             raise RuntimeError("no ffmpeg binary: `pip install imageio-ffmpeg` or install ffmpeg, "
                                "or point VMAE_FFMPEG at one") from None
         return found
+
+
+def ffmpeg_version() -> str:
+    """The ffmpeg binary's version string, from the first line of its ``-version`` output."""
+    out = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True).stdout
+    return out.split("\n", 1)[0].replace("ffmpeg version ", "").split(" Copyright")[0]
 
 
 def output_size(info: VideoInfo, short_side: int) -> tuple[int, int]:
@@ -125,7 +129,7 @@ def encode(source: Path, info: VideoInfo, cfg: ShardConfig, workdir: Path) -> tu
     segmented = cfg.segment_seconds > 0 and info.duration > cfg.segment_seconds
     may_copy = not pad and not why_not_copy(info, None, cfg)
     if may_copy and not segmented:
-        copied = workdir / f"seg0000.{EXTENSION[cfg.codec]}"
+        copied = workdir / f"seg0000.{VIDEO_EXTENSION[cfg.codec]}"
         scan = copy_video_stream(source, copied)
         if not why_not_copy(info, scan, cfg):
             return "copy", _check_count([Encoded(copied, scan.packets, 0.0, 0)], target_frames, pad)
@@ -158,7 +162,7 @@ def copy_video_stream(source: Path, target: Path) -> PacketScan:
 
 def _ffmpeg_args(source: Path, info: VideoInfo, cfg: ShardConfig, workdir: Path, mode: str,
                  segmented: bool, pad: int) -> list[str]:
-    ext = EXTENSION[cfg.codec]
+    ext = VIDEO_EXTENSION[cfg.codec]
     target = str(workdir / (f"seg%04d.{ext}" if segmented else f"seg0000.{ext}"))
     if source.is_dir():  # a folder of extracted frames: one numbered image sequence at its given rate
         video = ffmpeg.input(str(link_frames(source, workdir)), f="image2", framerate=info.fps, start_number=0,
@@ -263,14 +267,6 @@ def _check_count(outputs: list[Encoded], target_frames: int, pad: int) -> list[E
         raise RejectedInput("truncated", f"{total} frames in the stream, the container claims about "
                                          f"{target_frames}: the file ends early")
     return outputs
-
-
-def die_with_parent() -> None:
-    """Ask Linux to kill this process when its parent dies, so a killed build leaves no orphans writing files."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def _even(x: float) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import unicodedata
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vmae.shards.files import atomic_file
 from vmae.shards.sources import MISSING, InputTable
 
 
@@ -69,13 +69,11 @@ class Plan:
         """Store the planned keys, one per line in write order (how far a build has come is counted from them);
         the sha256 of the file."""
         digest = hashlib.sha256()
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        with tmp.open("w", encoding="ascii") as fh:
+        with atomic_file(path, "w", encoding="ascii") as fh:
             for key in self.items.keys():
                 line = key + "\n"
                 fh.write(line)
                 digest.update(line.encode("ascii"))
-        os.replace(tmp, path)
         return digest.hexdigest()
 
 

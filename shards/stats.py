@@ -7,8 +7,8 @@ import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from vmae.shards.tars import index_path, read_index, read_member
-from vmae.shards.verify import load_manifest
+from vmae.shards.format import index_path, load_manifest
+from vmae.shards.tars import read_index, read_member
 
 
 def iter_sample_meta(dataset: Path, manifest: dict):

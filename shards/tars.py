@@ -8,6 +8,9 @@ import os
 import tarfile
 from pathlib import Path
 
+from vmae.shards.files import write_atomic
+from vmae.shards.format import index_path
+
 TAR_MTIME = 946684800  # 2000-01-01: a fixed stamp, so the same samples give the same bytes
 INDEX_VERSION = "v1.2"
 
@@ -70,16 +73,10 @@ class ShardWriter:
         self._tar.close()
         self._file.close()
         idx_path = index_path(self.tar_path)
-        tmp_idx = idx_path.with_name(idx_path.name + ".tmp")
-        tmp_idx.write_text(make_index(self.tmp_path))
-        os.replace(tmp_idx, idx_path)
+        write_atomic(idx_path, make_index(self.tmp_path))  # the index first: a shard in place always has one
         os.replace(self.tmp_path, self.tar_path)
         return {"name": self.tar_path.name, "index": idx_path.name, "samples": len(self.keys),
                 "bytes": self._file.size, "sha256": self._file.sha256.hexdigest()}
-
-
-def index_path(tar_path: Path) -> Path:
-    return tar_path.with_suffix(".idx")
 
 
 def sample_members(tar_path: Path) -> list[tuple[str, list[tuple[str, int, int]]]]:

@@ -7,7 +7,6 @@ import io
 import json
 import multiprocessing
 import os
-import struct
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -15,14 +14,9 @@ from pathlib import Path
 
 import av
 
-from vmae.shards.build import FORMAT, MANIFEST, REJECTS
-from vmae.shards.tars import index_path, make_index, read_member, sample_members
-
-REQUIRED_MEMBERS = ("json", "cls", "frames", "label")
-
-
-class DatasetError(ValueError):
-    """A dataset folder that is not (or no longer) a readable build output; the message says what to do."""
+from vmae.shards.files import TEMPORARY
+from vmae.shards.format import MANIFEST, META_MEMBERS, REJECTS, index_path, int32_member, load_manifest
+from vmae.shards.tars import make_index, read_member, sample_members
 
 
 @dataclass(frozen=True)
@@ -43,22 +37,6 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def load_manifest(dataset: Path) -> dict:
-    path = dataset / MANIFEST
-    if not path.exists():
-        raise DatasetError(f"{path} not found: {dataset} is not a finished `vmae shards build` output "
-                           "(re-run the build to finish it)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{path} is not JSON ({err}): the dataset's manifest is damaged; rebuild the dataset") \
-            from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise DatasetError(f"{path}: format {found!r}, expected {FORMAT!r} (written by another tool or version?)")
-    return manifest
 
 
 def verify_dataset(dataset: Path, decode: bool = True, workers: int = 0) -> VerifyReport:
@@ -87,7 +65,7 @@ def _check_folder(dataset: Path, manifest: dict) -> list[Problem]:
     for tar in sorted(dataset.glob("*.tar")):
         if tar.name not in listed:
             problems.append(Problem(tar.name, "a shard not in the manifest (left from another build?)"))
-    for tmp in sorted(dataset.glob("*.tmp")):
+    for tmp in sorted(dataset.glob(TEMPORARY)):
         problems.append(Problem(tmp.name, "a leftover of an unfinished write"))
     rejects = dataset / REJECTS
     if not rejects.exists():
@@ -148,7 +126,7 @@ def _check_index(tar: Path, entry: dict) -> list[Problem]:
 
 def _check_sample(tar: Path, key: str, members: dict[str, tuple[int, int]], classes: list[str], video_ext: str,
                   decode: bool) -> tuple[list[str], int]:
-    missing = [ext for ext in (video_ext, *REQUIRED_MEMBERS) if ext not in members]
+    missing = [ext for ext in (video_ext, *META_MEMBERS) if ext not in members]
     if missing:
         return [f"missing member(s) {', '.join('.' + m for m in missing)}"], 0
     found = []
@@ -164,8 +142,7 @@ def _check_sample(tar: Path, key: str, members: dict[str, tuple[int, int]], clas
     elif label >= 0 and meta.get("label_name") != classes[label]:
         found.append(f"label name {meta.get('label_name')!r} is not class {label} ({classes[label]!r})")
     for member in ("frames", "label"):
-        raw = read_member(tar, *members[member])
-        value = struct.unpack("<i", raw)[0] if len(raw) == 4 else None
+        value = int32_member(read_member(tar, *members[member]))
         if value != meta.get(member):
             found.append(f".{member} holds {value}, .json says {meta.get(member)}")
     decoded = 0

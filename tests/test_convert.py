@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import pytest
 import torch
 
 from vmae.model.convert import ConversionError, from_mae_st, from_videomae, to_huggingface_videomae
+from vmae.model.config import PRESETS, Architecture
 from vmae.model.mae import MaskedVideoAutoencoder, preset
 from vmae.model.masking import make_mask
 
@@ -13,10 +16,12 @@ D, DEPTH, DD, DDEPTH, FRAMES, SIZE = 48, 2, 32, 1, 4, 32
 GRID = (FRAMES // 2, SIZE // 16, SIZE // 16)
 
 
-def tiny(**kw) -> MaskedVideoAutoencoder:
-    cfg = preset("tiny", dim=D, depth=DEPTH, heads=3, decoder_dim=DD, decoder_depth=DDEPTH, decoder_heads=4,
-                 frames=FRAMES, size=SIZE, **kw)
-    return MaskedVideoAutoencoder(cfg)
+SIZES = Architecture(dim=D, depth=DEPTH, heads=3, decoder_dim=DD, decoder_depth=DDEPTH, decoder_heads=4)
+
+
+def tiny(**options) -> MaskedVideoAutoencoder:
+    with patch.dict(PRESETS, {"convert-test": SIZES}):  # registered for the building only
+        return MaskedVideoAutoencoder(preset("convert-test", **options), FRAMES, SIZE)
 
 
 def block_keys(prefix: str, dim: int, attention: dict[str, tuple]) -> dict[str, tuple]:

@@ -8,15 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
 
 from vmae.model.mae import MaskedVideoAutoencoder, preset
 from vmae.pipeline.data.config import DataConfig
-from vmae.pipeline.evaluate.downstream import (Features, PooledFeatures, evaluation_data, extract_features, linear_probe,
-                                 sampling_statement, scores_report, split_by_key)
 from vmae.pipeline.data.shardset import ShardSet
+from vmae.pipeline.evaluate.downstream import (Features, PooledFeatures, evaluation_data, extract_features,
+                                               linear_probe, sampling_statement, scores_report, split_by_key)
 from vmae.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +62,7 @@ def test_views_are_averaged_in_softmax_space():
 
 def test_features_cover_every_video_with_every_view(built):
     data = evaluation_data(DataConfig(frames=4, stride=2, crop_size=32, workers=1), views=6, test_crops=3)
-    encoder = PooledFeatures(MaskedVideoAutoencoder(preset("tiny", frames=4, size=32)).encoder)
+    encoder = PooledFeatures(MaskedVideoAutoencoder(preset("tiny"), frames=4, size=32).encoder)
     features = extract_features(encoder, built[0], data)
     shardset = ShardSet(built[0])
     assert features.views.shape == (len(shardset), 6, 192)
@@ -70,8 +72,8 @@ def test_features_cover_every_video_with_every_view(built):
 
 
 def test_windows_that_coincide_in_short_videos_are_counted_and_segment_sampling_separates_them(built):
-    """A clip longer than the video puts every dense window at frame 0 (PySlowFast issue 306)."""
-    encoder = PooledFeatures(MaskedVideoAutoencoder(preset("tiny", frames=4, size=32)).encoder)
+    """A clip longer than the video puts every dense window at frame 0 (as PySlowFast's dense sampling does)."""
+    encoder = PooledFeatures(MaskedVideoAutoencoder(preset("tiny"), frames=4, size=32).encoder)
     videos = len(ShardSet(built[0]))
     long_clips = evaluation_data(DataConfig(frames=4, stride=200, crop_size=32, workers=1), views=2, test_crops=1)
     assert extract_features(encoder, built[0], long_clips).identical_windows == videos
@@ -106,9 +108,6 @@ def test_linear_probe_command_on_a_pretraining_checkpoint(built, tmp_path, capfd
     assert "linear probe of step000000002" in capfd.readouterr().out
 
     # per-video embeddings of the same run, for numpy and for pandas; 8 frames resizes its temporal positions
-    import numpy as np
-    import pandas as pd
-
     videos = len(ShardSet(built[0]))
     assert main(["extract-features", str(tmp_path / "run"), str(built[0]), "--out", str(tmp_path / "f.npz"),
                  "--views", "2"]) == 0

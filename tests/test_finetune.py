@@ -8,14 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
-from vmae.pipeline.evaluate.downstream import remap_labels
-from vmae.pipeline.train.tasks import FinetuneTask
-from vmae.shards.config import ShardConfig, SynthConfig
 from test_pretrain import ROOT, clean_env, run_config, write_config
+from vmae.pipeline.evaluate.downstream import remap_labels
+from vmae.pipeline.train.config import TrainError
+from vmae.pipeline.train.loop import check_classes
+from vmae.pipeline.train.tasks import FinetuneTask
+from vmae.shards.build import build_shards
+from vmae.shards.config import ShardConfig, SynthConfig
+from vmae.shards.synth import make_synthetic_videos
 from vmae.tools.config import load_config, preset_layer
 
 
@@ -121,7 +126,8 @@ def test_each_layer_moves_by_its_decayed_lr_under_deepspeed():
 def test_finetune_from_a_pretraining_run_resumes_and_is_scored(built, tmp_path):
     dataset = built[0]
     pre = run_config(dataset, tmp_path / "pre", max_steps=2, log_samples=False)
-    proc = subprocess.run([sys.executable, "-m", "vmae.tools.cli", "pretrain", "--config", str(write_config(tmp_path, pre))],
+    proc = subprocess.run([sys.executable, "-m", "vmae.tools.cli", "pretrain", "--config",
+                           str(write_config(tmp_path, pre))],
                           cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
@@ -161,8 +167,6 @@ def test_finetune_from_a_pretraining_run_resumes_and_is_scored(built, tmp_path):
     assert report["evaluation"]["sampling"] == "dense" and report["videos_with_identical_windows"] == 0
     rows = (tmp_path / "eval" / "per_video.csv").read_text().splitlines()
     assert len(rows) == 11 and rows[0].startswith("key,label,label_name,predicted")
-    import numpy as np
-
     saved = np.load(tmp_path / "eval" / "scores.npz")
     assert saved["view_scores"].shape == (10, 6, len(report["class_names"]))
     np.testing.assert_allclose(saved["view_scores"].sum(-1), 1, atol=1e-4)
@@ -174,9 +178,6 @@ def test_finetune_from_a_pretraining_run_resumes_and_is_scored(built, tmp_path):
 @pytest.fixture(scope="module")
 def motion(tmp_path_factory) -> tuple[Path, Path]:
     """The first four motion classes (drift east, south-east, south, south-west), a train and a validation set."""
-    from vmae.shards.build import build_shards
-    from vmae.shards.synth import make_synthetic_videos
-
     root = tmp_path_factory.mktemp("motion")
     sets = []
     for name, seed, per_class in (("train", 0, 12), ("val", 1, 6)):
@@ -192,9 +193,10 @@ def motion(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.mark.slow
 def test_a_short_finetune_learns_motion_above_chance(motion, tmp_path):
     train, val = motion
-    command = [sys.executable, "-m", "vmae.tools.cli", "finetune", "--dataset", str(train), "--out", str(tmp_path / "ft"),
-               "--val-dataset", str(val), "model.preset=tiny", "model.tubelet=[2,8,8]", "data.frames=8",
-               "data.stride=4", "data.crop_size=32", "data.views=2", "data.batch_size=8", "data.flip=false",
+    command = [sys.executable, "-m", "vmae.tools.cli", "finetune", "--dataset", str(train), "--out",
+               str(tmp_path / "ft"), "--val-dataset", str(val), "model.preset=tiny", "model.tubelet=[2,8,8]",
+               "data.frames=8", "data.stride=4", "data.crop_size=32", "data.views=2", "data.batch_size=8",
+               "data.flip=false",
                "data.scale=[0.6,1.0]", "data.backend=cpu", "train.global_batch=8", "train.epochs=40",
                "train.warmup_epochs=2", "train.base_lr=0.05", "train.zero_stage=0", "train.log_every=20",
                "train.peak_tflops=1.0", "finetune.mixup=0", "finetune.cutmix=0", "finetune.test_views=2",
@@ -207,9 +209,6 @@ def test_a_short_finetune_learns_motion_above_chance(motion, tmp_path):
 
 
 def test_a_dataset_whose_class_count_differs_from_the_head_is_refused(tmp_path):
-    from vmae.pipeline.train.loop import check_classes
-    from vmae.pipeline.train.config import TrainError
-
     classes = ["drift_east", "drift_north", "spin"]
     cfg = load_config(None, [f"train.out={tmp_path / 'ft'}", "train.dataset=k400", "finetune.num_classes=400"])
     with pytest.raises(TrainError, match="finetune.num_classes=400 classes but k400 has 3"):

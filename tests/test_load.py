@@ -14,7 +14,7 @@ PRETRAIN = dict(frames=8, size=64)  # tiny preset, 2x16x16 tubelets: a 4 x 4 x 4
 
 def pretrained(**kw) -> MaskedVideoAutoencoder:
     torch.manual_seed(0)
-    return MaskedVideoAutoencoder(preset("tiny", **{**PRETRAIN, **kw}))
+    return MaskedVideoAutoencoder(preset("tiny", **kw), **PRETRAIN)
 
 
 def test_wrapper_prefixes_of_ddp_deepspeed_and_torch_compile_are_stripped():
@@ -22,7 +22,7 @@ def test_wrapper_prefixes_of_ddp_deepspeed_and_torch_compile_are_stripped():
              "encoder._orig_mod.norm.weight": torch.ones(1), "_orig_mod.head.bias": torch.ones(1)}
     assert sorted(strip_wrappers(state)) == ["encoder.blocks.0.attn.qkv.weight", "encoder.norm.weight", "head.bias"]
     compiled = {f"_orig_mod.{k}": v for k, v in pretrained().state_dict().items()}
-    classifier = VideoClassifier(preset("tiny", **PRETRAIN), 3)
+    classifier = VideoClassifier(preset("tiny"), 3, **PRETRAIN)
     classifier.load_pretrained_encoder({"module": compiled})
     assert torch.equal(classifier.encoder.blocks[3].mlp.fc2.weight, pretrained().encoder.blocks[3].mlp.fc2.weight)
     encoder_only = encoder_part(pretrained().state_dict())  # an encoder saved alone has no encoder. prefix
@@ -35,14 +35,14 @@ def test_every_missing_unexpected_and_misshapen_key_is_listed():
     state["encoder.blocks.1.attn.k_bias"] = torch.zeros(192)
     state["encoder.blocks.2.mlp.fc1.weight"] = torch.zeros(10, 192)
     with pytest.raises(CheckpointMismatch) as err:
-        load_strict(MaskedVideoAutoencoder(preset("tiny", **PRETRAIN)), state, "run/pretrained.pt")
+        load_strict(MaskedVideoAutoencoder(preset("tiny"), **PRETRAIN), state, "run/pretrained.pt")
     message = str(err.value)
     for expected in ("run/pretrained.pt", "1 missing: encoder.blocks.1.norm2.bias",
                      "1 unexpected: encoder.blocks.1.attn.k_bias", "encoder.blocks.2.mlp.fc1.weight (10, 192) vs "
                      "(768, 192)"):
         assert expected in message
     with pytest.raises(CheckpointMismatch, match="positions differ in kind"):  # separable into sin-cos
-        VideoClassifier(preset("tiny", **PRETRAIN, positions="sincos"), 3).load_pretrained_encoder(
+        VideoClassifier(preset("tiny", positions="sincos"), 3, **PRETRAIN).load_pretrained_encoder(
             pretrained().state_dict())
 
 
@@ -52,7 +52,7 @@ def test_learned_positions_are_resized_in_time_and_space_separately():
     with torch.no_grad():  # a time table that is a straight line in every channel stays one
         ramp = torch.linspace(-1, 1, 4)[None, :, None] * torch.linspace(0.5, 2, 192)[None, None, :]
         source.encoder.pos_embed.time.copy_(ramp)
-    classifier = VideoClassifier(preset("tiny", frames=16, size=96), 3)  # grid 4x4x4 → 8x6x6
+    classifier = VideoClassifier(preset("tiny"), 3, frames=16, size=96)  # grid 4x4x4 → 8x6x6
     notes = classifier.load_pretrained_encoder(source.state_dict())
     assert notes == ["pos_embed.time: 4 → 8 temporal positions (linear)",
                      "pos_embed.space: 4x4 → 6x6 spatial positions (bicubic)"]
@@ -72,14 +72,14 @@ def test_learned_positions_are_resized_in_time_and_space_separately():
 def test_sincos_positions_are_made_for_the_new_grid_not_loaded():
     source = pretrained(positions="sincos")
     assert not any("pos_embed" in k for k in source.state_dict())
-    classifier = VideoClassifier(preset("tiny", frames=16, size=64, positions="sincos"), 3)
+    classifier = VideoClassifier(preset("tiny", positions="sincos"), 3, frames=16, size=64)
     assert classifier.load_pretrained_encoder(source.state_dict()) == []
     assert classifier.encoder.pos_embed.table.shape == (1, 8 * 4 * 4, 192)
 
 
 def test_a_tubelet_of_another_size_is_refused_naming_both_shapes():
     with pytest.raises(CheckpointMismatch) as err:
-        VideoClassifier(preset("tiny", frames=8, size=64, tubelet=(4, 16, 16)), 3).load_pretrained_encoder(
+        VideoClassifier(preset("tiny", tubelet=[4, 16, 16]), 3, frames=8, size=64).load_pretrained_encoder(
             pretrained().state_dict())
     message = str(err.value)
     assert "2x16x16" in message and "4x16x16" in message and "model.tubelet" in message

@@ -15,10 +15,11 @@ import torch
 
 from vmae.pipeline.data.config import DataConfig
 from vmae.pipeline.data.decode import decode_frames, pyav_frames, reference_frames
-from vmae.pipeline.data.loader import CpuLoader, make_loader
+from vmae.pipeline.data.cpu_loader import CpuLoader
+from vmae.pipeline.data.loader import make_loader
 from vmae.pipeline.data.sampling import plan_views, sample_rng, temporal_windows
 from vmae.pipeline.data.shardset import ShardSet, open_shards
-from vmae.shards.verify import DatasetError
+from vmae.shards.format import DatasetError
 from vmae.pipeline.data.views import make_views
 from vmae.shards.build import build_shards
 from vmae.shards.config import ShardConfig
@@ -227,6 +228,43 @@ def test_the_loader_reads_a_mix_of_datasets(built, tmp_path):
     batches = epoch(loader)  # an epoch is both datasets' size: 10 + 10 videos, 5 of the first and 15 of the copy
     assert len(batches) == 10 and all(b["video"].shape == (4, 3, 8, 64, 64) for b in batches)
     assert {k for b in batches for k in b["key"]} <= {key for key, _ in sample_members_all(built[0])}
+
+
+# ------------------------------------------------------------------ backends: one registry, one signature
+
+def test_every_registered_backend_is_a_loader_with_the_one_constructor():
+    import inspect
+
+    from vmae.pipeline.data.backends import LOADERS, loader_class
+    from vmae.pipeline.data.protocol import Loader, LoaderFactory
+
+    expected = list(inspect.signature(LoaderFactory.__call__).parameters)[1:]
+    for name in LOADERS:
+        cls = loader_class(name)
+        assert cls.backend == name and Loader in cls.__mro__
+        assert list(inspect.signature(cls.__init__).parameters)[1:] == expected, name
+        for member in ("set_epoch", "close", "__len__", "__iter__"):
+            assert getattr(cls, member) is not getattr(Loader, member), f"{name} lacks its own {member}"
+
+
+def test_config_choices_come_from_the_registries():
+    from dataclasses import fields
+
+    from vmae.pipeline.data.backends import AUTO, CPU_DECODERS, LOADERS, cpu_decoder
+
+    choices = {f.name: f.metadata.get("choices") for f in fields(DataConfig)}
+    assert tuple(choices["backend"]) == (AUTO, *LOADERS)
+    assert tuple(choices["cpu_decoder"]) == tuple(CPU_DECODERS)
+    assert all(callable(cpu_decoder(name)) for name in CPU_DECODERS)
+    with pytest.raises(ValueError, match="data.backend must be one of auto, dali, cpu"):
+        small(backend="opencv")
+
+
+def test_reading_a_config_imports_no_torch_dali_or_decoder():
+    code = ("import sys, vmae.pipeline.data.config; "
+            "print([m for m in ('torch', 'nvidia.dali', 'av', 'torchcodec') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 # ------------------------------------------------------------------ sampling
@@ -642,7 +680,7 @@ def test_loader_samples_on_p_frames_of_such_shards(pframe_dataset):
 
 @pytest.mark.slow
 def test_a_sample_with_incomplete_metadata_is_a_counted_bad_sample(built, tmp_path):
-    from vmae.pipeline.data.cpu_loader import BadSample, SampleReader
+    from vmae.pipeline.data.sample_reader import BadSample, SampleReader
     from vmae.pipeline.data.shardset import SampleRef
 
     out = tmp_path / "ds"
@@ -716,7 +754,7 @@ def give_up_after(request):
 @pytest.mark.slow
 def test_a_decode_that_never_returns_is_abandoned_and_its_worker_replaced(built, monkeypatch, tmp_path,
                                                                           give_up_after):
-    from vmae.pipeline.data import cpu_loader
+    from vmae.pipeline.data import sample_reader
     from vmae.pipeline.data.shardset import SampleRef
 
     shardset = ShardSet(built[0])
@@ -725,7 +763,7 @@ def test_a_decode_that_never_returns_is_abandoned_and_its_worker_replaced(built,
     with open(shardset.shards[1], "rb") as fh:
         fh.seek(offset)
         stuck_video = fh.read(size)
-    decode = cpu_loader.decode_frames
+    decode = sample_reader.decode_frames
     pid_file = tmp_path / "stuck_pid"
 
     def decode_or_hang(video, indices, *args, **kwargs):
@@ -734,7 +772,7 @@ def test_a_decode_that_never_returns_is_abandoned_and_its_worker_replaced(built,
             never_returns()
         return decode(video, indices, *args, **kwargs)
 
-    monkeypatch.setattr(cpu_loader, "decode_frames", decode_or_hang)  # the forked workers inherit it
+    monkeypatch.setattr(sample_reader, "decode_frames", decode_or_hang)  # the forked workers inherit it
     give_up_after(300)
     loader = CpuLoader(built[0], small(decode_deadline=10.0))
     batches = epoch(loader)
@@ -807,7 +845,7 @@ def test_dali_draws_the_same_segment_frames_as_the_cpu_path():
     pytest.importorskip("nvidia.dali")
     from nvidia.dali import fn, pipeline_def, types
 
-    from vmae.pipeline.data.dali_loader import view_frame_indices
+    from vmae.pipeline.data.dali_graph import view_frame_indices
 
     cfg = DataConfig(augment=False, views=6, test_crops=3, sampling="segment", frames=8)
 

@@ -1,12 +1,17 @@
 """The MAE-ST model against the papers' own counts, and its loss, targets and modes on the tiny preset."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from timm.models.vision_transformer import Block
+
+from vmae.model.config import PRESETS
 from vmae.model.flops import flop_counter, training_flops
-from vmae.model.mae import MaskedVideoAutoencoder, VideoClassifier, masked_loss, patchify, preset
-from vmae.model.masking import make_mask
+from vmae.model.mae import MaskedVideoAutoencoder, VideoClassifier, masked_loss, patchify, preset, unpatchify
+from vmae.model.masking import decoder_subset, make_mask
 
 TINY = dict(frames=8, size=64)
 
@@ -45,20 +50,20 @@ def test_visible_token_encoder_saves_what_mae_st_table_1_says():
 def test_a_cpu_step_counts_its_attention_as_the_meta_count_does():
     """torch's FLOP counter does not know SDPA's CPU flash kernels; ours counts them (the benches' FLOP/s used to
     leave out every attention FLOP on CPU)."""
-    cfg = preset("tiny", **TINY, attention="sdpa")
-    model = MaskedVideoAutoencoder(cfg)
+    cfg = preset("tiny", attention="sdpa")
+    model = MaskedVideoAutoencoder(cfg, **TINY)
     mask = make_mask(cfg.mask, 2, model.grid, cfg.mask_ratio, torch.Generator().manual_seed(0))
     with flop_counter() as counter:
         model(torch.randn(2, 3, 8, 64, 64), mask=mask)[0].backward()
     counted = counter.get_flop_counts()["Global"]
     assert counted[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] > 0
     assert counted[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward] > 0
-    assert counter.get_total_flops() == training_flops(cfg, clips=2)
+    assert counter.get_total_flops() == training_flops(cfg, **TINY, clips=2)
 
 
 def test_tiny_model_trains_one_step():
     torch.manual_seed(0)
-    model = MaskedVideoAutoencoder(preset("tiny", **TINY))
+    model = MaskedVideoAutoencoder(preset("tiny"), **TINY)
     video = torch.randn(2, 3, 8, 64, 64)
     loss, pred, mask = model(video, torch.Generator().manual_seed(0))
     assert pred.shape == (2, 64, 16 * 16 * 3) and mask.visible_count == 6 and torch.isfinite(loss)
@@ -83,7 +88,7 @@ def test_targets_are_per_patch_normalized_slices_or_tubes():
     assert tube.shape == (2, 2 * 2 * 2, 2 * 4 * 4 * 3) and slice_.shape == (2, 8, 4 * 4 * 3)
     # token 0 is t=0..1, h=0..3, w=0..3; its slice is frame 0 only, channels last
     assert slice_[0, 0, :3].tolist() == [video[0, 0, 0, 0, 0], video[0, 1, 0, 0, 0], video[0, 2, 0, 0, 0]]
-    model = MaskedVideoAutoencoder(preset("tiny", **TINY))
+    model = MaskedVideoAutoencoder(preset("tiny"), **TINY)
     targets = model.targets(torch.rand(1, 3, 8, 64, 64))
     torch.testing.assert_close(targets.mean(-1), torch.zeros(1, 64), atol=1e-5, rtol=0)
     torch.testing.assert_close(targets.var(-1), torch.ones(1, 64), atol=1e-3, rtol=0)
@@ -91,8 +96,8 @@ def test_targets_are_per_patch_normalized_slices_or_tubes():
 
 def test_dense_and_visible_encoders_agree_when_nothing_is_masked():
     torch.manual_seed(0)
-    sparse = MaskedVideoAutoencoder(preset("tiny", **TINY, mask_ratio=0.0))
-    dense = MaskedVideoAutoencoder(preset("tiny", **TINY, mask_ratio=0.0, dense=True))
+    sparse = MaskedVideoAutoencoder(preset("tiny", mask_ratio=0.0), **TINY)
+    dense = MaskedVideoAutoencoder(preset("tiny", mask_ratio=0.0, dense=True), **TINY)
     dense.load_state_dict(sparse.state_dict(), strict=False)
     video = torch.randn(1, 3, 8, 64, 64)
     mask = make_mask("random", 1, (4, 4, 4), 0.0)
@@ -101,7 +106,7 @@ def test_dense_and_visible_encoders_agree_when_nothing_is_masked():
 
 def test_attention_backend_does_not_change_the_model():
     torch.manual_seed(0)
-    model = MaskedVideoAutoencoder(preset("tiny", **TINY, attention="math"))
+    model = MaskedVideoAutoencoder(preset("tiny", attention="math"), **TINY)
     video, mask = torch.randn(1, 3, 8, 64, 64), make_mask("tube", 1, (4, 4, 4), 0.5)
     reference = model(video, mask=mask)[0]
     for block in [*model.encoder.blocks, *model.decoder_blocks]:
@@ -115,8 +120,6 @@ def test_unknown_preset_is_refused():
 
 
 def test_unpatchify_inverts_patchify():
-    from vmae.model.mae import unpatchify
-
     video = torch.randn(2, 3, 8, 32, 48)
     for frames in (1, 2):
         tokens = patchify(video, (2, 16, 16), frames)
@@ -127,8 +130,8 @@ def test_unpatchify_inverts_patchify():
 
 def test_activation_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
-    plain = MaskedVideoAutoencoder(preset("tiny", **TINY))
-    ckpt = MaskedVideoAutoencoder(preset("tiny", **TINY, checkpoint=True))
+    plain = MaskedVideoAutoencoder(preset("tiny"), **TINY)
+    ckpt = MaskedVideoAutoencoder(preset("tiny", checkpoint=True), **TINY)
     ckpt.load_state_dict(plain.state_dict())
     video, mask = torch.randn(1, 3, 8, 64, 64), make_mask("random", 1, (4, 4, 4), 0.75)
     for model in (plain, ckpt):
@@ -137,23 +140,22 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_classifier_takes_every_encoder_tensor_of_a_pretraining_checkpoint(tmp_path):
+def test_classifier_takes_every_encoder_tensor_of_a_pretraining_checkpoint(tmp_path, monkeypatch):
     torch.manual_seed(0)
-    mae = MaskedVideoAutoencoder(preset("tiny", **TINY))
+    mae = MaskedVideoAutoencoder(preset("tiny"), **TINY)
     path = tmp_path / "pretrained.pt"
     torch.save({"model": mae.state_dict()}, path)
-    classifier = VideoClassifier(preset("tiny", **TINY), num_classes=5)
+    classifier = VideoClassifier(preset("tiny"), num_classes=5, **TINY)
     assert classifier.load_pretrained_encoder(str(path)) == []  # the same clip shape: nothing resized
     for name, tensor in classifier.encoder.state_dict().items():
         if not name.startswith("norm."):
             assert torch.equal(tensor, mae.encoder.state_dict()[name]), name
+    monkeypatch.setitem(PRESETS, "tiny-wide", replace(PRESETS["tiny"], dim=96, heads=3))
     with pytest.raises(ValueError, match="does not fit"):
-        VideoClassifier(preset("tiny", frames=8, size=64, dim=96, heads=3), 5).load_pretrained_encoder(str(path))
+        VideoClassifier(preset("tiny-wide"), 5, **TINY).load_pretrained_encoder(str(path))
 
 
 def test_dual_masking_reconstructs_a_running_cell_half_of_the_hidden_tokens():
-    from vmae.model.masking import decoder_subset
-
     grid = (8, 14, 14)
     mask = make_mask("random", 3, grid, 0.9, torch.Generator().manual_seed(0))
     chosen = decoder_subset(mask, grid, 0.5, torch.Generator().manual_seed(1))
@@ -173,7 +175,7 @@ def test_dual_masking_cuts_decoder_cost_and_scores_only_what_it_predicts():
             counts[ratio] = gmacs(model, torch.empty(1, 3, 16, 224, 224), mask=mask)
     assert counts[0.5] < 0.75 * counts[0.0]
     torch.manual_seed(0)
-    model = MaskedVideoAutoencoder(preset("tiny", **TINY, decoder_mask_ratio=0.5))
+    model = MaskedVideoAutoencoder(preset("tiny", decoder_mask_ratio=0.5), **TINY)
     video = torch.randn(2, 3, 8, 64, 64)
     loss, pred, mask = model(video, torch.Generator().manual_seed(0))
     predicted = pred.abs().sum(-1) > 0
@@ -181,3 +183,17 @@ def test_dual_masking_cuts_decoder_cost_and_scores_only_what_it_predicts():
     target = model.targets(video)
     torch.testing.assert_close(loss, (pred - target).square().mean(-1)[predicted].mean())
     loss.backward()
+
+
+def test_blocks_are_timms_with_this_projects_attention_kernel():
+    model = MaskedVideoAutoencoder(preset("tiny", attention="math"), **TINY)
+    for block in [*model.encoder.blocks, *model.decoder_blocks]:
+        assert isinstance(block, Block) and block.attn.backend == "math"
+        assert block.norm1.eps == 1e-6 and block.attn.qkv.bias is not None
+
+
+def test_a_registered_architecture_builds_by_name(monkeypatch):
+    monkeypatch.setitem(PRESETS, "micro", replace(PRESETS["tiny"], dim=32, depth=2, heads=2, decoder_dim=16,
+                                                  decoder_depth=1, decoder_heads=2))
+    model = MaskedVideoAutoencoder(preset("micro", tubelet=[2, 8, 8]), frames=4, size=32)
+    assert model.grid == (2, 4, 4) and len(model.encoder.blocks) == 2 and model.decoder_embed.out_features == 16

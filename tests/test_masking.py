@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from vmae.model.masking import STRATEGIES, make_mask
+from vmae.model.config import STRATEGIES
+from vmae.model.masking import make_mask, visible_count
 
 GRID = (8, 14, 14)  # 16 frames / 2, 224 / 16: MAE-ST's 1568 tokens
 
@@ -24,6 +25,18 @@ def test_every_sample_keeps_the_same_visible_count(strategy, ratio):
     assert (mask.keep.diff(dim=1) > 0).all()  # ascending, no repeats
     assert torch.equal(mask.masked.gather(1, mask.keep), torch.zeros_like(mask.keep, dtype=torch.bool))
     assert mask.masked.gather(1, mask.hidden).all()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.5, 0.75, 0.9, 0.95])
+@pytest.mark.parametrize("grid", [GRID, (4, 4, 4), (3, 5, 7)])
+def test_visible_count_is_what_the_mask_keeps(strategy, ratio, grid):
+    assert visible_count(strategy, grid, ratio) == make_mask(strategy, 2, grid, ratio, seeded(0)).visible_count
+
+
+def test_visible_counts_of_mae_st_grid_at_0_9():
+    counts = {strategy: visible_count(strategy, GRID, 0.9) for strategy in STRATEGIES}
+    assert counts == {"random": 156, "tube": 19 * 8, "frame": 196, "block": 156}  # frame: at least one frame
 
 
 def test_random_at_0_9_keeps_156_of_1568_like_mae_st():
@@ -62,3 +75,5 @@ def test_bad_arguments_are_refused():
         make_mask("checkerboard", 1, GRID, 0.5)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         make_mask("random", 1, GRID, 1.0)
+    with pytest.raises(ValueError, match="one of"):
+        visible_count("checkerboard", GRID, 0.5)

@@ -133,7 +133,7 @@ def test_one_process_learns_and_leaves_everything_a_run_promises(reference, buil
 def test_exported_weights_load_into_the_classifier_safely(reference):
     from vmae.model.mae import VideoClassifier, preset
 
-    classifier = VideoClassifier(preset("tiny", frames=4, size=32), num_classes=3)
+    classifier = VideoClassifier(preset("tiny"), num_classes=3, frames=4, size=32)
     fresh = classifier.head.weight.clone()
     resized = classifier.load_pretrained_encoder(str(reference / "pretrained.pt"))  # weights_only=True inside
     assert resized == []  # the same clip shape: no position resized; fc_norm and the head stay new

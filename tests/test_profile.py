@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +15,12 @@ import torch
 import yaml
 
 from vmae.tools.cli import main
-from vmae.tools.profile import Rate, compare_profiles, measure
+from vmae.tools.config import load_config
+from vmae.tools.gpu_monitor import DeviceUtilization
+from vmae.tools.profile import compare_profiles
+from vmae.tools.profile.rates import Rate, measure
+from vmae.tools.profile.stages import nvdec_rate
+from vmae.tools.profile.verdict import utilization_advice, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +53,7 @@ def test_full_profile_is_bounded_complete_and_drawn(built, tmp_path):
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "vmae.tools.cli", "profile", "--config", str(config), "--seconds", "2",
                            "--out", str(tmp_path / "report")], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+                          timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert time.perf_counter() - started < 180
     report = json.loads((tmp_path / "report" / "profile.json").read_text())
@@ -70,8 +76,8 @@ def test_the_artificially_slowed_stage_is_named_the_bottleneck(built, tmp_path, 
     config = small_config(tmp_path, built[0])
     assert main(["profile", "--config", str(config), "--stages", "load,model", "--seconds", "1.5",
                  "--out", str(tmp_path / "r"), "--slow", f"{slowed}=0.4"]) == 0
-    verdict = json.loads((tmp_path / "r" / "profile.json").read_text())["verdict"]
-    assert verdict["bottleneck"] == slowed
+    found = json.loads((tmp_path / "r" / "profile.json").read_text())["verdict"]
+    assert found["bottleneck"] == slowed
     assert ("loading is the limit" if slowed == "load" else "the model is the limit") in capfd.readouterr().out
 
 
@@ -120,16 +126,11 @@ def test_bad_profile_requests_are_refused(built, tmp_path, capfd):
 @pytest.mark.gpu
 def test_nvdec_decode_rate_on_cuda(built):
     pytest.importorskip("nvidia.dali")
-    from vmae.tools.profile import nvdec_rate
-
     windows = nvdec_rate(built[0], seconds=2)
     assert windows and all(w > 0 for w in windows)
 
 
 def test_a_dali_loader_that_limits_the_run_gets_the_cpu_path_suggested():
-    from vmae.tools.config import load_config
-    from vmae.tools.profile import verdict
-
     cfg = load_config(None, ["data.views=4"])
     load = {"K=4": {"median": 10.0, "backend": "dali"}}
     model = {"sdpa": {"median": 190.0}}
@@ -158,9 +159,6 @@ class FakeNvml:
 
 
 def test_decoder_utilization_is_sampled_beside_sm_utilization_and_reported():
-    from vmae.tools.gpu_monitor import DeviceUtilization
-    from vmae.tools.profile import utilization_advice
-
     with DeviceUtilization(period=0.01, nvml=FakeNvml()) as device:
         time.sleep(0.2)
     summary = device.summary()
@@ -171,8 +169,6 @@ def test_decoder_utilization_is_sampled_beside_sm_utilization_and_reported():
 
 
 def test_without_a_gpu_there_is_nothing_to_sample():
-    from vmae.tools.gpu_monitor import DeviceUtilization
-
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with DeviceUtilization() as device:
@@ -183,9 +179,6 @@ def test_without_a_gpu_there_is_nothing_to_sample():
 @pytest.mark.gpu
 def test_nvml_reads_nvdec_while_dali_decodes(built):
     pytest.importorskip("nvidia.dali")
-    from vmae.tools.gpu_monitor import DeviceUtilization
-    from vmae.tools.profile import nvdec_rate
-
     with DeviceUtilization(period=0.05) as device:
         nvdec_rate(built[0], 2.0)
     summary = device.summary()

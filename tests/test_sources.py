@@ -1,10 +1,12 @@
 import json
+import os
 import re
 
 import pytest
 
 from vmae.shards.plan import make_key, make_plan, read_class_file
-from vmae.shards.sources import SourceError, list_inputs
+from vmae.shards.sources import InputTable, SourceError, list_inputs
+from vmae.shards.walk import FILE, FRAMES, VideoIndex
 
 
 def touch(path, data=b"x"):
@@ -203,8 +205,6 @@ def test_split_files_and_lists_find_frame_folders_in_place_of_videos(tmp_path):
 
 def test_a_list_read_in_many_chunks_gives_the_same_inputs_and_plan(tmp_path, monkeypatch):
     """Rows become arrays a chunk at a time (paths of different lengths in each): nothing is lost or cut."""
-    from vmae.shards.sources import InputTable
-
     rows = []
     for n in range(23):
         name = f"c{n % 4}/{'long_' * (n % 5)}v{n}.mp4"
@@ -225,10 +225,6 @@ def test_a_folder_walk_lists_in_pathlibs_order_with_each_files_identity(tmp_path
     """The walk reads directory entries, not a Path and a stat per video, yet gives what sorting Paths gave: part
     by part ("a/b" before "a-b"), symlinked videos with their target's identity, dead links and linked folders
     left out, frame folders and their own identity."""
-    import os
-
-    from vmae.shards.sources import FILE, FRAMES, VideoIndex
-
     names = ["a/b.mp4", "a-b/c.mp4", "a.mp4", "ab/0.mp4", "a/b/z.mp4", "frames/v1/img_00001.jpg", "Z.mkv"]
     for name in names:
         touch(tmp_path / name)
@@ -254,8 +250,6 @@ def test_a_folder_walk_lists_in_pathlibs_order_with_each_files_identity(tmp_path
 
 
 def test_a_folder_that_cannot_be_listed_is_left_out_and_named(tmp_path, monkeypatch, caplog):
-    import os
-
     touch(tmp_path / "open" / "a.mp4")
     touch(tmp_path / "locked" / "b.mp4")
     real_scandir = os.scandir

@@ -1,5 +1,7 @@
 """What vmae is measured against: VideoMAE's per-file decord loader (one clip per decode), on the same videos and
-clip spec, with the same crop/normalize code, so that the comparison is of reading and decoding."""
+clip spec, with the same crop/normalize code, so that the comparison is of reading and decoding.
+
+Only the loader lives here; `vmae profile --baselines` times it (vmae.tools.profile.stages)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ class PerFileDecord(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        # decord is optional and only this baseline reads with it: importing vmae.tools.baselines must not need it
         import decord
 
         reader = decord.VideoReader(str(self.files[i]), num_threads=1, ctx=decord.cpu(0))
@@ -37,20 +40,6 @@ class PerFileDecord(Dataset):
 
 
 def per_file_loader(files: list[Path], cfg: DataConfig, workers: int) -> DataLoader:
+    """Batches of ``cfg.batch_size`` per-file clips, shuffled, from ``workers`` worker processes."""
     return DataLoader(PerFileDecord(files, cfg), batch_size=cfg.batch_size, num_workers=workers, shuffle=True,
                       drop_last=True, persistent_workers=workers > 0)
-
-
-def per_file_loader_rate(files: list[Path], cfg: DataConfig, seconds: float) -> list[float]:
-    """Clips/s windows of the per-file loader for about ``seconds`` (after a warm-up batch)."""
-    from vmae.tools.profile import measure
-
-    workers = cfg.workers or 1
-    loader = per_file_loader(files, cfg, workers)
-
-    def forever():
-        while True:
-            yield from loader
-
-    batches = forever()
-    return measure(lambda: next(batches).shape[0], seconds)

@@ -15,14 +15,13 @@ import yaml
 from vmae.tools.config import (ConfigError, VmaeConfig, add_section_flags, flag_values, load_config, preset_layer,
                           to_yaml)
 from vmae.tools.log import setup_logging
+from vmae.tools.profile import STAGES
 
 log = logging.getLogger("vmae")
 
 EPILOG = ("Every option is also a config key: --config FILE|PRESET loads YAML, and trailing SECTION.KEY=VALUE "
           "overrides win over both (e.g. shards.short_side=256). `vmae config` prints the resolved config.")
 
-
-STAGE_NAMES = ("decode", "load", "model", "train")  # vmae.tools.profile.STAGES, without importing torch for --help
 OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
 
 
@@ -170,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     profile = _command(commands, "profile", _run_profile, "where the throughput goes, and what to change",
                        "Measure decode, load, model and train each alone, then together, on your dataset and config; "
                        "name the bottleneck and its headroom, suggest settings; write profile.json and profile.png.")
-    profile.add_argument("--stages", default=",".join(STAGE_NAMES), help="comma-separated subset of "
-                         f"{','.join(STAGE_NAMES)} (default: all)")
+    profile.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of "
+                         f"{','.join(STAGES)} (default: all)")
     profile.add_argument("--seconds", type=float, default=10.0, help="measuring time per stage (after warm-up)")
     profile.add_argument("--out", type=Path, default=Path("profile"), help="folder for profile.json and .png")
     profile.add_argument("--baselines", action="store_true",
@@ -293,7 +292,7 @@ def _run_progress(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from vmae.shards.build import build_progress
+    from vmae.shards.progress import build_progress
 
     known: dict[str, str] = {}
     state = build_progress(args.out, known)
@@ -526,9 +525,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from vmae.pipeline.train.checkpoint import CheckpointError
     from vmae.pipeline.data.remote import RemoteError
     from vmae.pipeline.train.config import TrainError
-    from vmae.shards.build import BuildError
+    from vmae.shards.format import DatasetError
     from vmae.shards.sources import SourceError
-    from vmae.shards.verify import DatasetError
+    from vmae.shards.state import BuildError
 
     return (BuildError, SourceError, DatasetError, TrainError, CheckpointError, RemoteError, FileNotFoundError,
             NotADirectoryError, PermissionError, ValueError)

@@ -20,8 +20,9 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from vmae.model.config import ModelConfig
 from vmae.pipeline.data.config import DataConfig
-from vmae.pipeline.train.config import FinetuneConfig, ModelOptions, TrainConfig
+from vmae.pipeline.train.config import FinetuneConfig, TrainConfig
 from vmae.shards.config import ShardConfig, SynthConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -36,7 +37,7 @@ class VmaeConfig:
     shards: ShardConfig = field(default_factory=ShardConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelOptions = field(default_factory=ModelOptions)
+    model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 

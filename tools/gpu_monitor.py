@@ -1,7 +1,7 @@
 """GPU utilization while something runs, read through NVML: the SMs and the video decoder (NVDEC) side by side.
 
-`nvidia-smi`'s "GPU-Util" is the share of time any kernel ran; it leaves NVDEC out (DALI issues 2896, 2954), so a
-loader that saturates the decoder looks idle there. NVML reports the decoder's own utilization.
+`nvidia-smi`'s "GPU-Util" is the share of time any kernel ran; it leaves NVDEC out, so a loader that saturates the
+decoder looks idle there. NVML reports the decoder's own utilization.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 def load_nvml() -> ModuleType | None:
     """pynvml (package nvidia-ml-py), initialized; None without it or without an NVIDIA driver."""
     try:
-        import pynvml
+        import pynvml  # optional (nvidia-ml-py): without it there is simply nothing to sample
 
         pynvml.nvmlInit()
         return pynvml

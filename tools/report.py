@@ -81,6 +81,10 @@ def print_train_summary(summary: dict) -> None:
         ("steps", f"{summary['steps']} of {summary['run_steps']} ({summary['steps_this_run']} in this run, "
                   f"{summary['skipped_steps']} skipped), epoch {summary['epoch']}"),
         ("throughput", f"{summary['clips_per_s']:.2f} clips/s, waiting for data {summary['data_wait_pct']:.1f} %"),
+    ]
+    if summary.get("device") == "cpu":
+        rows.append(("", CPU_DATA_WAIT_NOTE))
+    rows += [
         ("loss", f"{summary['first_loss']:.4f} → {summary['final_loss']:.4f} (mean of the last steps)"
          if summary.get("first_loss") is not None else "no step taken"),
         ("time", f"{summary['seconds']:.1f} s"),
@@ -96,15 +100,20 @@ def print_train_summary(summary: dict) -> None:
     console.print(table)
 
 
+# Without it a newcomer reads a CPU run's large "waiting for data" as a fault.
+CPU_DATA_WAIT_NOTE = ("on the CPU the loader's decode workers and the model share the same cores, so waiting for "
+                      "data is expected here, not a fault; `vmae profile` shows the split")
+
+
 def print_profile(report: dict, folder: Path) -> None:
-    from vmae.tools.profile import _rates
+    from vmae.tools.profile.compare import named_rates
 
     wide = console if console.is_terminal else Console(width=150)
     table = Table(title=f"vmae profile ({report['machine']['cpu']}, {report['machine']['cores']} cores"
                         f"{', ' + report['machine']['gpu'] if report['machine']['gpu'] else ''})")
     for column in ("figure", "median", "unit", "spread", "notes"):
         table.add_column(column, justify="right" if column in ("median", "spread") else "left")
-    for name, rate in _rates(report["stages"]):
+    for name, rate in named_rates(report["stages"]):
         notes = ", ".join(f"{k.replace('_', ' ')} {_short(v)}" for k, v in rate.items()
                           if k not in ("median", "unit", "spread", "trusted", "windows"))
         spread = f"{rate['spread']:.0%}" + ("" if rate["trusted"] else " (too wide)")

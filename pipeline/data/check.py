@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from vmae.pipeline.data.config import DataConfig  # noqa: E402
-from vmae.pipeline.data.cpu_loader import BadSample, LoadedSample, SampleReader  # noqa: E402
 from vmae.pipeline.data.loader import make_loader  # noqa: E402
+from vmae.pipeline.data.sample_reader import BadSample, LoadedSample, SampleReader  # noqa: E402
 from vmae.pipeline.data.shardset import open_shards  # noqa: E402
 from vmae.pipeline.data.views import denormalize  # noqa: E402
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from vmae.pipeline.data.backends import BACKEND_NAMES, CPU_DECODER_NAMES
 from vmae.shards.config import field_help
 
-BACKENDS = ("auto", "dali", "cpu")
-CPU_DECODERS = ("torchcodec", "pyav")
 DTYPES = ("float32", "bfloat16")
 SAMPLINGS = ("dense", "segment")
 
@@ -41,11 +40,11 @@ class DataConfig:
     # how batches are made
     batch_size: int = field(default=8, metadata=field_help("videos per batch per rank (clips = batch_size x views)"))
     backend: str = field(default="auto", metadata=field_help(
-        "dali on CUDA (NVDEC), cpu otherwise; auto picks", choices=BACKENDS))
+        "dali on CUDA (NVDEC), cpu otherwise; auto picks", choices=BACKEND_NAMES))
     cpu_decoder: str = field(default="pyav", metadata=field_help(
         "CPU path decoder; both seek. pyav also skips the non-reference frames (most B-frames) no view needs: "
         "1.13-1.17x torchcodec's clips/s on default shards, 1.55x on --pframe-interval shards (BENCHMARKS.md)",
-        choices=CPU_DECODERS))
+        choices=CPU_DECODER_NAMES))
     workers: int = field(default=0, metadata=field_help(
         "decode worker processes per rank (0: this machine's cores shared among its ranks)"))
     prefetch: int = field(default=2, metadata=field_help("batches each worker prepares ahead"))
@@ -75,7 +74,7 @@ class DataConfig:
         for key in ("frames", "stride", "views", "crop_size", "batch_size", "prefetch"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"data.{key} must be > 0, got {getattr(self, key)}")
-        for key, choices in (("backend", BACKENDS), ("cpu_decoder", CPU_DECODERS), ("dtype", DTYPES)):
+        for key, choices in (("backend", BACKEND_NAMES), ("cpu_decoder", CPU_DECODER_NAMES), ("dtype", DTYPES)):
             if getattr(self, key) not in choices:
                 raise ValueError(f"data.{key} must be one of {', '.join(choices)}; got {getattr(self, key)!r}")
         for key in ("scale", "ratio"):

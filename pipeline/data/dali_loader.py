@@ -1,8 +1,8 @@
-"""The DALI path: webdataset reader → video decoder (NVDEC with ``device="mixed"``) → per-view crops on the GPU.
+"""The DALI path: the DALI graph (``dali_graph``) driven for the loader contract, with the per-sample error
+handling DALI lacks: a sample that fails or hangs the graph is left out and the graph rebuilt.
 
-The graph is one function whose decode device is a parameter: ``mixed`` on CUDA, ``cpu`` for VP9/MJPEG shards
-(DALI's CPU decoder takes no H.264). CI runs the same function on CPU with VP9 shards; only the decoder's device
-string differs on a GPU.
+nvidia.dali is imported only where the graph is built or iterated: it is optional, and a machine without it
+still imports this module (the loader registry, the tests of the helpers).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,99 +24,18 @@ import numpy as np
 import torch
 
 from vmae.pipeline.data.config import DataConfig
-from vmae.pipeline.data.sampling import segment_evaluation_points
+from vmae.pipeline.data.dali_graph import build_pipeline
+from vmae.pipeline.data.protocol import Batch, Loader
 from vmae.pipeline.data.shardset import SampleRef, ShardSet, open_shards, upcoming_shards
 from vmae.pipeline.data.stats import LoaderStats
+from vmae.pipeline.data.views import clip_dtype
 from vmae.shards.probe import scan_packets
 from vmae.shards.tars import INDEX_VERSION, read_index, read_member
 
 log = logging.getLogger(__name__)
 
 CPU_DECODABLE = {"webm", "mkv"}  # DALI's CPU video decoder reads VP8, VP9 and MJPEG only
-SOURCE_BYTES = 1024  # room for "<tar path>:<offset>:<member>" in a fixed-shape output
 BUILD_SECONDS = 60.0  # building a pipeline, on top of its first batches' decode deadline
-
-
-def build_pipeline(files: list[str], indexes: list[str], ext: str, cfg: DataConfig, device: str, shard_id: int,
-                   num_shards: int, device_id: int | None, threads: int = 2):
-    """reader → K views' frame indices from the frame count → one decode per video → per-view crop/flip/normalize.
-
-    Outputs: K clips [B, 3, T, S, S] (one output per view, layout CFHW), the labels [B, 1], each sample's
-    source ("<tar>:<offset>:<key>.<ext>", zero-padded to SOURCE_BYTES) for its key, its stored frame count [B, 1]
-    and the brightest value of each decoded frame [B, K·T].
-    """
-    from nvidia.dali import fn, pipeline_def, types
-
-    @pipeline_def(batch_size=cfg.batch_size, num_threads=threads, device_id=device_id, seed=cfg.seed,
-                  prefetch_queue_depth=cfg.prefetch)
-    def video_pipeline():
-        video, frames, label = fn.readers.webdataset(
-            paths=files, index_paths=indexes, ext=[ext, "frames", "label"],
-            dtypes=[types.UINT8, types.INT32, types.INT32], missing_component_behavior="error",
-            # a fresh order of whole tars each epoch (the same on every rank), samples mixed in a buffer
-            random_shuffle=True, shuffle_after_epoch=True, initial_fill=max(cfg.shuffle_buffer, 1),
-            shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, name="reader")
-        decoded = fn.decoders.video(video, device=device, frames=view_frame_indices(frames, cfg))
-        T = cfg.frames
-        views = [augment_view(decoded[k * T:(k + 1) * T], cfg) for k in range(cfg.views)]
-        source = fn.pad(fn.get_property(video, key="source_info")[:SOURCE_BYTES], axes=[0], shape=[SOURCE_BYTES])
-        # DALI hands back black frames, without a word, for indices past the stream's end (a lying count)
-        brightest = fn.reductions.max(decoded, axes=[1, 2, 3])  # [K·T]
-        return (*views, label.gpu() if device == "mixed" else label, source, frames, brightest)
-
-    return video_pipeline()
-
-
-def view_frame_indices(frames, cfg: DataConfig):
-    """K windows of T frames, tau apart, drawn uniformly over the video (inside one window with ``span``),
-    clamped to the last frame; flattened view after view: [K·T] int32."""
-    import nvidia.dali.math as dmath
-    from nvidia.dali import fn, types
-
-    n = fn.cast(frames, dtype=types.FLOAT)  # [1]
-    if cfg.sampling == "segment":  # one frame from each of T equal segments, as sampling.segment_frames
-        segment = n / float(cfg.frames)
-        firsts = types.Constant(np.arange(cfg.frames, dtype=np.float32)[None, :]) * segment
-        if cfg.augment:
-            fraction = fn.random.uniform(range=[0.0, 1.0], shape=[cfg.views, cfg.frames])
-        else:
-            fraction = types.Constant(segment_evaluation_points(cfg))
-        indices = dmath.min(dmath.floor(firsts + fraction * segment), n - 1)
-        return fn.reshape(fn.cast(indices, dtype=types.INT32), shape=[cfg.views * cfg.frames])
-    length = float(cfg.clip_length)
-    offsets = types.Constant(np.arange(cfg.frames, dtype=np.float32)[None, :] * cfg.stride)
-    if not cfg.augment:  # evenly spread, as the CPU path's evaluation windows
-        spread = types.Constant(np.linspace(0, 1, cfg.views, dtype=np.float32)[:, None])
-        starts = dmath.floor(spread * dmath.max(n - length, 0.0) + 0.5)
-    elif cfg.span:
-        window = max(length, round(cfg.span * length))
-        window_start = dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * (dmath.max(n - window, 0.0) + 1))
-        room = dmath.max(dmath.min(window_start + window, n) - length - window_start, 0.0) + 1
-        starts = window_start + dmath.floor(fn.random.uniform(range=[0.0, 1.0], shape=[cfg.views, 1]) * room)
-    else:
-        starts = dmath.floor(fn.random.uniform(range=[0.0, 1.0], shape=[cfg.views, 1]) * (dmath.max(n - length,
-                                                                                                   0.0) + 1))
-    indices = dmath.min(starts + offsets, n - 1)
-    return fn.reshape(fn.cast(indices, dtype=types.INT32), shape=[cfg.views * cfg.frames])
-
-
-def augment_view(clip, cfg: DataConfig):
-    """One view [T, H, W, 3] → [3, T, S, S] float: one crop and one flip for all its frames, then normalize."""
-    import nvidia.dali.math as dmath
-    from nvidia.dali import fn, types
-
-    size = [cfg.crop_size, cfg.crop_size]
-    if cfg.augment:
-        clip = fn.random_resized_crop(clip, size=size, random_area=list(cfg.scale),
-                                      random_aspect_ratio=list(cfg.ratio), antialias=False)
-        mirror = fn.random.coin_flip(probability=0.5) if cfg.flip else 0
-    else:
-        shape = clip.shape(dtype=types.FLOAT)  # [T, H, W, C]
-        side = dmath.min(shape[1], shape[2])
-        clip = fn.resize(fn.crop(clip, crop_h=side, crop_w=side), size=size, antialias=False)
-        mirror = 0
-    return fn.crop_mirror_normalize(clip, mirror=mirror, dtype=types.FLOAT, output_layout="CFHW",
-                                    mean=[m * 255 for m in cfg.mean], std=[s * 255 for s in cfg.std])
 
 
 class DecoderHang(RuntimeError):
@@ -160,7 +79,7 @@ class DeadlineCaller:
         raise value
 
 
-class DaliLoader:
+class DaliLoader(Loader):
     """Batches from the DALI graph in the loader contract; ``device`` picks NVDEC (cuda) or DALI's CPU decoder.
 
     DALI has no per-sample error handling: an undecodable sample fails the pipeline, which is then unusable.
@@ -169,13 +88,18 @@ class DaliLoader:
     the batch again: every epoch keeps its number of steps and every batch its shape. A sample whose stored frame
     count is more than its stream holds (DALI would decode black frames past the end) is left out the same way,
     and so is a batch the graph does not deliver within its deadline (the hung pipeline is abandoned).
+
+    The rank's part of each epoch is cut per batch: ``accumulation`` is accepted, for the one loader signature,
+    and does not change it.
     """
 
     backend = "dali"
     max_hangs = 3  # abandoned pipelines keep their threads and memory: past this many, stop with advice
 
-    def __init__(self, dataset: Path, cfg: DataConfig, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu"):
+    def __init__(self, dataset: Path | str, cfg: DataConfig, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu", accumulation: int = 1):
+        if cfg.limit:
+            raise ValueError("data.limit (and --overfit) runs on the CPU path: set data.backend=cpu")
         self.shardset = open_shards(dataset, cfg)
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.device = torch.device(device)
@@ -191,10 +115,9 @@ class DaliLoader:
         self._private = tempfile.TemporaryDirectory(prefix="vmae-dali-index-")  # this rank's index copies
         self.rebuilds = 0
         self.abandoned: list = []  # hung pipelines: kept, since destroying one would wait for its stuck threads
-        self.steps = self.shardset.steps_per_epoch(world_size, cfg.batch_size, cfg.streams)
-        self.per_epoch = self.steps  # batches per epoch, as the CPU path names it
+        self.per_epoch = self.shardset.steps_per_epoch(world_size, cfg.batch_size, cfg.streams)
         self.epoch, self.built_epoch, self.skip = 0, None, 0
-        self.pipe = None  # the DALI pipeline of this epoch, once built
+        self.pipe = self.iterator = None  # the DALI pipeline of this epoch and its iterator, once built
         # the decode deadline is per sample; DALI's threads decode a batch's samples side by side
         self.batch_deadline = cfg.decode_deadline * math.ceil(cfg.batch_size / max(1, cfg.worker_count))
         self.call = DeadlineCaller(self.device)
@@ -214,7 +137,7 @@ class DaliLoader:
                 self._leave_out(err)
 
     def _make_iterator(self) -> None:
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy  # optional: see the module
 
         device_id = (self.device.index or 0) if self.device.type == "cuda" else None
         cfg = replace(self.cfg, seed=self.cfg.seed + 1_000_003 * self.epoch + 1000 * self.rebuilds)
@@ -257,22 +180,25 @@ class DaliLoader:
         self.epoch = epoch
         self.skip = samples_seen // self.cfg.batch_size
 
-    def __len__(self) -> int:
-        return self.steps - self.skip
+    def close(self) -> None:
+        """Drop this epoch's pipeline now, as the CPU path stops its workers (the next iteration builds a fresh one)."""
+        self.pipe = self.iterator = self.built_epoch = None
 
-    def __iter__(self):
+    def __len__(self) -> int:
+        return self.per_epoch - self.skip
+
+    def __iter__(self) -> Iterator[Batch]:
         k, size = self.cfg.views, self.cfg.batch_size
         if self.built_epoch != self.epoch:
             self._build()
-        for step in range(self.steps):
+        for step in range(self.per_epoch):
             waited = time.perf_counter()
             batch = self._next_batch()
             if step < self.skip:
                 continue
             # [B, K, 3, T, S, S] → [B·K, ...]: the clips of one video stay adjacent
             video = torch.stack([batch[name] for name in self.outputs[:k]], dim=1).flatten(0, 1)
-            if self.cfg.dtype == "bfloat16":
-                video = video.to(torch.bfloat16)
+            video = video.to(clip_dtype(self.cfg))
             label = batch["label"].view(-1).long().repeat_interleave(k)
             self.stats.seconds += time.perf_counter() - waited
             self.stats.add({"videos": size, "clips": size * k, "decoded_frames": size * k * self.cfg.frames,

@@ -2,8 +2,9 @@
 
 PyAV is the default: it seeks to the keyframe before each run of wanted frames, decodes in order, tells each
 frame's index from its timestamp, and does not decode the non-reference frames no view wants (1.13-1.6x
-torchcodec per sample, BENCHMARKS.md). torchcodec (PyTorch's decoder, the fastest at decoding whole videos,
-DESIGN.md section 4) stays selectable as ``data.cpu_decoder=torchcodec``.
+torchcodec per sample, BENCHMARKS.md). torchcodec (PyTorch's decoder, the fastest at decoding whole videos) stays
+selectable as ``data.cpu_decoder=torchcodec``. Decoders are chosen by name from
+``vmae.pipeline.data.backends.CPU_DECODERS``.
 
 Frames come back as one uint8 [H, W, 3] array per wanted frame, not stacked: the views copy only their crops.
 """
@@ -14,10 +15,13 @@ import io
 import logging
 from collections.abc import Iterator
 from functools import lru_cache
+from typing import Protocol
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
+
+from vmae.pipeline.data.backends import cpu_decoder
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +30,22 @@ class DecodeError(RuntimeError):
     """A sample whose video cannot give the requested frames; the loader counts and replaces it."""
 
 
+class FrameDecoder(Protocol):
+    """What a CPU decoder registered in ``CPU_DECODERS`` is."""
+
+    def __call__(self, video: bytes, indices: np.ndarray, decoded: list[int] | None = None) -> list[np.ndarray]:
+        """The frames at the sorted, distinct ``indices`` of ``video``, one uint8 [H, W, 3] array each;
+        ``decoded``, if given, receives the index of every frame decoded to get them (left empty by a decoder
+        that cannot tell). Raises DecodeError, or anything else, when it cannot."""
+
+
 def decode_frames(video: bytes, indices: np.ndarray, decoder: str = "pyav",
                   decoded: list[int] | None = None) -> list[np.ndarray]:
-    """Frames at the sorted, distinct ``indices``, one uint8 [H, W, 3] array each; with PyAV, ``decoded`` receives
-    the index of every frame the decoder produced (its work)."""
+    """Frames at the sorted, distinct ``indices``, one uint8 [H, W, 3] array each, by the decoder named
+    ``decoder``; with PyAV, ``decoded`` receives the index of every frame the decoder produced (its work)."""
+    decode = cpu_decoder(decoder)  # outside the try: an unknown name is a config error, not a bad sample
     try:
-        if decoder == "torchcodec" and torchcodec_problem() is None:
-            return _torchcodec_frames(video, indices)
-        return pyav_frames(video, indices, decoded=decoded)
+        return decode(video, indices, decoded=decoded)
     except DecodeError:
         raise
     except Exception as err:  # noqa: BLE001 - any decoder failure is a bad sample, not a crashed epoch
@@ -45,6 +57,7 @@ def torchcodec_problem() -> str | None:
     """Why torchcodec cannot decode here (not installed, or no FFmpeg libraries it can load), or None; the
     reason is logged once and PyAV decodes instead, rather than every sample failing."""
     try:
+        # optional dependency, and its import loads FFmpeg's shared libraries: tried only when it is chosen
         from torchcodec.decoders import VideoDecoder  # noqa: F401
     except Exception as err:  # noqa: BLE001 - torchcodec raises RuntimeError when FFmpeg's libraries are missing
         problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
@@ -54,8 +67,12 @@ def torchcodec_problem() -> str | None:
     return None
 
 
-def _torchcodec_frames(video: bytes, indices: np.ndarray) -> list[np.ndarray]:
-    from torchcodec.decoders import VideoDecoder
+def torchcodec_frames(video: bytes, indices: np.ndarray, decoded: list[int] | None = None) -> list[np.ndarray]:
+    """torchcodec's exact seek to each wanted frame; PyAV decodes instead where torchcodec cannot load. It does
+    not say what it decoded: ``decoded`` stays empty."""
+    if torchcodec_problem() is not None:
+        return pyav_frames(video, indices, decoded=decoded)
+    from torchcodec.decoders import VideoDecoder  # optional: torchcodec_problem() has just shown it imports
 
     decoder = VideoDecoder(video, seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NHWC")
     available = decoder.metadata.num_frames

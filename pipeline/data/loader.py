@@ -1,9 +1,16 @@
 """`make_loader`: batches of K-view clips [B·K, 3, T, H, W] on the training device, from a built dataset.
 
-One sampling spec, two paths: DALI (reader → NVDEC decode → GPU crops) when CUDA is present, and torch
-DataLoader workers with a seeking CPU decoder otherwise. Both yield the same contract:
+One sampling spec, several backends (``vmae.pipeline.data.backends.LOADERS``): DALI (reader → NVDEC decode → GPU
+crops) when CUDA is present, and torch DataLoader workers with a seeking CPU decoder otherwise. Every backend
+yields the contract of ``vmae.pipeline.data.protocol.Loader``:
 ``{"video": float [B·K, 3, T, S, S], "label": long [B·K], "key": [B] sample keys}``; the K clips of a video
 are adjacent.
+
+    loader = make_loader("data/shards", DataConfig(batch_size=8))
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            ...
 """
 
 from __future__ import annotations
@@ -13,52 +20,44 @@ from pathlib import Path
 
 import torch
 
+from vmae.pipeline.data.backends import AUTO, dali_available, loader_class
 from vmae.pipeline.data.config import DataConfig
-from vmae.pipeline.data.cpu_loader import CpuLoader
-from vmae.pipeline.data.shardset import MixedShardSet, open_shards
+from vmae.pipeline.data.protocol import Batch, Loader
+from vmae.pipeline.data.shardset import MixedShardSet, ShardSet, open_shards
 from vmae.pipeline.data.stats import LoaderStats
 
-__all__ = ["CpuLoader", "LoaderStats", "make_loader", "pick_backend"]
+__all__ = ["Batch", "Loader", "LoaderStats", "make_loader", "pick_backend"]
 
 log = logging.getLogger(__name__)
 
 
-def pick_backend(cfg: DataConfig, video_ext: str) -> str:
-    if cfg.backend != "auto":
+def pick_backend(cfg: DataConfig) -> str:
+    """``data.backend``, or for ``auto``: DALI on a machine with CUDA and DALI, the CPU path otherwise."""
+    if cfg.backend != AUTO:
         return cfg.backend
-    return "dali" if torch.cuda.is_available() and _dali_available() else "cpu"
+    return "dali" if torch.cuda.is_available() and dali_available() else "cpu"
+
+
+def default_device() -> str:
+    """The current CUDA device when there is one, else the CPU."""
+    return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
 
 
 def make_loader(dataset: Path | str, cfg: DataConfig, rank: int = 0, world_size: int = 1, device: str | None = None,
-                accumulation: int = 1):
+                accumulation: int = 1) -> Loader:
     """The loader for this machine: DALI with NVDEC on CUDA, CPU workers otherwise; the choice is logged.
 
     ``accumulation`` micro-batches make one optimizer step: the CPU path then hands each rank its
     micro-batch x accumulation videos of every global step (see ``ShardSet.rank_part``)."""
-    shardset = open_shards(dataset, cfg)
-    backend = pick_backend(cfg, shardset.video_ext)
-    if device is None:
-        device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    backend = pick_backend(cfg)
+    describe(open_shards(dataset, cfg), cfg, backend)
+    device = default_device() if device is None else device
+    return loader_class(backend)(dataset, cfg, rank, world_size, device, accumulation)
+
+
+def describe(shardset: ShardSet, cfg: DataConfig, backend: str) -> None:
+    """Log what the loader is about to read and cut."""
     log.info("loader: %s backend, %d samples, %d views of %dx%d frames (stride %d), batch %d videos",
              backend, len(shardset), cfg.views, cfg.frames, cfg.crop_size, cfg.stride, cfg.batch_size)
     if isinstance(shardset, MixedShardSet):
         log.info("loader: a mix of %d datasets: %s", len(shardset.parts), shardset.describe())
-    if backend == "cpu" and shardset.frame_alignment(cfg.stride) > 1:
-        log.info("loader: shards have a P-frame every %d frames: clips start on them and the decoder (PyAV) skips "
-                 "every B-frame", shardset.pframe_interval)
-    if backend == "dali":
-        from vmae.pipeline.data.dali_loader import DaliLoader
-
-        if cfg.limit:
-            raise ValueError("data.limit (and --overfit) runs on the CPU path: set data.backend=cpu")
-        return DaliLoader(dataset, cfg, rank, world_size, device)
-    return CpuLoader(dataset, cfg, rank, world_size, device, accumulation)
-
-
-def _dali_available() -> bool:
-    try:
-        import nvidia.dali  # noqa: F401
-
-        return True
-    except ImportError:
-        return False

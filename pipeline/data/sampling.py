@@ -76,7 +76,8 @@ def temporal_windows(num_frames: int, cfg: DataConfig, rng: np.random.Generator,
 def segment_frames(num_frames: int, cfg: DataConfig, rng: np.random.Generator) -> np.ndarray:
     """[K, T] frames, one per segment (TSN / VideoMAE's Something-Something sampling): at random within each
     segment in training; in evaluation window w of W takes the point (w + 1/2) / W of every segment, so windows
-    differ whenever a segment holds W frames or more (PySlowFast issue 306: identical "multi-view" clips)."""
+    differ whenever a segment holds W frames or more (one mid-segment point for every window, as PySlowFast
+    takes, makes its "multi-view" clips identical)."""
     edges = np.linspace(0, num_frames, cfg.frames + 1)
     start, length = edges[:-1], np.diff(edges)
     fraction = rng.random((cfg.views, cfg.frames)) if cfg.augment else segment_evaluation_points(cfg)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from vmae.pipeline.data.remote import ShardCache, is_url
-from vmae.shards.tars import index_path, read_index
-from vmae.shards.verify import DatasetError, load_manifest
+from vmae.shards.format import DatasetError, index_path, load_manifest
+from vmae.shards.tars import read_index
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,11 @@ def crop_rows(frames: Sequence[np.ndarray], rows: np.ndarray, y: int, x: int, h:
     return torch.from_numpy(crop)
 
 
+def clip_dtype(cfg: DataConfig) -> torch.dtype:
+    """The dtype of the clips handed to the model (data.dtype)."""
+    return torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+
+
 def denormalize(clips: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
     """Normalized clips [..., 3, T, H, W] back to uint8, for pictures."""
     mean = torch.tensor(cfg.mean, device=clips.device).view(3, 1, 1, 1)

@@ -8,6 +8,7 @@ a video's prediction averages the softmax of its views.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import zlib
@@ -15,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ from vmae.model.load import CheckpointMismatch, encoder_part, load_strict, read_
 from vmae.model.mae import Encoder, VideoClassifier
 from vmae.pipeline.data.config import DataConfig
 from vmae.pipeline.data.loader import make_loader
+from vmae.pipeline.data.shardset import ShardSet
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ def load_feature_model(weights: Path, cfg) -> PooledFeatures:
     if "head.weight" in state:
         classifier = classifier_from_state(state, str(weights), cfg, state["head.weight"].shape[0])
         return PooledFeatures(classifier.encoder, classifier.fc_norm).eval()
-    encoder = Encoder(cfg.model.model_config(cfg.data))
+    encoder = Encoder(cfg.model, cfg.data.frames, cfg.data.crop_size)
     load_strict(encoder, encoder_part(state), f"{weights} (encoder)")
     return PooledFeatures(encoder).eval()
 
@@ -74,16 +77,12 @@ def load_feature_model(weights: Path, cfg) -> PooledFeatures:
 def write_features(features: Features, names: list[str], path: Path) -> Path:
     """Per-video features (views averaged) with keys and labels: ``.npz`` (numpy: features [N, D], view_features
     [N, K, D], keys, labels, label_names) or ``.csv`` (pandas.read_csv: key, label, label_name, f0 … f{D-1})."""
-    import numpy as np
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mean = features.views.mean(dim=1).numpy().astype(np.float32)
     labels = features.labels.numpy()
     label_names = np.array([names[i] if 0 <= i < len(names) else "" for i in labels])
     if path.suffix == ".csv":
-        import csv
-
         with path.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["key", "label", "label_name", *(f"f{i}" for i in range(mean.shape[1]))])
@@ -162,10 +161,6 @@ def write_per_video(scores: torch.Tensor, labels: torch.Tensor, keys: list[str],
                     out: Path) -> tuple[Path, Path]:
     """Every video's scores: scores.npz (view_scores [N, K, C], keys, labels, class_names: for ensembles) and
     per_video.csv (key, true and predicted class, its probability, correct) for error analysis."""
-    import csv
-
-    import numpy as np
-
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "scores.npz", view_scores=scores.numpy().astype(np.float32), keys=np.array(keys),
              labels=labels.numpy(), class_names=np.array(names))
@@ -198,7 +193,7 @@ def classifier_from_state(state: dict[str, torch.Tensor], source: str, cfg, clas
     if head is not None and head.shape[0] != classes:
         raise CheckpointMismatch(f"{source} is a classifier of {head.shape[0]} classes, {classes} expected (the "
                                  "classes of the run's train.dataset): evaluate the weights of that run")
-    model = VideoClassifier(cfg.model.model_config(cfg.data), classes)
+    model = VideoClassifier(cfg.model, classes, cfg.data.frames, cfg.data.crop_size)
     for note in load_strict(model, state, source):
         log.info("%s: %s", source, note)
     return model.eval()
@@ -208,8 +203,6 @@ def evaluate_classifier(weights: Path, cfg, dataset: Path, out: Path, views: int
                         test_crops: int | None = None) -> dict:
     """The papers' multi-view test: softmax averaged over temporal windows x spatial crops; top-1/top-5, the
     confusion matrix, report.json and confusion.png in ``out``."""
-    from vmae.pipeline.data.shardset import ShardSet
-
     trained_on = Path(cfg.train.dataset or dataset)
     names = ShardSet(trained_on if (trained_on / "manifest.json").is_file() else dataset).classes
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -291,7 +284,7 @@ def scores_report(scores: torch.Tensor, labels: torch.Tensor, classes: int) -> d
 
 def write_report(report: dict, names: list[str], out: Path) -> tuple[Path, Path]:
     """report.json and confusion.png in ``out``."""
-    import matplotlib
+    import matplotlib  # heavy: only the commands that write a report pay for it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

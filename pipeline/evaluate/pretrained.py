@@ -5,18 +5,17 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-
 from vmae.model.load import load_strict, read_state_dict
 from vmae.model.mae import MaskedVideoAutoencoder
-from vmae.pipeline.train.checkpoint import weights_file
 from vmae.pipeline.data.loader import make_loader
 from vmae.pipeline.evaluate.visualize import reconstruction_grid
+from vmae.pipeline.train.checkpoint import weights_file
 
 
 def load_pretrained(folder: Path, cfg) -> MaskedVideoAutoencoder:
     """The autoencoder of a checkpoint folder (``cfg``: its config.yaml, loaded), on the CPU, in eval mode."""
     weights = weights_file(folder, "pretrained.pt")
-    model = MaskedVideoAutoencoder(cfg.model.model_config(cfg.data))
+    model = MaskedVideoAutoencoder(cfg.model, cfg.data.frames, cfg.data.crop_size)
     load_strict(model, read_state_dict(weights), str(weights))
     return model.eval()
 

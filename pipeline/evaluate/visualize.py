@@ -31,7 +31,7 @@ def reconstruct(model: MaskedVideoAutoencoder, video: torch.Tensor, seed: int = 
     model.eval()
     _, pred, mask = model(video, torch.Generator().manual_seed(seed))
     model.train(was_training)
-    pixels = patchify(video.float(), cfg.tubelet, model.pred_frames)  # what each token shows
+    pixels = patchify(video.float(), model.tubelet, model.pred_frames)  # what each token shows
     pred = pred.float()
     hidden = mask.masked.unsqueeze(-1)
     rebuilt = {"reconstruction": pred}
@@ -43,7 +43,7 @@ def reconstruct(model: MaskedVideoAutoencoder, video: torch.Tensor, seed: int = 
     tokens = {"original": pixels, "masked": torch.where(hidden, torch.zeros_like(pixels), pixels),  # 0: grey
               **{name: torch.where(hidden, value, pixels) for name, value in rebuilt.items()},
               "hidden": hidden.expand_as(pixels).float()}
-    views = {name: unpatchify(value, model.grid, cfg.tubelet, model.pred_frames) for name, value in tokens.items()}
+    views = {name: unpatchify(value, model.grid, model.tubelet, model.pred_frames) for name, value in tokens.items()}
     views["hidden"] = views["hidden"] > 0.5
     return views
 
@@ -98,7 +98,7 @@ def reconstruction_grid(model: MaskedVideoAutoencoder, video: torch.Tensor, data
                     label = labels.get(name, name)
                     ax.set_ylabel(f"clip {c}\n{label}" if r == 0 else label, fontsize=6)
                 if c == 0 and r == 0:
-                    ax.set_title(f"frame {f * (model.cfg.tubelet[0] if model.pred_frames == 1 else 1)}", fontsize=7)
+                    ax.set_title(f"frame {f * (model.tubelet[0] if model.pred_frames == 1 else 1)}", fontsize=7)
     scores = ", ".join(f"{name} {value:.1f} dB" for name, value in psnr.items())
     fig.suptitle(f"{title}\nmasked-pixel PSNR: {scores}" if title else f"masked-pixel PSNR: {scores}", fontsize=7)
     fig.tight_layout()

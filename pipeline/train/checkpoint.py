@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import random
 import shutil
 from pathlib import Path
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from vmae.shards.files import atomic_path, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,8 @@ def save_checkpoint(engine, out: Path, position: dict, config_yaml: str, keep_la
         try:
             (target / "config.yaml").write_text(config_yaml)
             world = dist.get_world_size() if dist.is_initialized() else 1
-            _atomic_write(target / MARKER, json.dumps({"step": position["step"], "world_size": world,
-                                                       "position": position}))
+            write_atomic(target / MARKER, json.dumps({"step": position["step"], "world_size": world,
+                                                      "position": position}))
         except OSError as err:
             failure = f"{type(err).__name__}: {err}"
         else:
@@ -225,18 +226,8 @@ def set_rng_states(states: dict) -> None:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)  # to a path, not a file object: the archive inside is named after the file
 
 
 def _any_rank(flag: bool) -> bool:

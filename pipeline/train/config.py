@@ -1,12 +1,12 @@
-"""The ``model`` and ``train`` config sections of `vmae pretrain`, and the rules that tie them to a launch:
-the batch split over ranks, the lr scaling and the schedule."""
+"""The ``train`` and ``finetune`` config sections of `vmae pretrain` and `vmae finetune`, and the rules that tie
+them to a launch: the batch split over ranks, the lr scaling and the schedule. (The ``model`` section is
+``vmae.model.config.ModelConfig``.)"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
-from vmae.model.config import PRESETS, STRATEGIES, ModelConfig, preset
 from vmae.pipeline.data.config import DataConfig
 from vmae.shards.config import field_help
 
@@ -17,53 +17,6 @@ RESUME = ("auto", "never")
 
 class TrainError(RuntimeError):
     """Training cannot start or go on for a reason the user can act on; the message says which."""
-
-
-@dataclass
-class ModelOptions:
-    """A preset plus the knobs of MAE-ST's ablations; clip length and size come from the data section."""
-
-    preset: str = field(default="vit-l", metadata=field_help(
-        "model size", choices=tuple(PRESETS)))
-    tubelet: list[int] | None = field(default=None, metadata=field_help(
-        "frames x height x width of a token (unset: the preset's 2 x 16 x 16)"))
-    mask: str = field(default="random", metadata=field_help("masking strategy", choices=STRATEGIES))
-    mask_ratio: float = field(default=0.9, metadata=field_help("share of spacetime patches hidden from the encoder"))
-    decoder_mask_ratio: float = field(default=0.0, metadata=field_help(
-        "VideoMAE V2 dual masking: share of the hidden tokens the decoder skips (0: off)"))
-    target: str = field(default="slice", metadata=field_help(
-        "slice: one frame per temporal patch (MAE-ST); tube: the whole tubelet (VideoMAE)", choices=("slice", "tube")))
-    positions: str = field(default="separable", metadata=field_help(
-        "position embedding: learned separable space+time (MAE-ST), fixed 3-D sin-cos, or VideoMAE's fixed "
-        "1-D sinusoid (to load VideoMAE checkpoints)", choices=("separable", "sincos", "sinusoid")))
-    norm_pix_loss: bool = field(default=True, metadata=field_help("targets are per-patch normalized pixels"))
-    drop_path: float = field(default=0.0, metadata=field_help("stochastic depth rate of the last encoder block"))
-    attention: str = field(default="auto", metadata=field_help(
-        "attention kernel: auto (xformers on CUDA, else SDPA), xformers, sdpa, math",
-        choices=("auto", "xformers", "sdpa", "math")))
-    checkpoint: bool = field(default=False, metadata=field_help(
-        "recompute each block's activations in backward (ViT-L/H memory)"))
-
-    def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(f"model.preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
-        if self.tubelet is not None and (len(self.tubelet) != 3 or min(self.tubelet) < 1):
-            raise ValueError(f"model.tubelet must be three positive sizes (frames, height, width); got {self.tubelet}")
-        if not 0 <= self.mask_ratio < 1 or not 0 <= self.decoder_mask_ratio < 1:
-            raise ValueError("model.mask_ratio and model.decoder_mask_ratio must be in [0, 1)")
-
-    def model_config(self, data: DataConfig) -> ModelConfig:
-        """The model for clips of ``data``: T = data.frames, S = data.crop_size."""
-        cfg = preset(self.preset, frames=data.frames, size=data.crop_size, mask=self.mask, mask_ratio=self.mask_ratio,
-                     decoder_mask_ratio=self.decoder_mask_ratio, target=self.target, positions=self.positions,
-                     norm_pix_loss=self.norm_pix_loss, drop_path=self.drop_path, attention=self.attention,
-                     checkpoint=self.checkpoint,
-                     **({"tubelet": tuple(self.tubelet)} if self.tubelet else {}))
-        t, p, q = cfg.tubelet
-        if data.frames % t or data.crop_size % p or data.crop_size % q:
-            raise ValueError(f"data.frames ({data.frames}) and data.crop_size ({data.crop_size}) must be multiples "
-                             f"of the tubelet {t}x{p}x{q}")
-        return cfg
 
 
 @dataclass

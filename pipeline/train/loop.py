@@ -85,7 +85,7 @@ def check_before_start(cfg, world_size: int) -> None:
         if not is_url(location) and not (Path(location) / "manifest.json").is_file():
             raise TrainError(f"train.dataset={location}: no manifest.json there; build it with `vmae shards build`")
     batch_split(cfg.train, cfg.data, world_size)  # raises on an impossible split
-    cfg.model.model_config(cfg.data)  # raises when clips and tubelets do not fit
+    cfg.model.token_grid(cfg.data.frames, cfg.data.crop_size)  # raises when clips and tubelets do not fit
     samples = len(open_shards(dataset, cfg.data))  # a URL's manifest is fetched here: an unreachable one stops
     if samples < cfg.train.global_batch:
         raise TrainError(f"train.global_batch={cfg.train.global_batch} is more than the {samples} videos of "
@@ -347,7 +347,7 @@ def save(engine, out: Path, position: Position, config_yaml: str, keep_last: int
 def finish(summary: "Summary", position: Position, plan: Plan, out: Path, launch: Launch, metrics: MetricsWriter,
            final) -> dict:
     result = summary.final(position, plan)
-    result.update(task=summary.task, metrics=str(metrics.path))
+    result.update(task=summary.task, metrics=str(metrics.path), device=launch.device.type)
     if final is not None:
         task, engine, batch, folder = final
         result["checkpoint"] = str(folder)

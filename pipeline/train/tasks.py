@@ -1,27 +1,30 @@
 """What the training loop trains: MAE pretraining or classification fine-tuning.
 
-``vmae.pipeline.train.loop`` runs either through the same loop (DeepSpeed engine, schedule, checkpoints, resume, metrics,
-faults); a task says which model, which parameter groups, the loss of one micro-batch, and what to write at the end.
+``vmae.pipeline.train.loop`` runs either through the same loop (DeepSpeed engine, schedule, checkpoints, resume,
+metrics, faults); a task says which model, which parameter groups, the loss of one micro-batch, and what to write
+at the end.
 """
 
 from __future__ import annotations
 
 import logging
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.data import Mixup
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
+from vmae.model.config import ModelConfig
 from vmae.model.flops import classifier_training_flops, training_flops
-from vmae.model.mae import MaskedVideoAutoencoder, VideoClassifier
+from vmae.model.mae import MaskedVideoAutoencoder, VideoClassifier, encoder_token_count
 from vmae.model.masking import Mask, make_mask
+from vmae.pipeline.evaluate.downstream import evaluate_classifier
+from vmae.pipeline.evaluate.visualize import reconstruction_grid
 from vmae.pipeline.train.checkpoint import export_weights, weights_file
 from vmae.pipeline.train.config import TrainError
-from vmae.pipeline.evaluate.visualize import reconstruction_grid
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +42,11 @@ class PretrainTask:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.model_cfg = cfg.model.model_config(cfg.data)
+        self.model_cfg: ModelConfig = cfg.model
+        self.grid = clip_grid(cfg)
 
     def build_model(self, launch) -> nn.Module:
-        return MaskedVideoAutoencoder(self.model_cfg)
+        return MaskedVideoAutoencoder(self.model_cfg, self.cfg.data.frames, self.cfg.data.crop_size)
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         """AdamW decay on weight matrices only (not biases, norms, positions or mask tokens)."""
@@ -50,13 +54,12 @@ class PretrainTask:
                                          no_weight_decay_list=model.no_weight_decay())
 
     def flops_per_clip(self) -> float:
-        return training_flops(self.model_cfg)
+        return training_flops(self.model_cfg, self.cfg.data.frames, self.cfg.data.crop_size)
 
-    @cached_property
+    @property
     def tokens_per_clip(self) -> int:
         """Tokens the encoder sees per clip: the visible ones."""
-        cfg = self.model_cfg
-        return make_mask(cfg.mask, 1, token_grid(cfg), cfg.mask_ratio, torch.Generator().manual_seed(0)).visible_count
+        return encoder_token_count(self.model_cfg, self.grid)
 
     def loss(self, engine, video: torch.Tensor, batch: dict, step: int, first_clip: int) -> torch.Tensor:
         mask = clip_masks(self.model_cfg, engine.module.grid, self.cfg.train.seed, step, first_clip, video.shape[0])
@@ -81,12 +84,13 @@ class PretrainTask:
                 "picture": str(shot) if shot else None}
 
 
-def token_grid(cfg) -> tuple[int, int, int]:
-    t, p, q = cfg.tubelet
-    return cfg.frames // t, cfg.size // p, cfg.size // q
+def clip_grid(cfg) -> tuple[int, int, int]:
+    """The token grid of the run's clips (data.frames x data.crop_size² in model tubelets)."""
+    return cfg.model.token_grid(cfg.data.frames, cfg.data.crop_size)
 
 
-def clip_masks(model_cfg, grid: tuple[int, int, int], seed: int, step: int, first_clip: int, count: int) -> Mask:
+def clip_masks(model_cfg: ModelConfig, grid: tuple[int, int, int], seed: int, step: int, first_clip: int,
+               count: int) -> Mask:
     """Masks of clips ``first_clip`` … of a global step, each drawn from its own seed (seed, step, clip): the
     same clip gets the same mask whichever rank and micro-batch it lands in."""
     masks = [make_mask(model_cfg.mask, 1, grid, model_cfg.mask_ratio,
@@ -105,12 +109,11 @@ class FinetuneTask:
     def __init__(self, cfg, classes: list[str]):
         self.cfg = cfg
         self.classes = classes
-        self.model_cfg = cfg.model.model_config(cfg.data)
+        self.model_cfg: ModelConfig = cfg.model
+        self.grid = clip_grid(cfg)
         ft = cfg.finetune
         self.mixup = None
         if ft.mixes:
-            from timm.data import Mixup
-
             if (cfg.data.batch_size * cfg.data.views) % 2:
                 raise TrainError(f"mixup/cutmix pair each clip with another of its batch: data.batch_size x "
                                  f"data.views = {cfg.data.batch_size * cfg.data.views} must be even (or set "
@@ -120,7 +123,7 @@ class FinetuneTask:
                                num_classes=len(classes))
 
     def build_model(self, launch) -> nn.Module:
-        model = VideoClassifier(self.model_cfg, len(self.classes))
+        model = VideoClassifier(self.model_cfg, len(self.classes), self.cfg.data.frames, self.cfg.data.crop_size)
         source = self.cfg.finetune.pretrained
         if source:
             weights = weights_file(Path(source), PretrainTask.weights_file, launch.rank)
@@ -138,11 +141,13 @@ class FinetuneTask:
         return sorted(groups, key=lambda g: g["lr_scale"])  # a stable, readable order: embeddings first
 
     def flops_per_clip(self) -> float:
-        return classifier_training_flops(self.model_cfg, len(self.classes))
+        return classifier_training_flops(self.model_cfg, len(self.classes), self.cfg.data.frames,
+                                         self.cfg.data.crop_size)
 
-    @cached_property
+    @property
     def tokens_per_clip(self) -> int:
-        return int(np.prod(token_grid(self.model_cfg)))
+        """Tokens the encoder sees per clip: all of them."""
+        return int(np.prod(self.grid))
 
     def loss(self, engine, video: torch.Tensor, batch: dict, step: int, first_clip: int) -> torch.Tensor:
         labels = batch["label"].to(video.device)
@@ -162,8 +167,6 @@ class FinetuneTask:
 
     def finish(self, engine, batch: dict | None, folder: Path, out: Path, step: int) -> dict:
         """Rank 0, after the last checkpoint: plain weights, and the multi-view test on finetune.val_dataset."""
-        from vmae.pipeline.evaluate.downstream import evaluate_classifier
-
         weights = export_weights(folder, out / self.weights_file)
         result = {"weights": str(weights)}
         val = self.cfg.finetune.val_dataset

@@ -1,0 +1,62 @@
+"""The registries of loader backends (``data.backend``) and CPU decoders (``data.cpu_decoder``), by name.
+
+A new backend or decoder is its own module and one line here. Each name maps to ``"module:attribute"``, imported
+only when chosen: reading, validating or printing a config (``--help``) imports neither torch, DALI nor a decoder.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the annotations only: importing them would import torch and PyAV
+    from vmae.pipeline.data.decode import FrameDecoder
+    from vmae.pipeline.data.protocol import LoaderFactory
+
+AUTO = "auto"  # data.backend: DALI when this machine has CUDA and DALI, the CPU path otherwise
+
+# data.backend → a class implementing vmae.pipeline.data.protocol.Loader
+LOADERS: dict[str, str] = {
+    "dali": "vmae.pipeline.data.dali_loader:DaliLoader",  # reader → NVDEC (DALI's CPU decoder for VP9) → GPU crops
+    "cpu": "vmae.pipeline.data.cpu_loader:CpuLoader",  # torch DataLoader workers with a seeking CPU decoder
+}
+
+# data.cpu_decoder → a function implementing vmae.pipeline.data.decode.FrameDecoder
+CPU_DECODERS: dict[str, str] = {
+    "torchcodec": "vmae.pipeline.data.decode:torchcodec_frames",
+    "pyav": "vmae.pipeline.data.decode:pyav_frames",
+}
+
+BACKEND_NAMES: tuple[str, ...] = (AUTO, *LOADERS)
+CPU_DECODER_NAMES: tuple[str, ...] = tuple(CPU_DECODERS)
+
+
+@lru_cache(maxsize=None)
+def resolve(spec: str) -> object:
+    """The attribute a registry entry ``"module:attribute"`` names, its module imported now."""
+    module, _, attribute = spec.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def loader_class(backend: str) -> LoaderFactory:
+    """The loader class registered as ``backend`` (not ``auto``: pick a backend first)."""
+    if backend not in LOADERS:
+        raise ValueError(f"data.backend={backend!r} names no loader; choose one of {', '.join(LOADERS)}")
+    return resolve(LOADERS[backend])
+
+
+def cpu_decoder(name: str) -> FrameDecoder:
+    """The frame decoder registered as ``name``."""
+    if name not in CPU_DECODERS:
+        raise ValueError(f"data.cpu_decoder={name!r} names no decoder; choose one of {', '.join(CPU_DECODERS)}")
+    return resolve(CPU_DECODERS[name])
+
+
+def dali_available() -> bool:
+    """Whether NVIDIA DALI can be imported here."""
+    try:
+        import nvidia.dali  # noqa: F401 - optional and heavy: imported only to see whether it is installed
+    except ImportError:
+        return False
+    return True
