@@ -143,7 +143,7 @@ def landing(source: torch.Tensor, ours: dict[str, torch.Tensor]) -> list[str]:
 
 
 def test_every_videomae_tensor_lands_once_and_nothing_else_is_zero():
-    """VideoMAE keeps q_bias and v_bias and no k_bias (transformers PR 48675 loaded zeros for them): each official
+    """VideoMAE keeps q_bias and v_bias and no k_bias (a transformers loader once filled them with zeros): each official
     tensor must land exactly once, and the only zeros of ours are what VideoMAE does not have."""
     official = videomae_layout()
     model = tiny(positions="sinusoid", target="tube")

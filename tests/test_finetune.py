@@ -16,7 +16,7 @@ import yaml
 from test_pretrain import ROOT, clean_env, run_config, write_config
 from vmae.pipeline.evaluate.downstream import remap_labels
 from vmae.pipeline.train.config import TrainError
-from vmae.pipeline.train.loop import check_classes
+from vmae.pipeline.train.checks import check_classes
 from vmae.pipeline.train.tasks import FinetuneTask
 from vmae.shards.build import build_shards
 from vmae.shards.config import ShardConfig, SynthConfig

@@ -47,7 +47,7 @@ def test_every_missing_unexpected_and_misshapen_key_is_listed():
 
 
 def test_learned_positions_are_resized_in_time_and_space_separately():
-    """16-frame pretraining fine-tuned at 32 frames (VideoMAE issue 102), and at a larger crop."""
+    """16-frame pretraining fine-tuned at 32 frames (a common VideoMAE request), and at a larger crop."""
     source = pretrained()
     with torch.no_grad():  # a time table that is a straight line in every channel stays one
         ramp = torch.linspace(-1, 1, 4)[None, :, None] * torch.linspace(0.5, 2, 192)[None, None, :]

@@ -821,7 +821,7 @@ def test_a_container_that_overstates_its_length_is_a_counted_decode_error(built,
 # ------------------------------------------------------------------ segment sampling (short clips)
 
 def test_segment_sampling_takes_one_frame_per_segment_and_its_evaluation_windows_differ():
-    """Something-Something V2 clips are ~2-6 s: dense evaluation windows coincide (PySlowFast issue 306);
+    """Something-Something V2 clips are ~2-6 s: dense evaluation windows coincide (as PySlowFast's users found);
     segment sampling's do not."""
     n = 40  # frames in the video: shorter than one dense clip of 16 x 4
     dense = DataConfig(augment=False, views=6, test_crops=3)

@@ -443,7 +443,7 @@ def test_overfit_drives_the_loss_near_zero_and_stops(overfit_run):
 @pytest.mark.slow
 def test_honest_reconstructions_tell_a_trained_model_from_one_that_predicts_nothing(overfit_run):
     """With per-patch normalized targets the usual picture takes each hidden patch's mean and variance from the
-    original (VideoMAE issues 25 and 120): a model predicting zeros then looks fine. Ours takes them from the
+    original (as VideoMAE's users found): a model predicting zeros then looks fine. Ours takes them from the
     visible neighbours; the leaking one is only drawn on request, labelled."""
     import copy
 

@@ -43,7 +43,8 @@ def test_a_gpu_run_or_an_older_summary_gets_no_cpu_note(monkeypatch, device):
 
 def test_the_loop_puts_the_device_into_its_summary(tmp_path):
     """`finish` is where the training loop hands its summary to the command; it names the device it ran on."""
-    from vmae.pipeline.train.loop import Summary, finish
+    from vmae.pipeline.train.loop import finish
+    from vmae.pipeline.train.summary import Summary
 
     position = SimpleNamespace(step=3, epoch=0, skipped_steps=0)
     plan = SimpleNamespace(run_steps=3)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import logging
 import re
 import sys
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
-from vmae.tools.config import (ConfigError, VmaeConfig, add_section_flags, flag_values, load_config, preset_layer,
-                          to_yaml)
+from vmae.tools.commands import command_config
+from vmae.tools.config import ConfigError, add_section_flags, to_yaml
 from vmae.tools.log import setup_logging
 from vmae.tools.profile import STAGES
 
@@ -46,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.run(args) or 0
+        return run_command(args.run, args) or 0
     except ConfigError as err:
         log.error("config: %s", err)
         return 2
@@ -75,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     shard_commands = shards.add_subparsers(title="shard commands", metavar="COMMAND")
     shards.set_defaults(run=lambda _: shards.print_help() or 2)
 
-    build = _command(shard_commands, "build", _run_build,
+    build = _command(shard_commands, "build", "shards:build_command",
                      "turn a folder, CSV or JSONL of videos into tar shards",
                      "Probe, normalize (stream copy or transcode) and pack videos into WebDataset tar shards with "
                      "DALI index files, manifest.json and rejects.jsonl. A killed build resumes when re-run.")
@@ -87,32 +85,33 @@ def build_parser() -> argparse.ArgumentParser:
         "the shards"))
     _config_args(build, "shards")
 
-    verify = _command(shard_commands, "verify", _run_verify, "check every shard against the manifest",
+    verify = _command(shard_commands, "verify", "shards:verify_command", "check every shard against the manifest",
                       "Check sizes, checksums, index files, members, labels, and decode every video to count "
                       "its frames. Exits 1 with a report on any mismatch.")
     verify.add_argument("dataset", type=Path, help="dataset folder written by `vmae shards build`")
     verify.add_argument("--no-decode", action="store_true", help="skip decoding the videos (fast structural check)")
     _config_args(verify, "shards", only=("workers",))
 
-    progress = _command(shard_commands, "progress", _run_progress, "one progress bar over every part of a build",
+    progress = _command(shard_commands, "progress", "shards:progress_command",
+                        "one progress bar over every part of a build",
                         "How many inputs the parts of a build (--part, SLURM array tasks, Ray, other nodes) have "
                         "processed so far, with the rejects by reason; with --watch, one bar until all are done.")
     progress.add_argument("out", type=Path, help="the dataset folder being built")
     progress.add_argument("--watch", type=float, metavar="SECONDS", default=0.0,
                           help="refresh every SECONDS until every input is processed (0: print once)")
 
-    inspect = _command(shard_commands, "inspect", _run_inspect, "tabulate a dataset",
+    inspect = _command(shard_commands, "inspect", "shards:inspect_command", "tabulate a dataset",
                        "Classes, counts, durations, resolutions, codecs and bytes of a built dataset.")
     inspect.add_argument("dataset", type=Path, help="dataset folder written by `vmae shards build`")
     inspect.add_argument("--json", action="store_true", help="print the figures as JSON instead of tables")
 
-    synth = _command(commands, "synth", _run_synth, "make a synthetic labelled video set with ffmpeg",
+    synth = _command(commands, "synth", "shards:synth_command", "make a synthetic labelled video set with ffmpeg",
                      "Moving-shape videos whose class is their motion (direction and kind of movement), "
                      "in a Kinetics-style folder OUT/<class>/<video>.mp4.")
     synth.add_argument("out", type=Path, help="folder to write")
     _config_args(synth, "synth")
 
-    check = _command(commands, "loader-check", _run_loader_check, "look at and time the loader's views",
+    check = _command(commands, "loader-check", "data:loader_check_command", "look at and time the loader's views",
                      "Decode a few batches of a built dataset: write a PNG contact sheet of the views (first, "
                      "middle and last frame of each, crop drawn) and print the clips/s the loader delivers.")
     check.add_argument("dataset", type=dataset_location, help="dataset folder written by `vmae shards build`, or "
@@ -121,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--batches", type=int, default=10, help="batches to time after a warm-up batch")
     _config_args(check, "data")
 
-    pretrain = _command(commands, "pretrain", _run_pretrain, "pretrain the MAE-ST model with DeepSpeed ZeRO",
+    pretrain = _command(commands, "pretrain", "train:pretrain_command", "pretrain the MAE-ST model with DeepSpeed ZeRO",
                         "Pretrain from one config on one CPU, one GPU, or many nodes: run it plainly for one "
                         "process, or under `deepspeed`, `torchrun` or `srun` (tools/slurm_pretrain.sh). "
                         "--resume auto (the default) continues from the newest complete checkpoint in --out. "
@@ -129,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(pretrain, "train")
     _overfit_arg(pretrain, "pretrain")
 
-    finetune = _command(commands, "finetune", _run_finetune, "fine-tune a classifier from a pretrained encoder",
+    finetune = _command(commands, "finetune", "train:finetune_command",
+                        "fine-tune a classifier from a pretrained encoder",
                         "The classifier (encoder on all tokens, mean pooling, head) from --pretrained's encoder, or "
                         "from scratch without it, trained like pretraining (DeepSpeed, checkpoints, --resume auto) "
                         "with layer-wise lr decay, drop path, label smoothing, mixup/cutmix and repeated augmentation "
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_section_flags(finetune, "finetune")
     _overfit_arg(finetune, "finetune")
 
-    evaluate = _command(commands, "evaluate", _run_evaluate, "multi-view test of a fine-tuned classifier",
+    evaluate = _command(commands, "evaluate", "evaluate:evaluate_command", "multi-view test of a fine-tuned classifier",
                         "Temporal windows x spatial crops per video (MAE-ST tests Kinetics with 7 x 3), softmax "
                         "averaged; top-1/top-5, report.json and confusion.png.")
     evaluate.add_argument("checkpoint", type=Path, help="a fine-tuning run folder, checkpoint folder or finetuned.pt")
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--test-crops", type=int, help="spatial crops per window (default: finetune.test_crops)")
     evaluate.add_argument("--out", type=Path, help="where to write (default: eval/ next to the weights)")
 
-    visualize = _command(commands, "visualize", _run_visualize, "reconstruction pictures of a checkpoint",
+    visualize = _command(commands, "visualize", "evaluate:visualize_command", "reconstruction pictures of a checkpoint",
                          "Original / masked input / reconstruction of a few clips of DATASET, as a PNG grid.")
     visualize.add_argument("checkpoint", type=Path, help="a checkpoint folder (OUT/checkpoints/stepN) or run folder")
     visualize.add_argument("dataset", type=Path, help="dataset folder written by `vmae shards build`")
@@ -160,13 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
         "also show the usual picture that gives each hidden patch its own true mean and variance: it leaks the "
         "answer (a model predicting zeros looks good), and is labelled so"))
 
-    export = _command(commands, "export", _run_export, "plain fp32 weights of a checkpoint",
+    export = _command(commands, "export", "evaluate:export_command", "plain fp32 weights of a checkpoint",
                       "Gather a checkpoint's ZeRO partitions into one fp32 state dict (like DeepSpeed's zero_to_fp32) "
                       "for fine-tuning: {'model': state dict, 'config': YAML}, safe to read with weights_only=True.")
     export.add_argument("checkpoint", type=Path, help="a checkpoint folder (OUT/checkpoints/stepN) or run folder")
     export.add_argument("out", type=Path, help="file to write, e.g. vit-l.pt")
 
-    profile = _command(commands, "profile", _run_profile, "where the throughput goes, and what to change",
+    profile = _command(commands, "profile", "profile:profile_command", "where the throughput goes, and what to change",
                        "Measure decode, load, model and train each alone, then together, on your dataset and config; "
                        "name the bottleneck and its headroom, suggest settings; write profile.json and profile.png.")
     profile.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of "
@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--slow", action="append", default=[], metavar="STAGE=SECONDS", help=argparse.SUPPRESS)
     _config_args(profile, "train", only=("dataset",))
 
-    probe = _command(commands, "linear-probe", _run_linear_probe, "how good is a pretrained encoder: a linear probe",
+    probe = _command(commands, "linear-probe", "evaluate:linear_probe_command",
+                     "how good is a pretrained encoder: a linear probe",
                      "Freeze a checkpoint's encoder, take mean-pooled features of every video (evaluation views: "
                      "windows spread over the video x crops along its long side), train a linear classifier on one "
                      "part and score the other (softmax averaged over views); write report.json and confusion.png.")
@@ -195,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--epochs", type=int, default=300, help="full-batch optimizer steps of the linear head")
     probe.add_argument("--out", type=Path, help="where to write (default: linear-probe/ in the checkpoint)")
 
-    features = _command(commands, "extract-features", _run_extract_features, "per-video embeddings to a file",
+    features = _command(commands, "extract-features", "evaluate:extract_features_command",
+                        "per-video embeddings to a file",
                         "Mean-pooled encoder features of every video of DATASET, averaged over the evaluation views "
                         "(windows spread over the video x crops): a pretraining run's encoder, or a fine-tuned "
                         "classifier's pooled features (what its head reads). Written as .npz (numpy: features, "
@@ -208,13 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--frames", type=int, help="frames per clip (default: the checkpoint's; another "
                           "length resizes its learned temporal positions)")
 
-    config = _command(commands, "config", _run_config, "print the resolved configuration",
+    config = _command(commands, "config", print_config, "print the resolved configuration",
                       "Print the configuration after defaults, --config and overrides, as YAML.")
     _config_args(config, None)
     return parser
 
 
-def _command(group, name: str, run: Callable, help_text: str, description: str) -> argparse.ArgumentParser:
+def _command(group, name: str, run: str | Callable, help_text: str, description: str) -> argparse.ArgumentParser:
+    """A sub-command; ``run`` is its body, or "MODULE:FUNCTION" of vmae.tools.commands, imported when it runs."""
     sub = group.add_parser(name, help=help_text, description=description, epilog=EPILOG)
     sub.set_defaults(run=run)
     return sub
@@ -233,279 +236,59 @@ def _overfit_arg(parser: argparse.ArgumentParser, command: str) -> None:
         "regularization, until the loss is near zero (train.stop_loss) or 500 steps; one process, CPU loader"))
 
 
-def overfit_overrides(n: int, command: str) -> list[str]:
-    """What --overfit N sets, on top of everything else."""
-    if n < 1:
-        raise ValueError(f"--overfit takes a number of videos >= 1, got {n}")
-    items = [f"data.limit={n}", f"data.batch_size={n}", "data.augment=false", "data.backend=cpu",
-             f"train.global_batch={n}", "train.reference_batch=0", "train.epochs=500", "train.max_steps=0",
-             "train.warmup_epochs=10", "train.weight_decay=0", "train.checkpoint_every=100000", "model.drop_path=0"]
-    if command == "finetune":
-        items += ["train.stop_loss=0.01", "finetune.mixup=0", "finetune.cutmix=0", "finetune.label_smoothing=0"]
-    else:  # a masked autoencoder sees new masks every step: near zero is a few hundredths of its first loss
-        items += ["train.stop_loss=0.03"]
-    return items
 
 
-def _overrides(args: argparse.Namespace) -> list[str]:
-    """The command line's SECTION.KEY=VALUE overrides, then those --overfit implies."""
-    if getattr(args, "overfit", None) is None:
-        return args.overrides
-    return args.overrides + overfit_overrides(args.overfit, args.overfit_command)
 
 
-def _config(args: argparse.Namespace) -> VmaeConfig:
-    return load_config(args.config, _overrides(args), flag_values(args))
 
 
-# ------------------------------------------------------------------ command bodies (imports kept lazy)
 
-def _run_build(args: argparse.Namespace) -> int:
-    from vmae.shards.build import build_shards
-    from vmae.tools.report import print_build_summary
 
-    cfg = _config(args)
-    summary = build_shards(args.input, args.out, cfg.shards, progress=True, part=args.part)
-    if args.part is not None:
-        print(f"part {args.part[0]}/{args.part[1]}: {summary.inputs} inputs, {summary.samples} samples, rejected "
-              f"{summary.rejected or 'none'}, {summary.seconds:.0f} s")
-        return 0
-    print_build_summary(summary, args.out)
-    if summary.samples == 0:
-        log.error("no usable video: every input was rejected (see %s)", args.out / "rejects.jsonl")
-        return 1
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+def print_config(args: argparse.Namespace) -> int:
+    sys.stdout.write(to_yaml(command_config(args)))
     return 0
 
 
-def _run_verify(args: argparse.Namespace) -> int:
-    from vmae.shards.verify import verify_dataset
-    from vmae.tools.report import print_verify_report
-
-    cfg = _config(args)
-    report = verify_dataset(args.dataset, decode=not args.no_decode, workers=cfg.shards.workers)
-    print_verify_report(report)
-    return 0 if report.ok else 1
-
-
-def _run_progress(args: argparse.Namespace) -> int:
-    import time
-
-    from tqdm import tqdm
-
-    from vmae.shards.progress import build_progress
-
-    known: dict[str, str] = {}
-    state = build_progress(args.out, known)
-    if args.watch:
-        with tqdm(total=state.total, initial=state.done, unit="video", desc="all parts", dynamic_ncols=True) as bar:
-            while state.done < state.total and not state.finished:
-                time.sleep(args.watch)
-                state = build_progress(args.out, known)
-                bar.update(state.done - bar.n)
-                bar.set_postfix(rejected=sum(state.rejected.values()), refresh=False)
-    print(state.line())
-    return 0
-
-
-def _run_inspect(args: argparse.Namespace) -> int:
-    from vmae.shards.stats import dataset_stats
-    from vmae.tools.report import print_dataset_stats
-
-    stats = dataset_stats(args.dataset)
-    if args.json:
-        print(json.dumps(stats, indent=1))
-    else:
-        print_dataset_stats(stats)
-    return 0
-
-
-def _run_synth(args: argparse.Namespace) -> int:
-    from vmae.shards.synth import make_synthetic_videos
-
-    cfg = _config(args)
-    paths = make_synthetic_videos(args.out, cfg.synth)
-    log.info("wrote %d videos in %d classes to %s", len(paths), cfg.synth.classes, args.out)
-    return 0
-
-
-def _run_loader_check(args: argparse.Namespace) -> int:
-    from vmae.pipeline.data.check import contact_sheet, measure_loader
-
-    cfg = _config(args)
-    sheet = contact_sheet(args.dataset, cfg.data, args.sheet)
-    log.info("contact sheet: %s", sheet)
-    figures = measure_loader(args.dataset, cfg.data, args.batches)
-    print(json.dumps(figures))
-    print(f"{figures['backend']} loader: {figures['clips_per_second']:.1f} clips/s "
-          f"({cfg.data.views} views x {cfg.data.frames} frames, {cfg.data.crop_size}px), "
-          f"{figures['decoded_frames_per_clip']:.1f} decoded frames per clip, failed samples: {figures['failed']}")
-    return 0
-
-
-def _run_pretrain(args: argparse.Namespace) -> int:
-    from vmae.pipeline.train.loop import pretrain
-    from vmae.tools.report import print_train_summary
-
-    cfg = _config(args)
-    summary = pretrain(cfg, to_yaml(cfg))
-    if summary is not None and not _is_worker_rank():
-        print_train_summary(summary)
-    return 0
-
-
-def _run_finetune(args: argparse.Namespace) -> int:
-    from vmae.pipeline.train.loop import finetune
-    from vmae.tools.report import print_train_summary
-
-    cfg = _finetune_config(args)
-    summary = finetune(cfg, to_yaml(cfg))
-    if summary is not None and not _is_worker_rank():
-        print_train_summary(summary)
-    return 0
-
-
-# what a fine-tuning run takes from its pretrained run unless told otherwise: the encoder's shape and the clips'
-INHERITED_FROM_PRETRAINING = {"model": ("preset", "tubelet", "positions", "target"),
-                              "data": ("frames", "stride", "crop_size", "mean", "std")}
-
-
-def _finetune_config(args: argparse.Namespace) -> VmaeConfig:
-    """Layers: defaults < configs/finetune.yaml < the pretrained run's model and clip shape < --config < flags <
-    overrides. The pretrained run is only known once the upper layers are read, hence two passes."""
-    from vmae.pipeline.train.checkpoint import config_text
-
-    base = [preset_layer("finetune")]
-    cfg = load_config(args.config, _overrides(args), flag_values(args), base=base)
-    if cfg.finetune.pretrained:
-        pretrained = yaml.safe_load(config_text(Path(cfg.finetune.pretrained)))
-        inherited = {section: {k: pretrained[section][k] for k in keys if k in pretrained[section]}
-                     for section, keys in INHERITED_FROM_PRETRAINING.items()}
-        base.append((f"the pretrained run {cfg.finetune.pretrained}", inherited))
-        cfg = load_config(args.config, _overrides(args), flag_values(args), base=base)
-    return cfg
-
-
-def _run_evaluate(args: argparse.Namespace) -> int:
-    from vmae.pipeline.train.checkpoint import config_text, weights_file
-    from vmae.pipeline.evaluate.downstream import evaluate_classifier
-
-    cfg = load_config(base=[("the run's config", yaml.safe_load(config_text(args.checkpoint)))])
-    weights = weights_file(args.checkpoint, "finetuned.pt")
-    report = evaluate_classifier(weights, cfg, args.dataset, args.out or weights.parent / "eval", args.views,
-                                 args.test_crops)
-    k = min(5, len(report["confusion"]))
-    how = report["evaluation"]
-    print(f"{weights}: top-1 {report['top1']:.1%}, top-{k} {report[f'top{k}']:.1%} (single view "
-          f"{report['top1_single_view']:.1%}, chance {report['chance']:.1%}) on {report['val_videos']} videos x "
-          f"{how['clips_per_video']} clips ({how['windows']} windows x {how['crops']} crops, {how['sampling']} "
-          "sampling)")
-    return 0
-
-
-def _is_worker_rank() -> bool:
-    import os
-
-    return int(os.environ.get("RANK", "0")) != 0
-
-
-def _run_visualize(args: argparse.Namespace) -> int:
-    from vmae.pipeline.train.checkpoint import resolve_checkpoint, saved_config
-    from vmae.pipeline.evaluate.pretrained import visualize_checkpoint
-
-    folder = resolve_checkpoint(args.checkpoint)
-    cfg = load_config(str(saved_config(folder)))
-    png = visualize_checkpoint(folder, cfg, args.dataset, args.png or folder / "reconstruction.png", args.clips,
-                               args.oracle)
-    log.info("wrote %s", png)
-    return 0
-
-
-def _run_export(args: argparse.Namespace) -> int:
-    from vmae.pipeline.train.checkpoint import export_weights, resolve_checkpoint
-
-    written = export_weights(resolve_checkpoint(args.checkpoint), args.out)
-    log.info("wrote %s", written)
-    return 0
-
-
-def _run_profile(args: argparse.Namespace) -> int:
-    from vmae.tools.profile import compare_profiles, run_profile
-    from vmae.tools.report import print_comparison, print_profile
-
-    if args.compare:
-        a, b = (json.loads(path.read_text()) for path in args.compare)
-        print_comparison(compare_profiles(a, b), *args.compare)
-        return 0
-    cfg = _config(args)
-    sweep = {}
-    for item in args.sweep:
-        key, _, values = item.partition("=")
-        if not values or not key.startswith("data."):
-            raise ConfigError(f"--sweep {item!r}: give a data key and its values, e.g. data.workers=1,2")
-        sweep[key] = values.split(",")
-    slow = {stage: float(sec) for stage, _, sec in (item.partition("=") for item in args.slow)}
-    report = run_profile(cfg, tuple(s for s in args.stages.split(",") if s), args.seconds, args.out, sweep,
-                         make_cfg=lambda extra: load_config(args.config, [*args.overrides, *extra],
-                                                            flag_values(args)),
-                         baselines=args.baselines, slow=slow)
-    print_profile(report, args.out)
-    return 0
-
-
-def _run_linear_probe(args: argparse.Namespace) -> int:
-    from vmae.pipeline.train.checkpoint import resolve_checkpoint, saved_config
-    from vmae.pipeline.evaluate.downstream import (PooledFeatures, evaluation_data, extract_features, linear_probe,
-                                     sampling_statement, split_by_key, write_per_video, write_report)
-    from vmae.pipeline.evaluate.pretrained import load_pretrained
-    from vmae.pipeline.data.shardset import ShardSet
-
-    folder = resolve_checkpoint(args.checkpoint)
-    cfg = load_config(str(saved_config(folder)))
-    encoder = PooledFeatures(load_pretrained(folder, cfg).encoder)
-    data = evaluation_data(cfg.data, args.views, args.test_crops)
-    features = extract_features(encoder, args.dataset, data)
-    if args.val_dataset:
-        train, val = features, extract_features(encoder, args.val_dataset, data)
-    else:
-        train, val = split_by_key(features, args.val_fraction)
-    names = ShardSet(args.dataset).classes
-    report, scores = linear_probe(train, val, len(names), epochs=args.epochs)
-    report.update(checkpoint=str(folder), dataset=str(args.dataset), test_crops=args.test_crops,
-                  evaluation=sampling_statement(data),
-                  videos_with_identical_windows=train.identical_windows + val.identical_windows)
-    out = args.out or folder / "linear-probe"
-    written = write_report(report, names, out) + write_per_video(scores, val.labels, val.keys, names, out)
-    print(f"linear probe of {folder.name}: top-1 {report['top1']:.1%} (single view {report['top1_single_view']:.1%}, "
-          f"chance {report['chance']:.1%}) on {report['val_videos']} videos x {args.views} clips "
-          f"({args.views // args.test_crops} windows x {args.test_crops} crops, {data.sampling} sampling); "
-          f"train {report['train_top1']:.1%}")
-    log.info("wrote %s", ", ".join(map(str, written)))
-    return 0
-
-
-def _run_extract_features(args: argparse.Namespace) -> int:
-    from vmae.pipeline.train.checkpoint import config_text, weights_file
-    from vmae.pipeline.evaluate.downstream import evaluation_data, extract_features, load_feature_model, write_features
-    from vmae.pipeline.data.shardset import ShardSet
-
-    overrides = [f"data.frames={args.frames}"] if args.frames else []
-    cfg = load_config(overrides=overrides, base=[("the run's config", yaml.safe_load(config_text(args.checkpoint)))])
-    source = Path(args.checkpoint)
-    run_file = "finetuned.pt" if (source / "finetuned.pt").is_file() else "pretrained.pt"
-    weights = weights_file(source, run_file)
-    model = load_feature_model(weights, cfg)
-    data = evaluation_data(cfg.data, args.views, args.test_crops)
-    features = extract_features(model, args.dataset, data)
-    path = write_features(features, ShardSet(args.dataset).classes, args.out)
-    print(f"{len(features.keys)} videos x {features.views.shape[-1]} features ({args.views} views averaged: "
-          f"{args.views // args.test_crops} windows x {args.test_crops} crops of {data.frames}x{data.crop_size}) "
-          f"from {weights} -> {path}")
-    return 0
-
-
-def _run_config(args: argparse.Namespace) -> int:
-    sys.stdout.write(to_yaml(_config(args)))
-    return 0
+def run_command(run: str | Callable, args: argparse.Namespace) -> int | None:
+    """Run a command's body; a "MODULE:FUNCTION" body is imported now, so that a command loads only its own
+    stage (torch, DeepSpeed and DALI are not imported by `vmae --help`, `vmae config` or a config error)."""
+    if callable(run):
+        return run(args)
+    module, _, function = run.partition(":")
+    return getattr(importlib.import_module(f"vmae.tools.commands.{module}"), function)(args)
 
 
 def build_part(value: str) -> tuple[int, int]:
@@ -522,6 +305,8 @@ def dataset_location(value: str) -> Path | str:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    """The errors a user can act on, whose message is enough. Imported only once a command has failed: the modules
+    that define them load torch, which a fast `--help` must not pay for."""
     from vmae.pipeline.train.checkpoint import CheckpointError
     from vmae.pipeline.data.remote import RemoteError
     from vmae.pipeline.train.config import TrainError

@@ -7,6 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from vmae.tools.profile.compare import named_rates
+
 console = Console(stderr=False)
 
 
@@ -106,8 +108,6 @@ CPU_DATA_WAIT_NOTE = ("on the CPU the loader's decode workers and the model shar
 
 
 def print_profile(report: dict, folder: Path) -> None:
-    from vmae.tools.profile.compare import named_rates
-
     wide = console if console.is_terminal else Console(width=150)
     table = Table(title=f"vmae profile ({report['machine']['cpu']}, {report['machine']['cores']} cores"
                         f"{', ' + report['machine']['gpu'] if report['machine']['gpu'] else ''})")

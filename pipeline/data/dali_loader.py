@@ -29,6 +29,7 @@ from vmae.pipeline.data.protocol import Batch, Loader
 from vmae.pipeline.data.shardset import SampleRef, ShardSet, open_shards, upcoming_shards
 from vmae.pipeline.data.stats import LoaderStats
 from vmae.pipeline.data.views import clip_dtype
+from vmae.shards.format import index_path
 from vmae.shards.probe import scan_packets
 from vmae.shards.tars import INDEX_VERSION, read_index, read_member
 
@@ -291,9 +292,9 @@ def rank_index_copies(shardset: ShardSet, part: list[SampleRef], folder: Path,
         skip = (left_out or {}).get(str(tar), set())
         if len(wanted) == shardset.counts[shard] and not skip:  # the whole shard: its own index serves
             files.append(str(tar))
-            indexes.append(str(tar.with_suffix(".idx")))
+            indexes.append(str(index_path(tar)))
             continue
-        kept = [line for row, line in enumerate(tar.with_suffix(".idx").read_text().splitlines()[1:])
+        kept = [line for row, line in enumerate(index_path(tar).read_text().splitlines()[1:])
                 if row in wanted and not any(int(offset) in skip for offset in line.split()[1::4])]
         if not kept:  # every sample it would give was left out
             continue
@@ -306,7 +307,7 @@ def rank_index_copies(shardset: ShardSet, part: list[SampleRef], folder: Path,
 
 def _stream_frames(tar: str, offset: int) -> int:
     """Frames the video member at ``offset`` of ``tar`` holds, by demuxing it (no decode)."""
-    sizes = {o: size for _, members in read_index(Path(tar).with_suffix(".idx")) for o, size in members.values()}
+    sizes = {o: size for _, members in read_index(index_path(Path(tar))) for o, size in members.values()}
     return scan_packets(io.BytesIO(read_member(Path(tar), offset, sizes[offset]))).packets
 
 

@@ -22,6 +22,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from vmae.shards.format import MANIFEST, index_path
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
@@ -58,9 +60,9 @@ class ShardCache:
 
     def fetch_manifest(self) -> Path:
         """The dataset's manifest, fetched again into the cache folder (it is small, and the dataset may have been
-        rebuilt); read it with ``vmae.shards.verify.load_manifest``."""
-        path = self.folder / "manifest.json"
-        self._download("manifest.json", path)
+        rebuilt); read it with ``vmae.shards.format.load_manifest``."""
+        path = self.folder / MANIFEST
+        self._download(MANIFEST, path)
         return path
 
     def local(self, entry: dict) -> Path:
@@ -105,7 +107,7 @@ class ShardCache:
                 break
             used -= path.stat().st_size
             path.unlink(missing_ok=True)  # an open copy stays readable to whoever holds it
-            path.with_suffix(".idx").unlink(missing_ok=True)
+            index_path(path).unlink(missing_ok=True)
         if used + size > self.max_bytes:
             log.warning("cache %s: %d MB needed but data.cache_gb allows %d MB: raise it", self.folder,
                         (used + size) >> 20, self.max_bytes >> 20)

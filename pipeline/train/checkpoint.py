@@ -157,6 +157,7 @@ def weights_finite(module: torch.nn.Module) -> bool:
 def export_weights(folder: Path, destination: Path) -> Path:
     """Plain fp32 weights of a checkpoint ({"model": state dict, "config": ...}), gathered from the ZeRO
     partitions like DeepSpeed's zero_to_fp32; readable with ``torch.load(..., weights_only=True)``."""
+    # DeepSpeed is imported only when ZeRO partitions are gathered: reading a checkpoint's config must stay fast
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     folder = Path(folder)

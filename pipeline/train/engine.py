@@ -44,7 +44,7 @@ def init_distributed() -> Launch:
         # without these DeepSpeed looks for MPI; a lone process is rank 0 of 1 on a free local port
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
-    import deepspeed
+    import deepspeed  # after the variables above; only training pays its seconds of start-up
 
     local_rank = int(os.environ["LOCAL_RANK"])
     if cuda:
@@ -157,9 +157,9 @@ class FiniteAdamW(torch.optim.AdamW):
 
 
 def make_engine(model: torch.nn.Module, groups: list[dict], train: TrainConfig, split: BatchSplit, precision: str):
-    import deepspeed
+    import deepspeed  # only training pays its seconds of start-up and accelerator probing
 
-    # DeepSpeed drops empty groups, shifting any per-index lr schedule (DeepSpeedExamples PR 756): drop them here,
+    # DeepSpeed drops empty groups, shifting any per-index lr schedule (a known DeepSpeed pitfall): drop them here,
     # and set_lr reads each group's own lr_scale, never its position
     optimizer = make_optimizer([g for g in groups if g["params"]], train, precision)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,

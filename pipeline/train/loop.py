@@ -4,8 +4,9 @@ One process per accelerator (or one CPU process). Each rank reads its own block 
 (``ShardSet.rank_part``); with ``data.streams`` fixed, every global step holds the same videos and the same masks for
 any world size dividing it x micro-batch x accumulation with the same global batch, since a clip's random draws
 (mask, mixup) are functions of (seed, step, its place in the global batch). A resumed run continues the loss curve
-step for step. What is trained — MAE
-pretraining or classification — is a task (``vmae.pipeline.train.tasks``); the loop is the same.
+step for step. What is trained — MAE pretraining or classification — is a task (``vmae.pipeline.train.tasks``);
+the loop is the same. What it refuses before starting is in ``checks``; its position and plan in ``state``; what it
+reports in ``summary``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import collections
 import contextlib
 import json
 import logging
-import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -25,37 +25,18 @@ import torch.distributed as dist
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from vmae.model.flops import device_peak_flops
-from vmae.pipeline.train.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, tag_of)
-from vmae.pipeline.train.engine import Launch, init_distributed, make_engine, pick_precision, set_lr
 from vmae.pipeline.data.loader import make_loader
+from vmae.pipeline.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, tag_of
+from vmae.pipeline.train.engine import Launch, init_distributed, make_engine, pick_precision, set_lr
 from vmae.pipeline.train.metrics import MetricsWriter, peak_memory_gb
 from vmae.pipeline.train.tasks import FinetuneTask, PretrainTask, seed_of
-from vmae.pipeline.train.config import (BatchSplit, TrainError, batch_split, batch_statement, batch_warning, describe_batch,
-                                   lr_at, peak_lr)
+from vmae.pipeline.train.checks import check, finetune_classes
+from vmae.pipeline.train.config import (BatchSplit, TrainError, batch_split, batch_statement, batch_warning,
+                                        describe_batch, lr_at)
+from vmae.pipeline.train.state import Plan, Position, finish_step, make_plan, settled
+from vmae.pipeline.train.summary import Summary, public, truncate_sample_keys, write_sample_keys
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Position:
-    """Where a run is; saved in every checkpoint."""
-
-    step: int = 0  # optimizer steps taken, applied or skipped
-    epoch: int = 0
-    epoch_step: int = 0  # steps taken in this epoch
-    samples_seen: int = 0  # videos, all ranks, since the start
-    skipped_steps: int = 0
-    nonfinite_in_row: int = 0
-
-
-@dataclass
-class Plan:
-    split: BatchSplit
-    steps_per_epoch: int
-    total_steps: int  # what the schedule spans
-    run_steps: int  # where this run stops
-    warmup_steps: int
-    peak_lr: float
 
 
 def build_engine(task, launch: Launch, train, split: BatchSplit, precision: str):
@@ -73,33 +54,6 @@ def pretrain_engine(cfg, precision: str) -> tuple:
     return build_engine(task, launch, cfg.train, split, precision), task, launch
 
 
-def check_before_start(cfg, world_size: int) -> None:
-    """Refuse a config that cannot run, before any process group, model or loader is made."""
-    from vmae.pipeline.data.remote import is_url
-    from vmae.pipeline.data.shardset import dataset_locations, open_shards
-
-    if not cfg.train.dataset:
-        raise TrainError("train.dataset is not set: pass --dataset DIR (a folder written by `vmae shards build`)")
-    dataset = cfg.train.dataset
-    for location in dataset_locations(dataset):
-        if not is_url(location) and not (Path(location) / "manifest.json").is_file():
-            raise TrainError(f"train.dataset={location}: no manifest.json there; build it with `vmae shards build`")
-    batch_split(cfg.train, cfg.data, world_size)  # raises on an impossible split
-    cfg.model.token_grid(cfg.data.frames, cfg.data.crop_size)  # raises when clips and tubelets do not fit
-    samples = len(open_shards(dataset, cfg.data))  # a URL's manifest is fetched here: an unreachable one stops
-    if samples < cfg.train.global_batch:
-        raise TrainError(f"train.global_batch={cfg.train.global_batch} is more than the {samples} videos of "
-                         f"{dataset}: lower it")
-    out = Path(cfg.train.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"  # one per process: ranks probe at once
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise TrainError(f"train.out={out} is not a writable folder ({err.strerror or err}); pick another") from None
-
-
 def pretrain(cfg, config_yaml: str) -> dict:
     """Run (or resume) MAE pretraining as ``cfg`` says; returns rank 0's summary."""
     check(cfg)
@@ -108,46 +62,9 @@ def pretrain(cfg, config_yaml: str) -> dict:
 
 def finetune(cfg, config_yaml: str) -> dict:
     """Run (or resume) fine-tuning of the classifier as ``cfg`` says; returns rank 0's summary."""
-    from vmae.pipeline.data.shardset import open_shards
-
     check(cfg)
-    if cfg.finetune.val_dataset and not (Path(cfg.finetune.val_dataset) / "manifest.json").is_file():
-        raise TrainError(f"finetune.val_dataset={cfg.finetune.val_dataset}: no manifest.json there; build it with "
-                         "`vmae shards build`")
-    classes = open_shards(cfg.train.dataset, cfg.data).classes
-    if len(classes) < 2:
-        raise TrainError(f"{cfg.train.dataset} has {len(classes)} class(es): fine-tuning needs labelled videos of "
-                         "at least two (build the shards from class sub-folders or a CSV with labels)")
-    check_classes(classes, cfg)
+    classes = finetune_classes(cfg)
     return run(cfg, config_yaml, FinetuneTask(cfg, classes))
-
-
-def check_classes(classes: list[str], cfg) -> None:
-    """Refuse a dataset whose classes do not match the head: finetune.num_classes, or the classes of the run being
-    resumed (OUT/classes.json); otherwise record them there."""
-    wanted = cfg.finetune.num_classes
-    if wanted and wanted != len(classes):
-        raise TrainError(f"the head has finetune.num_classes={wanted} classes but {cfg.train.dataset} has "
-                         f"{len(classes)}: set finetune.num_classes={len(classes)} (or 0) or use the dataset built for "
-                         "this head")
-    record = Path(cfg.train.out) / "classes.json"
-    if record.is_file() and cfg.train.resume != "never":
-        before = json.loads(record.read_text())
-        if before != classes:
-            changed = sorted(set(before) ^ set(classes))[:5]
-            raise TrainError(f"{cfg.train.out} was fine-tuned on {len(before)} classes and {cfg.train.dataset} has "
-                             f"{len(classes)} (differing: {changed or 'the order'}): resuming would put the wrong "
-                             "head on them; use another train.out or train.resume=never")
-    if int(os.environ.get("RANK", "0")) == 0:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(classes))
-
-
-def check(cfg) -> None:
-    try:
-        check_before_start(cfg, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError as err:  # the sections' own checks name the key
-        raise TrainError(str(err)) from None
 
 
 def run(cfg, config_yaml: str, task) -> dict:
@@ -245,14 +162,6 @@ def state_batch(train, split: BatchSplit, out: Path, task: str, rank: int) -> di
     return statement
 
 
-def make_plan(cfg, split: BatchSplit, loader_batches_per_epoch: int) -> Plan:
-    steps_per_epoch = loader_batches_per_epoch // split.accumulation
-    total = cfg.train.epochs * steps_per_epoch
-    run = min(cfg.train.max_steps, total) if cfg.train.max_steps else total
-    return Plan(split, steps_per_epoch, total, run, round(cfg.train.warmup_epochs * steps_per_epoch),
-                peak_lr(cfg.train, split))
-
-
 def resume_position(engine, cfg, out: Path) -> Position:
     resume = cfg.train.resume
     if resume == "never":
@@ -268,7 +177,7 @@ def resume_position(engine, cfg, out: Path) -> Position:
 
 
 def train_step(engine, batches, position: Position, plan: Plan, cfg, launch: Launch, task,
-               stopper: "TermSignal") -> tuple[dict, dict]:
+               stopper: TermSignal) -> tuple[dict, dict]:
     """One optimizer step: ``accumulation`` micro-batches forward and backward, then the update."""
     split, train = plan.split, cfg.train
     lr = lr_at(position.step, plan.total_steps, plan.warmup_steps, plan.peak_lr, train.min_lr)
@@ -307,23 +216,6 @@ def train_step(engine, batches, position: Position, plan: Plan, cfg, launch: Lau
     return record, batch
 
 
-def settled(recent: collections.deque, loss: float, stop_loss: float) -> bool:
-    """Whether the last ``recent.maxlen`` losses, ``loss`` included, are all below ``stop_loss`` (> 0)."""
-    recent.append(loss)
-    return stop_loss > 0 and len(recent) == recent.maxlen and max(recent) < stop_loss
-
-
-def finish_step(position: Position, plan: Plan, record: dict, split: BatchSplit) -> None:
-    position.step += 1
-    position.epoch_step += 1
-    position.samples_seen += split.global_batch
-    if record["skipped"]:
-        position.skipped_steps += 1
-        position.nonfinite_in_row += 1
-    else:
-        position.nonfinite_in_row = 0
-
-
 def on_skipped_step(position: Position, limit: int, out: Path) -> None:
     log.warning("step %d skipped: non-finite loss or gradient (%d in a row, %d in all); weights unchanged",
                 position.step, position.nonfinite_in_row, position.skipped_steps)
@@ -344,7 +236,7 @@ def save(engine, out: Path, position: Position, config_yaml: str, keep_last: int
     return folder
 
 
-def finish(summary: "Summary", position: Position, plan: Plan, out: Path, launch: Launch, metrics: MetricsWriter,
+def finish(summary: Summary, position: Position, plan: Plan, out: Path, launch: Launch, metrics: MetricsWriter,
            final) -> dict:
     result = summary.final(position, plan)
     result.update(task=summary.task, metrics=str(metrics.path), device=launch.device.type)
@@ -355,79 +247,6 @@ def finish(summary: "Summary", position: Position, plan: Plan, out: Path, launch
             result.update(task.finish(engine, batch, folder, out, position.step))
         _barrier()
     return result
-
-
-class Summary:
-    """Running totals of a run, and the rates of the last logging window."""
-
-    def __init__(self, task: str = "pretrain"):
-        self.task = task
-        self.steps = self.clips = self.videos = self.tokens = 0
-        self.wait = self.compute = 0.0
-        self.window_start = (0, 0.0, 0.0, 0, 0, 0)
-        self.losses: list[float] = []
-        self.started = time.perf_counter()
-        self.stopped = None
-
-    def add(self, record: dict) -> None:
-        self.steps += 1
-        self.clips += record["clips"]
-        self.videos += record["videos"]
-        self.tokens += record["tokens"]
-        self.wait += record["data_wait"]
-        self.compute += record["compute"]
-        if not record["skipped"]:
-            self.losses.append(record["loss"])
-
-    def clips_per_second(self) -> float:
-        busy = self.wait + self.compute
-        return self.clips / busy if busy else 0.0
-
-    def window(self, flops_per_clip: float, peak: float, world_size: int) -> dict:
-        now = (self.steps, self.wait, self.compute, self.clips, self.tokens, self.videos)
-        steps, wait, compute, clips, tokens, videos = (a - b for a, b in zip(now, self.window_start, strict=True))
-        self.window_start = now
-        seconds = max(wait + compute, 1e-9)
-        return {"step_time": seconds / max(steps, 1), "data_wait_pct": 100 * wait / seconds,
-                "clips_per_s": clips / seconds, "videos_per_s": videos / seconds, "tokens_per_s": tokens / seconds,
-                "mfu": flops_per_clip * clips / seconds / (peak * world_size)}
-
-    def final(self, position: Position, plan: Plan) -> dict:
-        busy = self.wait + self.compute
-        tail = self.losses[-max(1, min(10, len(self.losses))):] if self.losses else [float("nan")]
-        return {"steps": position.step, "run_steps": plan.run_steps, "epoch": position.epoch,
-                "steps_this_run": self.steps, "skipped_steps": position.skipped_steps,
-                "clips_per_s": self.clips / busy if busy else 0.0,
-                "data_wait_pct": 100 * self.wait / busy if busy else 0.0,
-                "final_loss": sum(tail) / len(tail), "first_loss": self.losses[0] if self.losses else None,
-                "seconds": time.perf_counter() - self.started, "stopped": self.stopped}
-
-
-def public(record: dict, position: Position) -> dict:
-    """The JSON line of a step: numbers only, rounded for reading."""
-    keep = {k: v for k, v in record.items() if k != "stop"}
-    keep.update(step=position.step, epoch=position.epoch, samples_seen=position.samples_seen,
-                skipped_steps=position.skipped_steps)
-    for key in ("data_wait", "compute", "step_time", "data_wait_pct", "clips_per_s", "videos_per_s",
-                "tokens_per_s", "mfu"):
-        if key in keep:
-            keep[key] = round(keep[key], 5)
-    return keep
-
-
-def write_sample_keys(out: Path, rank: int, step: int, keys: list[str]) -> None:
-    folder = out / "samples"
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / f"rank{rank:05d}.jsonl").open("a") as fh:
-        fh.write(json.dumps({"step": step, "keys": keys}) + "\n")
-
-
-def truncate_sample_keys(out: Path, rank: int, step: int) -> None:
-    """Drop the keys of steps a resumed run takes again."""
-    path = out / "samples" / f"rank{rank:05d}.jsonl"
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < step]
-        path.write_text("".join(line + "\n" for line in kept))
 
 
 class TermSignal:

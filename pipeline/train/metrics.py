@@ -26,7 +26,7 @@ class MetricsWriter:
             return
         _truncate_after(self.path, start_step)
         self.file = self.path.open("a")
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # TensorBoard loads for rank 0's writer only
 
         self.tb = SummaryWriter(str(Path(out) / "tensorboard"), purge_step=start_step + 1)
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr,

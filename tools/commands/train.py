@@ -1,0 +1,55 @@
+"""`vmae pretrain` and `vmae finetune`: the config layered for each, then the training loop."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from vmae.pipeline.train.checkpoint import config_text
+from vmae.pipeline.train.loop import finetune, pretrain
+from vmae.tools.commands import command_config, command_overrides
+from vmae.tools.config import VmaeConfig, flag_values, load_config, preset_layer, to_yaml
+from vmae.tools.report import print_train_summary
+
+
+def pretrain_command(args: argparse.Namespace) -> int:
+    return train_and_report(pretrain, command_config(args))
+
+
+def finetune_command(args: argparse.Namespace) -> int:
+    return train_and_report(finetune, finetune_config(args))
+
+
+def train_and_report(train: Callable[[VmaeConfig, str], dict | None], cfg: VmaeConfig) -> int:
+    """Run ``train`` on ``cfg`` (its YAML is saved with every checkpoint); rank 0 prints the summary."""
+    summary = train(cfg, to_yaml(cfg))
+    if summary is not None and not is_worker_rank():
+        print_train_summary(summary)
+    return 0
+
+
+# what a fine-tuning run takes from its pretrained run unless told otherwise: the encoder's shape and the clips'
+INHERITED_FROM_PRETRAINING = {"model": ("preset", "tubelet", "positions", "target"),
+                              "data": ("frames", "stride", "crop_size", "mean", "std")}
+
+
+def finetune_config(args: argparse.Namespace) -> VmaeConfig:
+    """Layers: defaults < configs/finetune.yaml < the pretrained run's model and clip shape < --config < flags <
+    overrides. The pretrained run is only known once the upper layers are read, hence two passes."""
+    base = [preset_layer("finetune")]
+    cfg = load_config(args.config, command_overrides(args), flag_values(args), base=base)
+    if cfg.finetune.pretrained:
+        pretrained = yaml.safe_load(config_text(Path(cfg.finetune.pretrained)))
+        inherited = {section: {k: pretrained[section][k] for k in keys if k in pretrained[section]}
+                     for section, keys in INHERITED_FROM_PRETRAINING.items()}
+        base.append((f"the pretrained run {cfg.finetune.pretrained}", inherited))
+        cfg = load_config(args.config, command_overrides(args), flag_values(args), base=base)
+    return cfg
+
+
+def is_worker_rank() -> bool:
+    return int(os.environ.get("RANK", "0")) != 0  # rank 0 prints the summary
