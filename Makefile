@@ -13,7 +13,7 @@ setup: $(STAMP) ffmpeg
 
 $(STAMP): requirements.txt requirements-source.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --upgrade pip "setuptools>=77"
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-build-isolation $(TORCH_PIN) -r requirements-source.txt
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .

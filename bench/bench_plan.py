@@ -51,7 +51,7 @@ def measure(listing: Path) -> dict:
     inputs = list_inputs(listing)
     listed = time.perf_counter()
     plan = make_plan(inputs, seed=0)
-    listed_card(listing, inputs, None)
+    listed_card(inputs, None)
     planned = time.perf_counter()
     keys_file = listing.with_suffix(".keys.txt")
     plan.write_keys(keys_file)  # what the build stores in its output folder before any work

@@ -79,7 +79,7 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str =
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in sorted(set(state) & set(expected))
               if state[k].shape != expected[k].shape]
     if missing or unexpected or shapes:
-        parts = [f"{source} does not fit {type(module).__name__}:"]
+        parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape (checkpoint vs model)", shapes)):
             if keys:
                 parts.append(f"{len(keys)} {label}: {_listing(keys)}")
@@ -87,9 +87,24 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str =
             parts.append("(positions differ in kind: learned separable vs fixed sin-cos, model.positions)")
         if shapes:
             parts.append("(another preset? the checkpoint's config.yaml names its model.preset)")
-        raise CheckpointMismatch("; ".join(parts))
+        kind = other_kind(missing, unexpected)
+        if kind:
+            parts.append(kind)
+        raise CheckpointMismatch(f"{source} does not fit {type(module).__name__}: " + "; ".join(parts))
     module.load_state_dict(state, strict=True)
     return notes
+
+
+def other_kind(missing: list[str], unexpected: list[str]) -> str:
+    """A note when the keys say the checkpoint is the other kind of model: an autoencoder's weights given to a
+    classifier (or the reverse), which no key-by-key listing makes plain."""
+    decoder = any(k.startswith("decoder") or k == "mask_token" for k in unexpected)
+    if decoder and "head.weight" in missing:
+        return ("(these are a pretrained autoencoder's weights, not a fine-tuned classifier's: fine-tune them with "
+                "`vmae finetune --pretrained`, or load the encoder alone with VideoClassifier.load_pretrained_encoder)")
+    if "head.weight" in unexpected and any(k.startswith("decoder") or k == "mask_token" for k in missing):
+        return "(these are a fine-tuned classifier's weights, not a pretrained autoencoder's: it has no decoder)"
+    return ""
 
 
 def fit_clip_shape(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:

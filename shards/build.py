@@ -22,9 +22,9 @@ from vmae.shards.format import MANIFEST
 from vmae.shards.pack import Packer
 from vmae.shards.plan import Plan, make_plan, read_class_file
 from vmae.shards.progress import progress_bar
-from vmae.shards.sources import InputTable, SourceError, input_kind, list_inputs
+from vmae.shards.sources import InputTable, SourceError, list_inputs
 from vmae.shards.walk import VIDEO_EXTENSIONS
-from vmae.shards.state import BuildError, check_plan, exclusive, items_dir
+from vmae.shards.state import BuildError, check_out_dir, check_plan, exclusive, items_dir, make_out_dir
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,13 @@ def build_params(cfg: ShardConfig, classes: list[str]) -> dict:
     return params
 
 
-def listed_card(input_path: Path, inputs: InputTable, split: str | None) -> dict:
+def listed_card(inputs: InputTable, split: str | None) -> dict:
     """What the input list holds, per split and class: with the digest and the counts in the shards, the dataset
     card two users compare to see whether they hold the same copy."""
     per_split: dict[str, Counter] = {}
     for (split_name, label), count in inputs.counts_per_split_and_label().items():
         per_split.setdefault(split_name or "(no split)", Counter())[label or "(unlabeled)"] += count
-    return {"input_kind": input_kind(input_path), "split": split,
+    return {"input_kind": inputs.kind, "split": split,
             "listed_per_split": {name: {"videos": sum(c.values()), "per_class": dict(sorted(c.items()))}
                                  for name, c in sorted(per_split.items())}}
 
@@ -82,7 +82,9 @@ def build_shards(input_path: Path, out_dir: Path, cfg: ShardConfig, progress: bo
     the run without ``part`` then packs the shards, processing whatever no part did: the same bytes as one
     machine's build."""
     started = time.perf_counter()
-    inputs = list_inputs(input_path, Path(cfg.root) if cfg.root else None, cfg.split)
+    check_out_dir(out_dir)  # before the inputs are listed, which may take long
+    classes = read_class_file(Path(cfg.classes)) if cfg.classes else None
+    inputs = list_inputs(input_path, Path(cfg.root) if cfg.root else None, cfg.split, classes)
     if not inputs:
         raise SourceError(f"{input_path}: no videos found (looked for {', '.join(sorted(VIDEO_EXTENSIONS))} and "
                           "folders of .jpg/.png frames); nothing was written")
@@ -90,9 +92,9 @@ def build_shards(input_path: Path, out_dir: Path, cfg: ShardConfig, progress: bo
     if frame_folder is not None and cfg.frames_fps <= 0:
         raise SourceError(f"{frame_folder} is a folder of extracted frames: give the rate they were taken at "
                           "with --frames-fps (e.g. 30); nothing was written")
-    plan = make_plan(inputs, cfg.seed, read_class_file(Path(cfg.classes)) if cfg.classes else None)
+    plan = make_plan(inputs, cfg.seed, classes)
     params = build_params(cfg, plan.classes)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out_dir)
     if part is not None:
         return _build_part(out_dir, cfg, plan, params, inputs, part, progress, started)
     with exclusive(out_dir):
@@ -102,7 +104,7 @@ def build_shards(input_path: Path, out_dir: Path, cfg: ShardConfig, progress: bo
             return _summary_from_manifest(finished, len(inputs))
         for reject in plan.rejects:
             log.info("rejected %s: %s (%s)", reject.source, reject.reason, reject.detail)
-        packer = Packer(out_dir, cfg, plan, params, listed_card(input_path, inputs, cfg.split))
+        packer = Packer(out_dir, cfg, plan, params, listed_card(inputs, cfg.split))
         packer.run(progress)
     summary = _summary_of(packer)
     summary.inputs = len(inputs)

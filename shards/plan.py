@@ -7,6 +7,7 @@ import json
 import random
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from vmae.shards.files import atomic_file
-from vmae.shards.sources import MISSING, InputTable
+from vmae.shards.table import InputTable, SourceError
+from vmae.shards.walk import MISSING, NOT_VIDEO
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,18 +86,32 @@ def read_keys(path: Path) -> Iterator[str]:
 
 
 def read_class_file(path: Path) -> list[str]:
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    """The --classes file: one class name a line, in label order (line i names class i)."""
+    what = "a text file with one class name per line, in label order"
+    if path.is_dir():
+        raise SourceError(f"--classes {path} is a folder: give {what}")
+    if not path.is_file():
+        raise SourceError(f"--classes {path}: no such file; give {what}")
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise SourceError(f"--classes {path} is not UTF-8 text: give {what}") from None
+    if not names:
+        raise SourceError(f"--classes {path} names no class: give {what}")
+    dupes = sorted(name for name, count in Counter(names).items() if count > 1)
     if dupes:
-        raise ValueError(f"{path}: class names listed twice: {', '.join(dupes)}")
+        raise SourceError(f"--classes {path}: class names listed twice: {', '.join(dupes)}")
     return names
 
 
 def make_plan(inputs: InputTable, seed: int, classes: list[str] | None = None) -> Plan:
-    """Sort the inputs by (source, label), leave out the missing, the unknown-labelled and second listings of one
-    file (device and inode: links too), and shuffle the rest with ``seed``; column-wise, without an object per
-    input."""
+    """Sort the inputs by (source, label), leave out the missing, the folders that are no video, the
+    unknown-labelled and second listings of one file (device and inode: links too), and shuffle the rest with
+    ``seed``; column-wise, without an object per input. The class list: ``classes``, else the one the input list
+    fixes (an index-labelled list's), else the sorted labels."""
     columns, names = inputs.columns, inputs.label_names
+    if classes is None:
+        classes = inputs.classes
     if classes is None:
         classes = sorted({names[i] for i in np.unique(columns["label"]) if i >= 0})
     class_index = {name: n for n, name in enumerate(classes)}
@@ -105,12 +121,17 @@ def make_plan(inputs: InputTable, seed: int, classes: list[str] | None = None) -
     label_rank = np.array([rank[n] for n in names] + [-1], np.int64)[columns["label"]]
     order = np.lexsort((label_rank, columns["source"]))
     missing = columns["where"] == MISSING
-    unknown = ~missing & (row_class == -2)
-    candidates = order[~(missing | unknown)[order]]
+    not_video = columns["where"] == NOT_VIDEO
+    unknown = ~missing & ~not_video & (row_class == -2)
+    candidates = order[~(missing | not_video | unknown)[order]]
     duplicate_of = _earlier_listing_of_the_same_file(columns["dev"][candidates], columns["inode"][candidates])
     kept = candidates[duplicate_of < 0]
     rejected = {row: ("missing_file", f"{inputs.source(row)} does not exist (check the list's paths or --root)")
                 for row in np.flatnonzero(missing).tolist()}
+    rejected.update({row: ("not_a_video", f"{inputs.source(row)} is a folder that is neither a video file nor a "
+                                          "folder of extracted frames (numbered JPEG/PNG images such as "
+                                          "img_00001.jpg): list a video file or a frame folder in its place")
+                     for row in np.flatnonzero(not_video).tolist()})
     rejected.update({row: ("unknown_label", f"label {names[columns['label'][row]]!r} is not in the class list")
                      for row in np.flatnonzero(unknown).tolist()})
     rejected.update({int(candidates[n]): ("duplicate", f"the same file as {inputs.source(candidates[first])}, "

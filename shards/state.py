@@ -11,11 +11,13 @@ side by side, carries on where it stopped; removed once ``manifest.json`` is wri
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from vmae.shards.files import write_atomic
 from vmae.shards.plan import Plan
@@ -50,10 +52,41 @@ def kept_result(items: Path, key: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse, before any work, an output path that is a file or lies below one."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BuildError(f"{out_dir} is a file, not a folder: the shards go into a dataset folder; give the path of "
+                         "a new folder (or of this build's folder)")
+    existing = next((parent for parent in out_dir.parents if parent.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise BuildError(f"{out_dir} cannot be made: {existing} is a file, not a folder; give another output folder")
+
+
+def make_out_dir(out_dir: Path) -> None:
+    """The output folder, made with its parents; a message naming it when it cannot be."""
+    check_out_dir(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BuildError(f"{out_dir} cannot be made ({err.strerror or err}): give a folder you can write to") \
+            from None
+
+
+def _open_lock(out_dir: Path) -> IO[str]:
+    """The lock file, opened for writing: the first write into ``out_dir``, so the place to say it is read-only."""
+    try:
+        return (out_dir / ".lock").open("a")
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise BuildError(f"{out_dir} is not writable ({err.strerror}): make it writable (e.g. chmod u+w "
+                         f"{out_dir}) or give another output folder; nothing in it was changed") from None
+
+
 @contextlib.contextmanager
 def exclusive(out_dir: Path, shared: bool = False) -> Iterator[None]:
     """The build's lock on ``out_dir``: parts share it, the packing run holds it alone."""
-    with (out_dir / ".lock").open("a") as fh:
+    with _open_lock(out_dir) as fh:
         try:
             fcntl.flock(fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:

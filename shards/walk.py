@@ -14,8 +14,9 @@ import numpy as np
 from vmae.shards.frames import is_frame_image
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts"}
-# where a row's input is, relative to the table's base folder
-MISSING, FILE, FRAMES, FRAMES_BESIDE = 0, 1, 2, 3  # FRAMES_BESIDE: a list names X.avi, the frames are in X/
+# where a row's input is, relative to the table's base folder. FRAMES_BESIDE: a list names X.avi, the frames are
+# in X/; NOT_VIDEO: a folder that is neither a video nor a folder of frames (said so, not called missing)
+MISSING, FILE, FRAMES, FRAMES_BESIDE, NOT_VIDEO = 0, 1, 2, 3, 4
 
 
 
@@ -110,8 +111,9 @@ def is_frame_folder(path: Path) -> bool:
 
 
 def locate(path: Path) -> tuple[int, tuple[int, int]]:
-    """Where a listed path's input is (MISSING, FILE, FRAMES, FRAMES_BESIDE) and its identity (device, inode), with
-    one stat in the common case; a list of videos (UCF-101's X.avi) also finds frames extracted beside them as X/."""
+    """Where a listed path's input is (MISSING, FILE, FRAMES, FRAMES_BESIDE, NOT_VIDEO) and its identity (device,
+    inode), with one stat in the common case; a list of videos (UCF-101's X.avi) also finds frames extracted beside
+    them as X/."""
     try:
         info = os.stat(path)
     except OSError:
@@ -123,4 +125,6 @@ def locate(path: Path) -> tuple[int, tuple[int, int]]:
     if path.suffix.lower() in VIDEO_EXTENSIONS and is_frame_folder(path.with_suffix("")):
         info = os.stat(path.with_suffix(""))
         return FRAMES_BESIDE, (info.st_dev, info.st_ino)
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        return NOT_VIDEO, (0, 0)
     return MISSING, (0, 0)

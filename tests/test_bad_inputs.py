@@ -1,6 +1,8 @@
 """Every kind of bad input named in the issue: a clear reason in rejects.jsonl, or a normalized sample."""
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from vmae.shards.config import ShardConfig
 from vmae.shards.plan import make_key
 from vmae.shards.probe import scan_packets
 from vmae.shards.verify import count_decoded_frames
+from vmae.tools.cli import main
 
 from conftest import ffmpeg, make_video
 from test_build import samples_of
@@ -139,3 +142,57 @@ def test_csv_problems_are_rejected_not_fatal(odd_inputs, tmp_path):
     reasons = sorted(json.loads(r)["reason"] for r in (out / "rejects.jsonl").read_text().splitlines())
     assert reasons == ["duplicate", "missing_file", "unknown_label"]
     assert json.loads((out / "manifest.json").read_text())["samples"] == 1
+
+
+def build_with_main(capsys, *args) -> tuple[int, str]:
+    """`vmae shards build ...` as a user runs it: its exit code and what it said on stderr."""
+    code = main(["shards", "build", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def one_input(tmp_path) -> Path:
+    (tmp_path / "in" / "run").mkdir(parents=True)
+    (tmp_path / "in" / "run" / "a.mp4").write_bytes(b"x")  # refused before any input is read
+    return tmp_path / "in"
+
+
+def test_a_file_given_as_the_output_folder_is_refused_and_kept(one_input, tmp_path, capsys):
+    out = tmp_path / "shards.tar"
+    out.write_text("precious")
+    code, err = build_with_main(capsys, one_input, out)
+    assert code == 1 and f"{out} is a file, not a folder" in err and "Traceback" not in err, err
+    assert out.read_text() == "precious"
+    code, err = build_with_main(capsys, one_input, out / "ds")
+    assert code == 1 and f"{out / 'ds'} cannot be made: {out} is a file" in err and "Traceback" not in err, err
+
+
+def test_an_unwritable_output_folder_is_named_with_what_to_do(one_input, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "ro_test"
+    out.mkdir()
+    (out / "kept.txt").write_text("kept")
+    real_open = Path.open
+
+    def read_only_open(path, mode="r", *args, **kwargs):  # what a read-only folder does to the build's lock file
+        if path.name == ".lock" and mode != "r":
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", read_only_open)
+    code, err = build_with_main(capsys, one_input, out)
+    assert code == 1 and "Traceback" not in err, err
+    assert f"{out} is not writable (Operation not permitted): make it writable" in err
+    assert (out / "kept.txt").read_text() == "kept"
+
+
+def test_a_read_only_output_folder_is_named(one_input, tmp_path, capsys):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        if os.access(out, os.W_OK):
+            pytest.skip("running as root: a read-only mode does not stop writes")
+        code, err = build_with_main(capsys, one_input, out)
+        assert code == 1 and f"{out} is not writable" in err and "Traceback" not in err, err
+    finally:
+        out.chmod(0o755)

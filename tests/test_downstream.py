@@ -14,12 +14,14 @@ import pytest
 import torch
 import yaml
 
-from vmae.model.mae import MaskedVideoAutoencoder, preset
+from vmae.model.load import CheckpointMismatch, load_strict
+from vmae.model.mae import MaskedVideoAutoencoder, VideoClassifier, preset
 from vmae.pipeline.data.config import DataConfig
 from vmae.pipeline.data.shardset import ShardSet
 from vmae.pipeline.evaluate.downstream import (Features, PooledFeatures, evaluation_data, extract_features,
                                                linear_probe, sampling_statement, scores_report, split_by_key)
 from vmae.tools.cli import main
+from vmae.tools.config import load_config, to_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,3 +123,125 @@ def test_linear_probe_command_on_a_pretraining_checkpoint(built, tmp_path, capfd
     assert table.shape == (videos, 3 + 192) and sorted(table["key"]) == sorted(saved["keys"])
     assert not np.allclose(table.set_index("key").loc[saved["keys"], "f0"], saved["features"][:, 0])  # 8 frames
     assert "videos x 192 features" in capfd.readouterr().out
+
+
+# ------------------------------------------------------------------ which checkpoint, and where the files go
+
+TINY = ["model.preset=tiny", "data.frames=4", "data.stride=2", "data.crop_size=32", "data.workers=1",
+        "data.backend=cpu"]
+
+
+def fake_run(folder: Path, dataset: Path, finetuned: bool) -> Path:
+    """What `vmae pretrain` / `vmae finetune` leave (random weights of the tiny preset): the run's weights file,
+    run.json and a complete checkpoint with its config and gathered weights."""
+    cfg = load_config(None, [*TINY, f"train.dataset={dataset}", f"train.out={folder}"])
+    if finetuned:
+        model = VideoClassifier(cfg.model, len(ShardSet(dataset).classes), 4, 32)
+    else:
+        model = MaskedVideoAutoencoder(cfg.model, 4, 32)
+    weights = {"model": model.state_dict(), "config": to_yaml(cfg)}
+    step = folder / "checkpoints" / "step000000002"
+    step.mkdir(parents=True)
+    torch.save(weights, folder / ("finetuned.pt" if finetuned else "pretrained.pt"))
+    torch.save(weights, step / "weights.fp32.pt")
+    (step / "config.yaml").write_text(to_yaml(cfg))
+    (step / "complete.json").write_text(json.dumps({"step": 2, "world_size": 1}))
+    (folder / "run.json").write_text(json.dumps({"task": "finetune" if finetuned else "pretrain"}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(built, tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("runs")
+    return fake_run(tmp / "pre", built[0], finetuned=False), fake_run(tmp / "ft", built[0], finetuned=True)
+
+
+def failing(capfd, argv: list[str]) -> str:
+    """The one-line error of a command that must refuse its input (exit 1, no traceback)."""
+    capfd.readouterr()
+    assert main(argv) == 1
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and " missing: " not in err, err  # no traceback, no listing of keys
+    return err
+
+
+def test_evaluate_given_a_pretraining_run_says_so_and_names_the_commands_that_fit(runs, built, capfd):
+    pre, _ = runs
+    checkpoint = pre / "checkpoints" / "step000000002"
+    for source in (pre, checkpoint, pre / "pretrained.pt"):
+        err = failing(capfd, ["evaluate", str(source), "--dataset", str(built[0])])
+        assert f"{source} is a pretraining run" in err and "`vmae evaluate` takes a fine-tuned classifier" in err
+        assert f"vmae finetune --pretrained {source}" in err and f"vmae linear-probe {source}" in err
+    assert not (pre / "eval").exists() and not (checkpoint / "eval").exists()
+    # a checkpoint cut before the end (no pretrained.pt, no run.json) is told by its weights' keys
+    (pre / "pretrained.pt").rename(pre / "kept.pt"), (pre / "run.json").rename(pre / "kept.json")
+    try:
+        err = failing(capfd, ["evaluate", str(checkpoint), "--dataset", str(built[0])])
+        assert "is a pretraining run" in err and "decoder" in err
+    finally:
+        (pre / "kept.pt").rename(pre / "pretrained.pt"), (pre / "kept.json").rename(pre / "run.json")
+
+
+def test_linear_probe_and_visualize_given_a_fine_tuned_classifier_point_to_evaluate(runs, built, capfd):
+    _, ft = runs
+    err = failing(capfd, ["linear-probe", str(ft), "--dataset", str(built[0])])
+    assert f"{ft} is a fine-tuned classifier (it holds finetuned.pt)" in err
+    assert "`vmae linear-probe` takes a pretraining run" in err and f"vmae evaluate {ft} --dataset" in err
+    err = failing(capfd, ["visualize", str(ft), str(built[0])])
+    assert "is a fine-tuned classifier" in err and "vmae evaluate" in err
+    assert not (ft / "checkpoints" / "step000000002" / "linear-probe").exists()
+
+
+def test_extract_features_given_neither_kind_says_what_it_takes(built, tmp_path, capfd):
+    other = tmp_path / "other.pt"
+    torch.save({"weight": torch.zeros(2)}, other)
+    for source, holds in ((built[0], "it holds neither pretrained.pt, finetuned.pt nor a complete checkpoint"),
+                          (other, f"{other} holds 1 tensors, neither a classifier head")):
+        err = failing(capfd, ["extract-features", str(source), str(built[0]), "--out", str(tmp_path / "f.npz")])
+        assert f"{source} is neither a pretraining run nor a fine-tuned classifier ({holds}" in err
+        assert "`vmae pretrain` or `vmae finetune` run" in err
+    assert not (tmp_path / "f.npz").exists()
+
+
+def test_a_file_given_as_output_folder_is_refused_by_name_before_any_work(runs, built, tmp_path, capfd):
+    pre, ft = runs
+    (tmp_path / "taken").write_text("mine")
+    for argv in (["evaluate", str(ft), "--dataset", str(built[0]), "--out", str(tmp_path / "taken")],
+                 ["linear-probe", str(pre), "--dataset", str(built[0]), "--out", str(tmp_path / "taken")],
+                 ["linear-probe", str(pre), "--dataset", str(built[0]), "--out", str(tmp_path / "taken" / "probe")]):
+        err = failing(capfd, argv)
+        assert f"--out {argv[-1]} is a file (or inside one), not a folder" in err
+    err = failing(capfd, ["extract-features", str(pre), str(built[0]), "--out", str(tmp_path)])
+    assert f"--out {tmp_path}: features are written as .npz (numpy) or .csv" in err
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def written(err: str) -> list[str]:
+    return [line.split(" wrote ", 1)[1].split(" (")[0] for line in err.splitlines() if " wrote " in line]
+
+
+def test_files_written_by_default_are_logged_with_their_full_path(runs, built, tmp_path, monkeypatch, capfd):
+    pre, ft = runs
+    checkpoint = pre / "checkpoints" / "step000000002"
+    monkeypatch.chdir(tmp_path)
+    capfd.readouterr()
+    assert main(["extract-features", str(pre), str(built[0]), "--views", "2"]) == 0
+    assert written(capfd.readouterr().err) == [str(tmp_path / "features.npz")]
+    assert main(["evaluate", str(ft), "--dataset", str(built[0]), "--views", "2", "--test-crops", "1"]) == 0
+    assert written(capfd.readouterr().err) == [str(ft / "eval" / name) for name in
+                                               ("report.json", "confusion.png", "scores.npz", "per_video.csv")]
+    assert main(["linear-probe", str(pre), "--dataset", str(built[0]), "--epochs", "5", "--val-fraction", "0.5"]) == 0
+    assert written(capfd.readouterr().err) == [str(checkpoint / "linear-probe" / name) for name in
+                                               ("report.json", "confusion.png", "scores.npz", "per_video.csv")]
+    assert main(["visualize", str(pre), str(built[0]), "--clips", "2"]) == 0
+    assert written(capfd.readouterr().err) == [str(checkpoint / "reconstruction.png")]
+    assert all(Path(path).is_file() for path in [tmp_path / "features.npz", checkpoint / "reconstruction.png"])
+
+
+def test_loading_the_other_kind_of_weights_says_which_kind_they_are():
+    autoencoder = MaskedVideoAutoencoder(preset("tiny"), 4, 32)
+    classifier = VideoClassifier(preset("tiny"), 3, 4, 32)
+    with pytest.raises(CheckpointMismatch, match="does not fit VideoClassifier: 4 missing.*a pretrained autoencoder"):
+        load_strict(classifier, autoencoder.state_dict(), "pre.pt")
+    with pytest.raises(CheckpointMismatch, match="a fine-tuned classifier's weights.*no decoder"):
+        load_strict(autoencoder, classifier.state_dict(), "ft.pt")

@@ -21,6 +21,7 @@ from vmae.pipeline.train.tasks import FinetuneTask
 from vmae.shards.build import build_shards
 from vmae.shards.config import ShardConfig, SynthConfig
 from vmae.shards.synth import make_synthetic_videos
+from vmae.tools.cli import main
 from vmae.tools.config import load_config, preset_layer
 
 
@@ -82,6 +83,7 @@ import sys, torch
 from vmae.pipeline.train.engine import init_distributed, make_engine, set_lr
 from vmae.pipeline.train.tasks import FinetuneTask
 from vmae.pipeline.train.config import batch_split
+from vmae.tools.cli import main
 from vmae.tools.config import load_config, preset_layer
 stage = int(sys.argv[1])
 cfg = load_config(None, ["model.preset=tiny", "data.frames=4", "data.crop_size=32", "data.views=1",
@@ -221,3 +223,25 @@ def test_a_dataset_whose_class_count_differs_from_the_head_is_refused(tmp_path):
         check_classes(classes + ["zoom"], cfg)
     check_classes(classes + ["zoom"], load_config(None, [f"train.out={tmp_path / 'ft'}", "train.dataset=k400",
                                                          "train.resume=never"]))
+
+
+def test_a_preset_run_outside_the_repository_says_where_its_dataset_was_looked_for(tmp_path, monkeypatch, capfd):
+    """configs/demo.yaml names runs/demo/shards, a path relative to the folder the command runs in."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", "--config", "demo"]) == 1
+    err = capfd.readouterr().err
+    assert f"train.dataset=runs/demo/shards: no such folder, looked for at {tmp_path / 'runs/demo/shards'}" in err
+    assert "presets' included, are read from the folder you run the command in" in err
+    assert "run it from the folder that holds runs/demo/shards, or pass its path with --dataset" in err
+    assert "Traceback" not in err and not (tmp_path / "runs").exists()
+
+
+def test_a_relative_validation_dataset_that_is_not_there_is_named_with_its_full_path(built, tmp_path, monkeypatch,
+                                                                                      capfd):
+    monkeypatch.chdir(tmp_path)
+    assert main(["finetune", "--dataset", str(built[0]), "--val-dataset", "val/shards", "--out", str(tmp_path / "ft"),
+                 "model.preset=tiny", "data.frames=4", "data.crop_size=32", "data.batch_size=2", "data.views=2",
+                 "train.global_batch=2"]) == 1
+    err = capfd.readouterr().err
+    assert f"finetune.val_dataset=val/shards: no such folder, looked for at {tmp_path / 'val/shards'}" in err
+    assert "or pass its path with --val-dataset" in err and "Traceback" not in err

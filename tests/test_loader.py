@@ -617,6 +617,47 @@ def test_loader_check_writes_a_contact_sheet(built, tmp_path):
     assert "clips/s" in proc.stdout
 
 
+def loader_check(*args: str) -> subprocess.CompletedProcess:
+    """`vmae loader-check` as a user runs it, on a small clip spec."""
+    return subprocess.run([sys.executable, "-m", "vmae.tools.cli", "loader-check", *args, "--views", "2",
+                           "--frames", "4", "--crop-size", "32"], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def two_videos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("two")
+    for label in ("a", "b"):
+        make_video(folder / "videos" / label / f"{label}.mp4", 2.5, "160x120")
+    build_shards(folder / "videos", folder / "ds", ShardConfig(workers=1), progress=False)
+    return folder / "ds"
+
+
+@pytest.mark.slow
+def test_loader_check_writes_the_sheet_into_a_folder_given_as_sheet_and_logs_that_path(two_videos, tmp_path):
+    folder = tmp_path / "sheets"
+    folder.mkdir()
+    proc = loader_check(str(two_videos), "--sheet", str(folder), "--batches", "1", "--batch-size", "1")
+    assert proc.returncode == 0, proc.stderr
+    written = folder / "loader_check.png"
+    assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"contact sheet: {written}" in proc.stderr
+    assert not (tmp_path / "sheets.png").exists()
+    bare = tmp_path / "views"  # no suffix: the PNG's own is added, and the log names the file written
+    proc = loader_check(str(two_videos), "--sheet", str(bare), "--batches", "1", "--batch-size", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert f"contact sheet: {bare}.png" in proc.stderr and Path(f"{bare}.png").exists()
+
+
+@pytest.mark.slow
+def test_loader_check_says_how_many_batches_it_timed_and_why_fewer_than_asked(two_videos, tmp_path):
+    proc = loader_check(str(two_videos), "--sheet", str(tmp_path / "s.png"), "--batches", "5", "--batch-size", "1")
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout.splitlines()[0])
+    assert figures["batches_timed"] == 1 and figures["batches_asked"] == 5 and figures["batches_per_epoch"] == 2
+    assert figures["warmup_batches"] == 1 and "2 batches an epoch" in figures["fewer_because"]
+    line = proc.stdout.splitlines()[1]
+    assert "timed 1 of 5 batches asked" in line and "2 batches an epoch" in line
+
 @pytest.fixture(scope="module")
 def pframe_dataset(video_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("pframe") / "ds"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -13,14 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from matplotlib.figure import Figure
+from rich.console import Console
 
+from vmae.tools import report as console_report
 from vmae.tools.cli import main
 from vmae.tools.config import load_config
 from vmae.tools.gpu_monitor import DeviceUtilization
 from vmae.tools.profile import compare_profiles
 from vmae.tools.profile.rates import Rate, measure
 from vmae.tools.profile.stages import nvdec_rate
-from vmae.tools.profile.verdict import utilization_advice, verdict
+from vmae.tools.profile.verdict import decode_limit, faster_decoder, utilization_advice, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,6 +64,7 @@ def test_full_profile_is_bounded_complete_and_drawn(built, tmp_path):
     report = json.loads((tmp_path / "report" / "profile.json").read_text())
     assert set(report["stages"]) == {"decode", "load", "model", "train"}
     assert set(report["stages"]["load"]) == {"K=1", "K=2", "K=4"}
+    assert set(report["stages"]["decode"]["other_decoders"]) == {"torchcodec"}  # every registered decoder measured
     assert {"sdpa", "math"} <= set(report["stages"]["model"])
     values = medians(report["stages"])
     assert len(values) >= 8 and all(math.isfinite(v) and v > 0 for v in values)
@@ -184,3 +190,108 @@ def test_nvml_reads_nvdec_while_dali_decodes(built):
     summary = device.summary()
     assert summary is not None and summary["samples"] >= 10
     assert 0 < summary["decoder_util_max_pct"] <= 100 and 0 <= summary["sm_util_pct"] <= 100
+
+
+class DrawnFigures:
+    """What profile.png shows, read off the figure as it is saved: title, bar labels and heights, drawn limits."""
+
+    def __init__(self):
+        self.drawn: list[dict] = []
+
+    def spy(self, original):
+        def savefig(figure, *args, **kwargs):
+            ax = figure.axes[0]
+            bars = [(tick.get_text(), rect.get_height(), rect.get_x() + rect.get_width() / 2)
+                    for tick, rect in zip(ax.get_xticklabels(), ax.patches, strict=False)]
+            segments = [(seg[0][0], seg[1][0], seg[0][1]) for coll in ax.collections for seg in coll.get_segments()]
+            self.drawn.append({"title": ax.get_title(), "bars": bars, "segments": segments,
+                               "best": [t.get_text() for t in ax.texts]})
+            return original(figure, *args, **kwargs)
+        return savefig
+
+
+@pytest.fixture(scope="module")
+def swept(built, tmp_path_factory):
+    """One `vmae profile --stages decode,load --sweep ...` run: its report, what it printed and what it drew."""
+    tmp = tmp_path_factory.mktemp("swept")
+    config = small_config(tmp, built[0])
+    figures, printed = DrawnFigures(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:  # in-process, so that the spy sees the figure being saved
+        patch.setattr(Figure, "savefig", figures.spy(Figure.savefig))
+        patch.setattr(console_report, "console", Console(file=printed, width=200))
+        with contextlib.redirect_stdout(printed):
+            assert main(["profile", "--config", str(config), "--stages", "decode,load", "--seconds", "1.5",
+                         "--out", str(tmp / "r"), "--sweep", "data.workers=1,2", "data.views=1,2,4"]) == 0
+    report = json.loads((tmp / "r" / "profile.json").read_text())
+    return report, printed.getvalue(), figures.drawn[-1]
+
+
+@pytest.mark.slow
+def test_a_sweep_is_printed_as_a_table_with_the_best_marked(swept):
+    report, printed, _ = swept
+    rows = report["stages"]["sweep"]
+    assert len(rows) == 6
+    table = printed[printed.index("sweep (the loader alone)"):]
+    best = max(rows, key=lambda row: row["median"])
+    for row in rows:
+        assert f"{row['median']:.2f}" in table and f"{row['decoded_frames_per_clip']:.1f}" in table
+    marked = [line for line in table.splitlines() if "best" in line and "◀" in line]
+    assert len(marked) == 1 and f"{best['median']:.2f}" in marked[0]
+    assert "best of the sweep: " + " ".join(f"{k}={v}" for k, v in best["settings"].items()) in printed
+
+
+@pytest.mark.slow
+def test_a_sweep_is_drawn_with_the_best_marked(swept):
+    report, _, drawn = swept
+    labels = [label for label, *_ in drawn["bars"]]
+    for row in report["stages"]["sweep"]:
+        assert f"sweep workers={row['settings']['data.workers']} views={row['settings']['data.views']}" in labels
+    assert drawn["best"] == ["best"]
+
+
+@pytest.mark.slow
+def test_the_plot_title_says_what_was_measured_and_why_no_bottleneck_is_named(swept):
+    report, _, drawn = swept
+    title = " ".join(drawn["title"].split())
+    assert "?" not in title and "decode, load, sweep" in title
+    assert "no bottleneck named: the model stage was not measured" in title
+    assert report["verdict"]["no_bottleneck_because"] in title
+
+
+@pytest.mark.slow
+def test_the_drawn_decode_limit_bounds_every_measured_loader_bar(swept):
+    report, _, drawn = swept
+    ffmpeg = report["stages"]["decode"]["ffmpeg_1_thread"]
+    assert "CPU seconds" in ffmpeg["timed"]
+    loader_bars = [(label, height, x) for label, height, x in drawn["bars"] if label.startswith(("load", "sweep"))]
+    assert len(loader_bars) == 3 + 6
+    for label, height, x in loader_bars:
+        over = [y for x0, x1, y in drawn["segments"] if x0 <= x <= x1]
+        assert len(over) == 1, label
+        # the limit is in clips/s like the bar: frames/s x cores / decoded frames per clip
+        assert over[0] >= height, (label, over[0], height, ffmpeg["median"])
+    rate = report["stages"]["load"]["K=2"]
+    assert decode_limit(report, rate["decoded_frames_per_clip"]) == pytest.approx(
+        ffmpeg["median"] * report["machine"]["usable_cores"] / rate["decoded_frames_per_clip"])
+
+
+def test_compared_profiles_of_the_same_name_get_columns_that_differ(tmp_path, capfd):
+    rate = {"median": 10.0, "unit": "clips/s", "spread": 0.0, "trusted": True, "windows": [10.0]}
+    for folder, factor in (("before", 1), ("after", 2)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "profile.json").write_text(json.dumps(
+            {"stages": {"load": {"K=4": {**rate, "median": 10.0 * factor}}}}))
+    assert main(["profile", "--compare", str(tmp_path / "before" / "profile.json"),
+                 str(tmp_path / "after" / "profile.json")]) == 0
+    header = next(line for line in capfd.readouterr().out.splitlines() if "figure" in line)
+    assert "before/profile.json" in header and "after/profile.json" in header
+
+
+def test_another_decoder_is_advised_only_where_it_measured_faster():
+    def decode(ours: float, other: float) -> dict:
+        return {"ours": {"median": ours}, "other_decoders": {"torchcodec": {"median": other}}}
+
+    assert faster_decoder(decode(100.0, 130.0)) == ("torchcodec", pytest.approx(1.3))
+    assert faster_decoder(decode(100.0, 105.0)) is None  # within the noise of whole-video decodes
+    assert faster_decoder(decode(100.0, 60.0)) is None
+    assert faster_decoder({}) is None

@@ -6,6 +6,10 @@ import pytest
 
 from vmae.shards.plan import make_key, make_plan, read_class_file
 from vmae.shards.sources import InputTable, SourceError, list_inputs
+from vmae.shards.stats import iter_sample_meta
+from vmae.tools.cli import main
+
+from conftest import make_video
 from vmae.shards.walk import FILE, FRAMES, VideoIndex
 
 
@@ -57,7 +61,8 @@ def test_jsonl_and_root(tmp_path):
     ("bad.csv", "file,klass\na,b\n", "path"),
     ("bad.jsonl", '{"path": "a"}\nnot json\n', r"bad.jsonl:2"),
     ("bad.jsonl", '["a"]\n', "'path' key"),
-    ("list.txt", "a\n", "UCF-101 split line"),
+    ("trainlist01.txt", "a\n", "UCF-101 split line"),
+    ("list.txt", "a\n", r"list.txt:1: 1 field\(s\); expected mmaction2's video list: PATH LABEL"),
     ("list.xml", "a\n", ".csv or .jsonl"),
     ("labels.json", '{"id": 1}', "JSON array"),
 ])
@@ -262,3 +267,112 @@ def test_a_folder_that_cannot_be_listed_is_left_out_and_named(tmp_path, monkeypa
     monkeypatch.setattr(os, "scandir", scandir)
     assert [item.source for item in list_inputs(tmp_path)] == ["open/a.mp4"]
     assert "locked: cannot be listed (Permission denied)" in caplog.text
+
+
+def run_main(capsys, *args) -> tuple[int, str]:
+    """A `vmae` command as a user runs it: its exit code and what it printed on stderr."""
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_mmaction2_video_lists_label_by_class_index_not_by_folder(tmp_path):
+    touch(tmp_path / "videos" / "a.mp4")
+    touch(tmp_path / "videos" / "b.mp4")
+    (tmp_path / "kinetics400_train_list_videos.txt").write_text("videos/a.mp4 3\nvideos/b.mp4 0\n")
+    table = list_inputs(tmp_path / "kinetics400_train_list_videos.txt")
+    assert [(i.source, i.label_name) for i in table] == [("videos/a.mp4", "3"), ("videos/b.mp4", "0")]
+    assert table.kind == "mmaction2-videos"
+    plan = make_plan(table, seed=0)  # the class list runs 0..3: a sample's label is the list's index
+    assert plan.classes == ["0", "1", "2", "3"]
+    assert sorted((i.source, i.label) for i in plan.items) == [("videos/a.mp4", 3), ("videos/b.mp4", 0)]
+    named = list_inputs(tmp_path / "kinetics400_train_list_videos.txt", classes=["abseiling", "b", "c", "zumba"])
+    assert [i.label_name for i in named] == ["zumba", "abseiling"]
+    with pytest.raises(SourceError, match=r"videos.txt:1: class index 3, but the --classes file names 2 classes"):
+        list_inputs(tmp_path / "kinetics400_train_list_videos.txt", classes=["a", "b"])
+
+
+def test_mmaction2_rawframe_lists_name_frame_folders(tmp_path):
+    touch(tmp_path / "rawframes" / "archery" / "v_1" / "img_00001.jpg")
+    (tmp_path / "ucf101_train_split_1_rawframes.txt").write_text("archery/v_1 1 5\n")
+    [item] = list_inputs(tmp_path / "ucf101_train_split_1_rawframes.txt", root=tmp_path / "rawframes")
+    assert item.path == tmp_path / "rawframes" / "archery" / "v_1" and item.label_name == "5"
+
+
+def test_pyslowfast_csv_is_path_space_label(tmp_path):
+    video = touch(tmp_path / "k400" / "abseiling" / "a.mp4")
+    (tmp_path / "train.csv").write_text(f"{video} 7\n{tmp_path}/k400/gone.mp4 1\n")
+    table = list_inputs(tmp_path / "train.csv")
+    assert [(i.label_name, i.path is not None) for i in table] == [("7", True), ("1", False)]
+    assert table.kind == "pyslowfast" and make_plan(table, seed=0).classes == [str(i) for i in range(8)]
+
+
+@pytest.mark.parametrize("name, text, match", [
+    ("train_list.txt", "videos/a.mp4 run\n", r"train_list.txt:1: label 'run' is not a class index"),
+    ("l.txt", "a.mp4 1\n\nb.mp4 2 3\n", r"l.txt:3: 3 field\(s\) where line 1 has 2"),
+    ("l.txt", "a.mp4 1 2\n", r"l.txt:1: a.mp4 with two numbers after it: a multi-label video list"),
+    ("l.txt", "a 1 2 3\n", r"l.txt:1: 4 field\(s\)"),
+    ("l.txt", "frames/a x 2\n", r"l.txt:1: TOTAL_FRAMES 'x' is not a whole number"),
+    ("l.txt", "videos/a.mp4 -1\n", r"l.txt:1: label '-1' is not a class index"),
+    ("trainlist01.txt", "videos/a.mp4 3\n", r"trainlist01.txt:1: a UCF-101 split line .* other than trainlistNN"),
+    ("testlist02.txt", "YoYo/v_Fencing_g01_c01.avi\n", r"testlist02.txt:1: a UCF-101 split line"),
+    ("train.csv", "/d/a.mp4 run\n", r"train.csv:1: label 'run' is not a class index; the list is PySlowFast"),
+    ("train.csv", "/d/a.mp4 1\n/d/b.mp4\n", r"train.csv:2: 1 field\(s\); a CSV without a header is PySlowFast"),
+])
+def test_ambiguous_or_malformed_list_lines_are_refused_naming_the_line_and_format(tmp_path, capsys, name, text,
+                                                                                  match):
+    (tmp_path / name).write_text(text)
+    code, err = run_main(capsys, "shards", "build", tmp_path / name, tmp_path / "out")
+    assert code == 1 and re.search(match, err) and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_ucf101_folder_case_may_differ_from_the_file_name(tmp_path):
+    touch(tmp_path / "HandstandPushups" / "v_HandStandPushups_g01_c01.avi")
+    (tmp_path / "testlist01.txt").write_text("HandstandPushups/v_HandStandPushups_g01_c01.avi\n")
+    assert [i.label_name for i in list_inputs(tmp_path / "testlist01.txt")] == ["HandstandPushups"]
+
+
+def test_a_listed_folder_that_is_no_video_is_rejected_as_such(tmp_path, capsys):
+    touch(tmp_path / "clips" / "notes.txt")
+    make_video(tmp_path / "v" / "a.mp4", 1.0, "160x120", 15)
+    (tmp_path / "list.csv").write_text("path,label\nclips,run\ngone.mp4,run\nv/a.mp4,run\n")
+    code, err = run_main(capsys, "shards", "build", tmp_path / "list.csv", tmp_path / "out", "--short-side", "64",
+                         "shards.min_frames=8")
+    assert code == 0, err
+    rejects = {r["source"]: r for r in map(json.loads, (tmp_path / "out" / "rejects.jsonl").read_text().splitlines())}
+    assert rejects["clips"]["reason"] == "not_a_video"
+    assert "clips is a folder that is neither a video file nor a folder of extracted frames" in \
+        rejects["clips"]["detail"]
+    assert rejects["gone.mp4"]["reason"] == "missing_file"
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda p: p.mkdir(), "is a folder: give a text file with one class name per line"),
+    (lambda p: None, "no such file; give a text file"),
+    (lambda p: p.write_text("\n"), "names no class"),
+    (lambda p: p.write_bytes(b"\xff\xfe\x00"), "is not UTF-8 text"),
+])
+def test_a_class_file_that_is_no_class_list_is_refused(tmp_path, capsys, make, says):
+    touch(tmp_path / "in" / "run" / "a.mp4")
+    make(tmp_path / "classes")
+    code, err = run_main(capsys, "shards", "build", tmp_path / "in", tmp_path / "out", "--classes",
+                         tmp_path / "classes")
+    assert code == 1 and f"--classes {tmp_path / 'classes'}" in err and says in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_mmaction2_list_builds_shards_whose_labels_are_its_indices(tmp_path, capsys):
+    for name in ("a", "b"):
+        make_video(tmp_path / "videos" / f"{name}.mp4", 1.0, "160x120", 15)
+    (tmp_path / "train_list_videos.txt").write_text("videos/a.mp4 2\nvideos/b.mp4 0\n")
+    (tmp_path / "classes.txt").write_text("archery\nbowling\ncurling\n")
+    code, err = run_main(capsys, "shards", "build", tmp_path / "train_list_videos.txt", tmp_path / "out",
+                         "--classes", tmp_path / "classes.txt", "--short-side", "64", "shards.min_frames=8")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["classes"] == ["archery", "bowling", "curling"]
+    assert manifest["class_counts"] == {"archery": 1, "bowling": 0, "curling": 1}
+    labels = {meta["source"]: (meta["label"], meta["label_name"]) for _, meta in iter_sample_meta(
+        tmp_path / "out", manifest)}
+    assert labels == {"videos/a.mp4": (2, "curling"), "videos/b.mp4": (0, "archery")}
+    assert manifest["card"]["input_kind"] == "mmaction2-videos"

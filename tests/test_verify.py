@@ -96,3 +96,16 @@ def test_inspect_tabulates_the_dataset(built):
     assert proc.returncode == 0 and "drift_east" in proc.stdout and "426x320" in proc.stdout
     as_json = json.loads(run_cli("shards", "inspect", str(built[0]), "--json").stdout)
     assert as_json["samples"] == 10
+
+
+def test_a_shard_given_in_place_of_its_dataset_folder_names_the_folder(built, tmp_path):
+    proc = run_cli("shards", "verify", str(built[0] / "shard-000000.tar"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"shard-000000.tar is a file: give the dataset folder (the one holding manifest.json and the " \
+           f"shards), here {built[0]}" in proc.stderr and "re-run the build" not in proc.stderr
+    (tmp_path / "x.tar").write_bytes(b"")
+    proc = run_cli("shards", "inspect", str(tmp_path / "x.tar"))
+    assert proc.returncode == 1 and "x.tar is a file: give the dataset folder" in proc.stderr
+    assert ", here" not in proc.stderr
+    proc = run_cli("shards", "verify", str(tmp_path / "nowhere"))
+    assert proc.returncode == 1 and "nowhere: no such dataset folder" in proc.stderr

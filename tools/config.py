@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import re
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from vmae.model.config import ModelConfig
 from vmae.pipeline.data.config import DataConfig
@@ -26,6 +29,13 @@ from vmae.pipeline.train.config import FinetuneConfig, TrainConfig
 from vmae.shards.config import ShardConfig, SynthConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+# the presets a command starts from, under its --config: `vmae finetune` starts from MAE-ST's fine-tuning recipe
+COMMAND_BASES: dict[str, tuple[str, ...]] = {"finetune": ("finetune",)}
+
+# names other trainers use for a key, so that a near miss of them points at ours
+ALIASES = {"train.learning_rate": "train.base_lr", "train.lr": "train.base_lr", "train.batch_size": "data.batch_size",
+           "train.max_epochs": "train.epochs", "train.warmup": "train.warmup_epochs"}
 
 
 class ConfigError(ValueError):
@@ -58,6 +68,16 @@ def resolve_preset(name: str) -> Path:
         return candidate
     known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))) or "none"
     raise ConfigError(f"config '{name}' is neither a file nor a preset in {CONFIG_DIR} (presets: {known})")
+
+
+def base_layers(command: str) -> list[tuple[str, dict[str, Any]]]:
+    """The base layers of ``command`` (see COMMAND_BASES), for ``load_config``."""
+    return [preset_layer(name) for name in COMMAND_BASES.get(command, ())]
+
+
+def command_defaults(command: str) -> VmaeConfig:
+    """What ``command`` runs with before --config, flags and overrides: the defaults under its base presets."""
+    return load_config(base=base_layers(command))
 
 
 def load_config(preset: str | None = None, overrides: list[str] | None = None,
@@ -95,10 +115,53 @@ def to_yaml(cfg: VmaeConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
+def to_commented_yaml(cfg: VmaeConfig, width: int = 100) -> str:
+    """``to_yaml`` with each key's help text as a comment above it: still YAML that ``--config`` reads back."""
+    lines = []
+    for section in (f.name for f in dataclasses.fields(VmaeConfig)):
+        helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(_section_class(section))}
+        lines.append(f"{section}:")
+        for line in OmegaConf.to_yaml(OmegaConf.structured(getattr(cfg, section))).splitlines():
+            key = re.match(r"([A-Za-z_]\w*):", line)
+            if key and helps.get(key[1]):
+                lines += textwrap.wrap(helps[key[1]], width, initial_indent="  # ", subsequent_indent="  # ")
+            lines.append("  " + line)
+    return "\n".join(lines) + "\n"
+
+
+def all_keys() -> list[str]:
+    """Every dotted key of the configuration, ``section.key``."""
+    return [f"{section.name}.{f.name}" for section in dataclasses.fields(VmaeConfig)
+            for f in dataclasses.fields(_section_class(section.name))]
+
+
+def nearest(name: str, candidates: list[str], aliases: dict[str, str] | None = None) -> str | None:
+    """The candidate closest to a mistyped ``name`` (difflib), or None when none is close; a near miss of an alias
+    gives the name it stands for."""
+    aliases = {a: t for a, t in (aliases or {}).items() if t in candidates}
+    match = difflib.get_close_matches(name, [*candidates, *aliases], n=1, cutoff=0.6)
+    return aliases.get(match[0], match[0]) if match else None
+
+
 def _explain(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None)
+    if isinstance(err, ConfigKeyError) and key:
+        return _unknown_key(key)
     first = str(err).splitlines()[0]
     return f"key '{key}': {first}" if key else first
+
+
+def _unknown_key(key: str) -> str:
+    """An unknown section or key, with the nearest known name."""
+    section = key.split(".")[0]
+    sections = [f.name for f in dataclasses.fields(VmaeConfig)]
+    if section not in sections:
+        guess = nearest(section, sections)
+        return (f"'{key}': there is no section '{section}'" + (f"; did you mean '{guess}'?" if guess else "") +
+                f" (sections: {', '.join(sections)})")
+    guess = nearest(key, [k for k in all_keys() if k.startswith(section + ".")] + list(ALIASES.values()), ALIASES)
+    hint = f"; did you mean '{guess}'?" if guess else "; `vmae config` prints every key with its help"
+    return f"'{key}' is not a key of the {section} section{hint}"
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -114,10 +177,13 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- flags from fields
 
-def add_section_flags(parser: argparse.ArgumentParser, section: str, only: tuple[str, ...] = ()) -> None:
-    """Give every field of one config section (or the ``only`` ones) a ``--flag`` whose help is the field's own."""
+def add_section_flags(parser: argparse.ArgumentParser, section: str, only: tuple[str, ...] = (),
+                      defaults: VmaeConfig | None = None) -> None:
+    """Give every field of one config section (or the ``only`` ones) a ``--flag`` whose help is the field's own;
+    the default shown is the one in ``defaults``, the config the command starts from (the dataclass's without)."""
     cls = _section_class(section)
     hints = typing.get_type_hints(cls)
+    start = getattr(defaults or load_config(), section)
     group = parser.add_argument_group(f"{section} options (also settable as {section}.KEY=VALUE)")
     for f in dataclasses.fields(cls):
         if only and f.name not in only:
@@ -125,16 +191,42 @@ def add_section_flags(parser: argparse.ArgumentParser, section: str, only: tuple
         flag = "--" + f.name.replace("_", "-")
         dest = f"cfg__{section}__{f.name}"
         base, optional = _unwrap_optional(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
-        kwargs: dict[str, Any] = dict(dest=dest, default=argparse.SUPPRESS, help=help_text)
+        kwargs: dict[str, Any] = dict(dest=dest, default=argparse.SUPPRESS, help=_help_text(f, start))
         if base is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(base) is list:
             group.add_argument(flag, type=_comma_list, metavar="A,B,...", **kwargs)
         else:
-            metavar = "|".join(f.metadata["choices"]) if "choices" in f.metadata else base.__name__.upper()
-            group.add_argument(flag, type=_none_or(base) if optional else base, metavar=metavar, **kwargs)
+            group.add_argument(flag, type=_none_or(base) if optional else base, metavar=_metavar(f, base), **kwargs)
+
+
+def add_section_entries(parser: argparse.ArgumentParser, section: str, defaults: VmaeConfig | None = None) -> None:
+    """List every key of a section in ``parser``'s help as ``section.KEY=VALUE`` with its help and default, for the
+    sections a command reads without flags of their own (flags of two sections would clash: seed, workers...)."""
+    cls = _section_class(section)
+    hints = typing.get_type_hints(cls)
+    start = getattr(defaults or load_config(), section)
+    group = parser.add_argument_group(f"{section} keys (set as {section}.KEY=VALUE anywhere on the line)")
+    for f in dataclasses.fields(cls):
+        base, _ = _unwrap_optional(hints[f.name])
+        metavar = f"{section}.{f.name}=" + ("[A,B,...]" if typing.get_origin(base) is list else _metavar(f, base))
+        # shown in the help only: these entries are not in the parser's actions, so they take no part in parsing
+        group._group_actions.append(argparse.Action([], dest=f"{section}.{f.name}", metavar=metavar,
+                                                    help=_help_text(f, start)))
+
+
+def _help_text(f: dataclasses.Field, start: Any) -> str:
+    """A field's help and the default a command starts from, escaped for argparse's %-formatting."""
+    text, default = f.metadata.get("help", ""), getattr(start, f.name)
+    if "(default:" not in text:  # unless the help says in words what its default means
+        text += f" (default: {str(default).lower() if isinstance(default, bool) else default})"
+    return text.replace("%", "%%")
+
+
+def _metavar(f: dataclasses.Field, base: Any) -> str:
+    if base is bool:
+        return "true|false"
+    return "|".join(f.metadata["choices"]) if "choices" in f.metadata else base.__name__.upper()
 
 
 def flag_values(args: argparse.Namespace) -> dict[str, Any]:

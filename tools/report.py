@@ -7,7 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from vmae.tools.profile.compare import named_rates
+from vmae.tools.profile.compare import distinct_labels, named_rates
+from vmae.tools.profile.verdict import best_sweep
 
 console = Console(stderr=False)
 
@@ -78,6 +79,8 @@ def _mb(n: int) -> str:
 def print_train_summary(summary: dict) -> None:
     table = Table(title=summary.get("task", "pretrain"), show_header=False)
     status = f"stopped by {summary['stopped']}; --resume auto continues" if summary.get("stopped") else "done"
+    if summary.get("sanity_check"):
+        status = sanity_check_status(summary["sanity_check"])
     rows = [
         ("status", status),
         ("steps", f"{summary['steps']} of {summary['run_steps']} ({summary['steps_this_run']} in this run, "
@@ -102,6 +105,20 @@ def print_train_summary(summary: dict) -> None:
     console.print(table)
 
 
+def sanity_check_status(check: dict) -> str:
+    """The --overfit verdict: the loss reached against the threshold, and what to do on a miss."""
+    threshold, steps = check["threshold"], check["settle_steps"]
+    if check["passed"]:
+        return (f"[green]sanity check passed[/green]: the loss stayed below {threshold:g} (train.stop_loss) for "
+                f"{steps} steps in a row (at most {check['loss']:.4f}) by step {check['step']}")
+    if check["loss"] is None:
+        return ("[red]sanity check FAILED[/red]: no step was taken in this run (its --out already holds a finished "
+                "run): run it again with a fresh --out")
+    return (f"[red]sanity check FAILED[/red]: the loss reached {check['loss']:.4f} (highest of the last {steps} "
+            f"steps), not below {threshold:g} (train.stop_loss), by step {check['step']}: the model cannot fit "
+            "these videos. Check the lr (train.base_lr) and any override, and the data (`vmae loader-check`)")
+
+
 # Without it a newcomer reads a CPU run's large "waiting for data" as a fault.
 CPU_DATA_WAIT_NOTE = ("on the CPU the loader's decode workers and the model share the same cores, so waiting for "
                       "data is expected here, not a fault; `vmae profile` shows the split")
@@ -119,6 +136,8 @@ def print_profile(report: dict, folder: Path) -> None:
         spread = f"{rate['spread']:.0%}" + ("" if rate["trusted"] else " (too wide)")
         table.add_row(name, f"{rate['median']:.2f}", rate["unit"], spread, notes)
     wide.print(table)
+    if report["stages"].get("sweep"):
+        wide.print(sweep_table(report["stages"]["sweep"]))
     for line in report["verdict"].get("advice", []):
         wide.print(f"• {line}")
     if report.get("untrusted"):
@@ -129,9 +148,25 @@ def print_profile(report: dict, folder: Path) -> None:
     console.print(f"written: {folder / 'profile.json'}, {folder / 'profile.png'} ({report['wall_seconds']} s)")
 
 
+def sweep_table(rows: list[dict]) -> Table:
+    """One row per combination of the sweep: its settings, clips/s, spread and decoded frames per clip; the
+    fastest marked."""
+    best = best_sweep(rows)
+    table = Table(title="sweep (the loader alone)")
+    keys = list(rows[0]["settings"])
+    for column in (*keys, "clips/s", "spread", "decoded frames per clip", "best"):
+        table.add_column(column, justify="left" if column in keys else "right")
+    for row in rows:
+        spread = f"{row['spread']:.0%}" + ("" if row["trusted"] else " (too wide)")
+        table.add_row(*(str(row["settings"][k]) for k in keys), f"{row['median']:.2f}", spread,
+                      f"{row.get('decoded_frames_per_clip', 0):.1f}", "◀ best" if row is best else "")
+    return table
+
+
 def print_comparison(rows: list[tuple[str, float, float, float]], a: Path, b: Path) -> None:
+    first, second = distinct_labels(a, b)
     table = Table(title=f"{a} vs {b}")
-    for column in ("figure", str(a.name), str(b.name), "b / a"):
+    for column in ("figure", first, second, "b / a"):
         table.add_column(column, justify="left" if column == "figure" else "right")
     for name, first, second, ratio in rows:
         table.add_row(name, f"{first:.2f}", f"{second:.2f}", f"{ratio:.2f}x")

@@ -18,9 +18,22 @@ from vmae.pipeline.data.shardset import open_shards  # noqa: E402
 from vmae.pipeline.data.views import denormalize  # noqa: E402
 
 
+SHEET_NAME = "loader_check.png"
+
+
+def sheet_path(out: Path) -> Path:
+    """The file a contact sheet asked for as ``out`` lands in: inside ``out`` where it is a folder, with ``.png``
+    added where it has no suffix (matplotlib would add it silently, and the log would name another path)."""
+    if out.is_dir():
+        return out / SHEET_NAME
+    return out if out.suffix else out.with_name(out.name + ".png")
+
+
 def contact_sheet(dataset: Path | str, cfg: DataConfig, out: Path, videos: int = 3) -> Path:
     """One row per view of the first ``videos`` samples: its first, middle and last frame, whole, with the
-    view's crop drawn on it (dashed when flipped), and beside them the first frame as the model gets it."""
+    view's crop drawn on it (dashed when flipped), and beside them the first frame as the model gets it; returns
+    the file written (see ``sheet_path``)."""
+    out = sheet_path(out)
     shardset = open_shards(dataset, cfg)
     reader = SampleReader(shardset, cfg, epoch=0)
     loaded: list[LoadedSample] = []
@@ -58,12 +71,18 @@ def contact_sheet(dataset: Path | str, cfg: DataConfig, out: Path, videos: int =
     return out
 
 
+WARMUP_BATCHES = 1
+
+
 def measure_loader(dataset: Path | str, cfg: DataConfig, batches: int) -> dict:
-    """Clips/s over ``batches`` batches after one warm-up batch (worker start-up is not counted)."""
+    """Clips/s over up to ``batches`` batches of the first epoch after one warm-up batch (worker start-up is not
+    counted); the figures say how many were timed, and why fewer where the epoch holds fewer."""
     loader = make_loader(dataset, cfg, device="cpu" if cfg.backend == "cpu" else None)
     loader.set_epoch(0)
+    per_epoch = len(loader)
     it = iter(loader)
-    next(it)
+    for _ in range(WARMUP_BATCHES):
+        next(it)
     started = time.perf_counter()
     clips = n = 0
     for batch in it:
@@ -72,6 +91,12 @@ def measure_loader(dataset: Path | str, cfg: DataConfig, batches: int) -> dict:
         if n == batches:
             break
     seconds = time.perf_counter() - started
-    return {"backend": loader.backend, "batches": n, "clips": clips, "seconds": round(seconds, 3),
-            "clips_per_second": round(clips / seconds, 2) if seconds else 0.0, **{
-                k: v for k, v in loader.stats.as_dict().items() if k in ("failed", "decoded_frames_per_clip")}}
+    figures = {"backend": loader.backend, "batches": n, "batches_timed": n, "batches_asked": batches,
+               "warmup_batches": WARMUP_BATCHES, "batches_per_epoch": per_epoch, "clips": clips,
+               "seconds": round(seconds, 3), "clips_per_second": round(clips / seconds, 2) if n and seconds else 0.0,
+               **{k: v for k, v in loader.stats.as_dict().items() if k in ("failed", "decoded_frames_per_clip")}}
+    if n < batches:
+        figures["fewer_because"] = (f"the dataset gives {per_epoch} batches an epoch at data.batch_size="
+                                    f"{cfg.batch_size}, {WARMUP_BATCHES} of them the warm-up: a smaller "
+                                    f"--batch-size times more")
+    return figures

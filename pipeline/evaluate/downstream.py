@@ -217,9 +217,10 @@ def evaluate_classifier(weights: Path, cfg, dataset: Path, out: Path, views: int
               **scores_report(scores.views, labels, len(names))}
     written = write_report(report, names, out) + write_per_video(scores.views, labels, scores.keys, names, out)
     log.info("multi-view test (%d clips = %d windows x %d crops, %s sampling) on %d videos: top-1 %.1f%%, "
-             "top-%d %.1f%%; wrote %s", views, views // test_crops, test_crops, data.sampling, report["val_videos"],
-             100 * report["top1"], min(5, len(names)), 100 * report[f"top{min(5, len(names))}"],
-             ", ".join(map(str, written)))
+             "top-%d %.1f%%", views, views // test_crops, test_crops, data.sampling, report["val_videos"],
+             100 * report["top1"], min(5, len(names)), 100 * report[f"top{min(5, len(names))}"])
+    for path in written:  # with the full path: by default they land in the checkpoint's folder, unasked
+        log.info("wrote %s", path.absolute())
     return report
 
 

@@ -67,17 +67,15 @@ def save_checkpoint(engine, out: Path, position: dict, config_yaml: str, keep_la
             root.mkdir(parents=True, exist_ok=True)
             if target.exists():  # a save of this step cut short earlier
                 shutil.rmtree(target)
+            # made here, where a failure raises: DeepSpeed logs its own failure to make it and goes on writing
+            target.mkdir()
         _barrier()
         engine.save_checkpoint(str(root), tag=tag, client_state={"position": position}, save_latest=False)
         _atomic_save({"position": position, "rng": rng_states()}, target / f"rank{rank:05d}.pt")
-    except OSError as err:
-        failure = f"{type(err).__name__}: {err}"
+    except (OSError, RuntimeError) as err:  # torch.save raises RuntimeError when it cannot write (see unwritten)
+        failure = err
     if _any_rank(failure is not None):
-        previous = latest_checkpoint(out)
-        raise CheckpointError(
-            f"could not write checkpoint {target} ({failure or 'another rank failed'}); "
-            f"{'the previous checkpoint ' + str(previous) + ' is intact' if previous else 'no earlier checkpoint'}. "
-            "Free disk space or fix the permissions of train.out, then re-run with --resume auto")
+        raise CheckpointError(unwritten(target, out, failure)) from failure
     if rank == 0:
         try:
             (target / "config.yaml").write_text(config_yaml)
@@ -85,12 +83,35 @@ def save_checkpoint(engine, out: Path, position: dict, config_yaml: str, keep_la
             write_atomic(target / MARKER, json.dumps({"step": position["step"], "world_size": world,
                                                       "position": position}))
         except OSError as err:
-            failure = f"{type(err).__name__}: {err}"
+            failure = err
         else:
             prune(out, keep_last)
     if _any_rank(failure is not None):
-        raise CheckpointError(f"could not finish checkpoint {target} ({failure}); the previous one is intact")
+        raise CheckpointError(unwritten(target, out, failure)) from failure
     return target
+
+
+def unwritten(target: Path, out: Path, failure: Exception | None) -> str:
+    """The message of a checkpoint that could not be written: which, why, the disk's free space, what is intact.
+
+    torch.save says a full disk or a missing folder in RuntimeErrors of many words ("unexpected pos 704 vs 598",
+    "basic_ios::clear: iostream error", "Parent directory ... does not exist"): the free space tells them apart."""
+    why = f"{type(failure).__name__}: {failure}" if failure is not None else "another rank failed"
+    previous = latest_checkpoint(out)
+    intact = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint"
+    return (f"could not write checkpoint {target} ({why}; {free_space(target)}); {intact}. Free disk space or "
+            "fix the permissions of train.out, then re-run with --resume auto")
+
+
+def free_space(path: Path) -> str:
+    """The free space on the disk holding ``path`` (its nearest existing folder), as words."""
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            try:
+                return f"{shutil.disk_usage(folder).free / 2**30:.1f} GiB free on that disk"
+            except OSError:
+                break
+    return "free space unknown"
 
 
 def prune(out: Path, keep_last: int) -> None:
@@ -192,7 +213,8 @@ def weights_file(source: Path, run_file: str, rank: int = 0) -> Path:
     folder = resolve_checkpoint(source)
     exported = folder / "weights.fp32.pt"
     if rank == 0 and not exported.exists():
-        export_weights(folder, exported)
+        log.info("wrote %s (the checkpoint's weights, gathered once for reuse)",
+                 export_weights(folder, exported).absolute())
     _barrier()
     return exported
 

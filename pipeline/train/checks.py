@@ -9,6 +9,7 @@ from pathlib import Path
 
 from vmae.pipeline.data.remote import is_url
 from vmae.pipeline.data.shardset import dataset_locations, open_shards
+from vmae.pipeline.train.checkpoint import checkpoint_root
 from vmae.pipeline.train.config import TrainError, batch_split
 from vmae.shards.format import MANIFEST
 
@@ -18,22 +19,49 @@ def check_before_start(cfg, world_size: int) -> None:
         raise TrainError("train.dataset is not set: pass --dataset DIR (a folder written by `vmae shards build`)")
     dataset = cfg.train.dataset
     for location in dataset_locations(dataset):
-        if not is_url(location) and not (Path(location) / MANIFEST).is_file():
-            raise TrainError(f"train.dataset={location}: no {MANIFEST} there; build it with `vmae shards build`")
+        if not is_url(location):
+            check_dataset_folder("train.dataset", location)
     batch_split(cfg.train, cfg.data, world_size)  # raises on an impossible split
     cfg.model.token_grid(cfg.data.frames, cfg.data.crop_size)  # raises when clips and tubelets do not fit
     samples = len(open_shards(dataset, cfg.data))  # a URL's manifest is fetched here: an unreachable one stops
     if samples < cfg.train.global_batch:
         raise TrainError(f"train.global_batch={cfg.train.global_batch} is more than the {samples} videos of "
                          f"{dataset}: lower it")
-    out = Path(cfg.train.out)
+    check_writable_folder("train.out=", Path(cfg.train.out))
+    # the first checkpoint is written steps later: a checkpoints folder it cannot write must stop the run now
+    check_writable_folder("the checkpoints folder ", checkpoint_root(Path(cfg.train.out)), create=False)
+
+
+def check_dataset_folder(key: str, location: str | Path) -> None:
+    """Refuse a dataset folder without a manifest; a relative path that does not exist is named as it was looked
+    for (relative to the current folder: presets' paths are too)."""
+    path = Path(location)
+    if (path / MANIFEST).is_file():
+        return
+    if not is_url(location) and not path.is_absolute() and not path.exists():
+        raise TrainError(f"{key}={location}: no such folder, looked for at {path.absolute()}. Relative paths, "
+                         f"presets' included, are read from the folder you run the command in ({Path.cwd()}): run "
+                         f"it from the folder that holds {location}, or pass its path with "
+                         f"--{key.split('.')[-1].replace('_', '-')}")
+    raise TrainError(f"{key}={location}: no {MANIFEST} there; build it with `vmae shards build`")
+
+
+def check_writable_folder(what: str, folder: Path, create: bool = True) -> None:
+    """Refuse a folder (named as ``what`` + its path) that is a file or cannot be written, probed by writing a
+    file (permission bits do not tell for root, ACLs or read-only mounts); ``create`` makes a missing one, else a
+    missing one passes."""
+    if folder.exists() and not folder.is_dir():
+        raise TrainError(f"{what}{folder} is a file, not a folder: move it away, or pass another --out")
+    if not create and not folder.exists():
+        return  # made at the first checkpoint, inside a folder already probed
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"  # one per process: ranks probe at once
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"  # one per process: ranks probe at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise TrainError(f"train.out={out} is not a writable folder ({err.strerror or err}); pick another") from None
+        raise TrainError(f"{what}{folder} is not a writable folder ({err.strerror or err}): fix its permissions "
+                         "or pass another --out") from None
 
 
 def check_classes(classes: list[str], cfg) -> None:
@@ -68,9 +96,8 @@ def check(cfg) -> None:
 
 def finetune_classes(cfg) -> list[str]:
     """The classes of the fine-tuning dataset, once it and the validation dataset are known to be usable."""
-    if cfg.finetune.val_dataset and not (Path(cfg.finetune.val_dataset) / MANIFEST).is_file():
-        raise TrainError(f"finetune.val_dataset={cfg.finetune.val_dataset}: no {MANIFEST} there; build it with "
-                         "`vmae shards build`")
+    if cfg.finetune.val_dataset:
+        check_dataset_folder("finetune.val_dataset", cfg.finetune.val_dataset)
     classes = open_shards(cfg.train.dataset, cfg.data).classes
     if len(classes) < 2:
         raise TrainError(f"{cfg.train.dataset} has {len(classes)} class(es): fine-tuning needs labelled videos of "

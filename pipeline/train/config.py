@@ -61,6 +61,9 @@ class TrainConfig:
         "steps between reconstruction pictures (0: only at the end)"))
     stop_loss: float = field(default=0.0, metadata=field_help(
         "stop early once the loss has stayed below this for 5 steps in a row (0: never; --overfit sets it)"))
+    sanity_check: bool = field(default=False, metadata=field_help(
+        "the --overfit check (--overfit sets it): the same masks every step, and a run whose loss does not get "
+        "below train.stop_loss says FAILED and exits 1"))
     max_nonfinite: int = field(default=20, metadata=field_help(
         "stop after this many skipped (non-finite loss or gradient) steps in a row"))
     peak_tflops: float = field(default=0.0, metadata=field_help(

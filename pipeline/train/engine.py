@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from vmae.pipeline.train.config import BatchSplit, TrainConfig
+from vmae.tools.log import library_output
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,9 @@ def init_distributed() -> Launch:
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
-                                   verbose=False)
+        with library_output("DeepSpeed"):  # its op-builder lines and logger through ours: shown at DEBUG
+            deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
+                                       verbose=False)
         if not cuda:
             _unlink_shm_allreduce_buffer()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")

@@ -34,7 +34,8 @@ from vmae.pipeline.train.checks import check, finetune_classes
 from vmae.pipeline.train.config import (BatchSplit, TrainError, batch_split, batch_statement, batch_warning,
                                         describe_batch, lr_at)
 from vmae.pipeline.train.state import Plan, Position, finish_step, make_plan, settled
-from vmae.pipeline.train.summary import Summary, public, truncate_sample_keys, write_sample_keys
+from vmae.pipeline.train.summary import (SETTLE_STEPS, Summary, judge_sanity_check, public, truncate_sample_keys,
+                                         write_sample_keys)
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def run(cfg, config_yaml: str, task) -> dict:
     stopper = TermSignal()
     summary = Summary(task.name)
     last_batch = None
-    recent: collections.deque = collections.deque(maxlen=5)  # the last losses, for train.stop_loss
+    recent: collections.deque = collections.deque(maxlen=SETTLE_STEPS)  # the last losses, for train.stop_loss
     quiet_bar = contextlib.ExitStack()
     if launch.rank == 0:  # log lines above the progress bar, not through it
         quiet_bar.enter_context(logging_redirect_tqdm())
@@ -142,7 +143,10 @@ def run(cfg, config_yaml: str, task) -> dict:
             done = save(engine, out, position, config_yaml, train.keep_last)
         else:
             log.info("nothing to do: %s is already at step %d of %d", done, position.step, plan.run_steps)
-        return finish(summary, position, plan, out, launch, metrics, (task, engine, last_batch, done))
+        result = finish(summary, position, plan, out, launch, metrics, (task, engine, last_batch, done))
+        if train.sanity_check:
+            result["sanity_check"] = judge_sanity_check(summary, train.stop_loss, position.step)
+        return result
     finally:
         stopper.restore()
         metrics.close()

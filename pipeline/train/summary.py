@@ -9,6 +9,9 @@ from pathlib import Path
 
 from vmae.pipeline.train.state import Plan, Position
 
+SETTLE_STEPS = 5  # train.stop_loss holds once this many losses in a row are below it
+
+
 class Summary:
     """Running totals of a run, and the rates of the last logging window."""
 
@@ -53,6 +56,20 @@ class Summary:
                 "data_wait_pct": 100 * self.wait / busy if busy else 0.0,
                 "final_loss": sum(tail) / len(tail), "first_loss": self.losses[0] if self.losses else None,
                 "seconds": time.perf_counter() - self.started, "stopped": self.stopped}
+
+
+def judge_sanity_check(summary: Summary, threshold: float, step: int) -> dict:
+    """The --overfit verdict: passed when the last SETTLE_STEPS losses of this run were all below ``threshold``
+    (train.stop_loss, which ends the run as soon as they are); ``loss`` is the highest of them."""
+    last = summary.losses[-SETTLE_STEPS:]
+    passed = len(last) == SETTLE_STEPS and max(last) < threshold
+    return {"passed": passed, "loss": max(last) if last else None, "threshold": threshold, "step": step,
+            "settle_steps": SETTLE_STEPS}
+
+
+def exit_code(result: dict) -> int:
+    """1 when the run was a sanity check (--overfit) that failed, else 0."""
+    return 1 if result.get("sanity_check", {}).get("passed") is False else 0
 
 
 def public(record: dict, position: Position) -> dict:

@@ -62,7 +62,10 @@ class PretrainTask:
         return encoder_token_count(self.model_cfg, self.grid)
 
     def loss(self, engine, video: torch.Tensor, batch: dict, step: int, first_clip: int) -> torch.Tensor:
-        mask = clip_masks(self.model_cfg, engine.module.grid, self.cfg.train.seed, step, first_clip, video.shape[0])
+        # the sanity check fits one fixed batch: its masks are part of the batch, so they are drawn once
+        mask_step = 0 if self.cfg.train.sanity_check else step
+        mask = clip_masks(self.model_cfg, engine.module.grid, self.cfg.train.seed, mask_step, first_clip,
+                          video.shape[0])
         return engine(video, mask=mask)[0]
 
     def picture(self, engine, batch: dict | None, path: Path, step: int) -> Path | None:

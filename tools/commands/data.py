@@ -20,5 +20,13 @@ def loader_check_command(args: argparse.Namespace) -> int:
     print(json.dumps(figures))
     print(f"{figures['backend']} loader: {figures['clips_per_second']:.1f} clips/s "
           f"({cfg.data.views} views x {cfg.data.frames} frames, {cfg.data.crop_size}px), "
-          f"{figures['decoded_frames_per_clip']:.1f} decoded frames per clip, failed samples: {figures['failed']}")
+          f"{figures['decoded_frames_per_clip']:.1f} decoded frames per clip, failed samples: {figures['failed']}; "
+          f"{timed_batches(figures)}")
     return 0
+
+
+def timed_batches(figures: dict) -> str:
+    """How many batches the clips/s rests on, and why fewer than asked where it is so."""
+    said = (f"timed {figures['batches_timed']} of {figures['batches_asked']} batches asked "
+            f"(after {figures['warmup_batches']} warm-up)")
+    return f"{said}: {figures['fewer_because']}" if "fewer_because" in figures else said

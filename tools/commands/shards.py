@@ -67,5 +67,6 @@ def inspect_command(args: argparse.Namespace) -> int:
 def synth_command(args: argparse.Namespace) -> int:
     cfg = command_config(args)
     paths = make_synthetic_videos(args.out, cfg.synth)
-    log.info("wrote %d videos in %d classes to %s", len(paths), cfg.synth.classes, args.out)
+    # a class is a folder, --real-samples' one included
+    log.info("wrote %d videos in %d classes to %s", len(paths), len({p.parent for p in paths}), args.out)
     return 0

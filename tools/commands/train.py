@@ -11,8 +11,9 @@ import yaml
 
 from vmae.pipeline.train.checkpoint import config_text
 from vmae.pipeline.train.loop import finetune, pretrain
+from vmae.pipeline.train.summary import exit_code
 from vmae.tools.commands import command_config, command_overrides
-from vmae.tools.config import VmaeConfig, flag_values, load_config, preset_layer, to_yaml
+from vmae.tools.config import VmaeConfig, base_layers, flag_values, load_config, to_yaml
 from vmae.tools.report import print_train_summary
 
 
@@ -29,7 +30,7 @@ def train_and_report(train: Callable[[VmaeConfig, str], dict | None], cfg: VmaeC
     summary = train(cfg, to_yaml(cfg))
     if summary is not None and not is_worker_rank():
         print_train_summary(summary)
-    return 0
+    return exit_code(summary) if summary is not None else 0
 
 
 # what a fine-tuning run takes from its pretrained run unless told otherwise: the encoder's shape and the clips'
@@ -40,7 +41,7 @@ INHERITED_FROM_PRETRAINING = {"model": ("preset", "tubelet", "positions", "targe
 def finetune_config(args: argparse.Namespace) -> VmaeConfig:
     """Layers: defaults < configs/finetune.yaml < the pretrained run's model and clip shape < --config < flags <
     overrides. The pretrained run is only known once the upper layers are read, hence two passes."""
-    base = [preset_layer("finetune")]
+    base = base_layers("finetune")  # configs/finetune.yaml, as `vmae finetune --help` shows
     cfg = load_config(args.config, command_overrides(args), flag_values(args), base=base)
     if cfg.finetune.pretrained:
         pretrained = yaml.safe_load(config_text(Path(cfg.finetune.pretrained)))

@@ -5,6 +5,7 @@ Plain dict work on the JSON, no torch: `vmae profile --compare` and the console 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 
@@ -24,3 +25,14 @@ def compare_profiles(a: dict, b: dict) -> list[tuple[str, float, float, float]]:
     return [(name, first[name]["median"], second[name]["median"],
              second[name]["median"] / first[name]["median"] if first[name]["median"] else float("nan"))
             for name in first if name in second]
+
+
+def distinct_labels(a: Path, b: Path) -> tuple[str, str]:
+    """Column labels for two profiles: the shortest ends of their paths that differ ("a/profile.json" and
+    "b/profile.json" where both files are called profile.json); the same file twice is told apart as 1st and 2nd."""
+    first, second = a.parts, b.parts
+    for n in range(1, max(len(first), len(second)) + 1):
+        left, right = str(Path(*first[-n:])), str(Path(*second[-n:]))
+        if left != right:
+            return left, right
+    return f"{a} (1st)", f"{b} (2nd)"

@@ -40,13 +40,24 @@ class Rate:
 def measure(step: Callable[[], float], seconds: float, warmup: int = 1, min_steps: int = WINDOWS) -> list[float]:
     """Call ``step`` (returning the amount it did) ``warmup`` times, then until ``seconds`` pass (at least
     ``min_steps`` calls); the calls are cut into up to WINDOWS consecutive windows, each giving amount / time."""
+
+    def timed() -> tuple[float, float]:
+        t0 = time.perf_counter()
+        amount = step()
+        return amount, time.perf_counter() - t0
+
+    return measure_timed(timed, seconds, warmup, min_steps)
+
+
+def measure_timed(step: Callable[[], tuple[float, float]], seconds: float, warmup: int = 1,
+                  min_steps: int = WINDOWS) -> list[float]:
+    """As ``measure``, for a ``step`` that times itself: it returns (amount, seconds it took), for work whose
+    own clock leaves out what is not being measured (a process's start-up)."""
     for _ in range(warmup):
         step()
     done: list[tuple[float, float]] = []
     started = time.perf_counter()
     while len(done) < min_steps or time.perf_counter() - started < seconds:
-        t0 = time.perf_counter()
-        amount = step()
-        done.append((amount, time.perf_counter() - t0))
+        done.append(step())
     windows = np.array_split(np.arange(len(done)), min(WINDOWS, len(done)))
     return [sum(done[i][0] for i in w) / max(sum(done[i][1] for i in w), 1e-9) for w in windows if len(w)]

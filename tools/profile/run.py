@@ -96,9 +96,17 @@ def _train_step_hint(cfg, figures: dict) -> float:
 
 def machine() -> dict:
     """The CPU, core count, GPU, Python and the versions of the packages that set the figures."""
-    return {"cpu": _cpu_name(), "cores": os.cpu_count(),
+    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "usable_cores": _usable_cores(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version(), "versions": {p: _version(p) for p in VERSIONED}}
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), which can be fewer than the machine has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform: every core
+        return os.cpu_count() or 1
 
 
 def _cpu_name() -> str:

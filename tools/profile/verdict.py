@@ -3,7 +3,6 @@ ceilings (decode at ffmpeg's per-core rate, the model at the matmul peak) and th
 
 from __future__ import annotations
 
-from vmae.pipeline.data.backends import CPU_DECODER_NAMES
 
 
 def verdict(figures: dict, cfg) -> dict:
@@ -13,6 +12,8 @@ def verdict(figures: dict, cfg) -> dict:
     models = {name: r["median"] for name, r in figures.get("model", {}).items() if isinstance(r, dict)}
     out: dict = {"advice": []}
     if not loads or not models:
+        out["no_bottleneck_because"] = unmeasured_reason(bool(loads), bool(models))
+        out["advice"] += [f"no bottleneck named: {out['no_bottleneck_because']}", *sweep_advice(figures)]
         return out
     load_rate = loads.get(k, max(loads.values()))
     best_backend = max(models, key=models.get)
@@ -41,11 +42,10 @@ def verdict(figures: dict, cfg) -> dict:
         say.append(f"try more decode workers (data.workers, now {cfg.data.worker_count}) or a deeper "
                    f"data.prefetch (now {cfg.data.prefetch})")
         say.append("build shards with --pframe-interval equal to data.stride: clips then need no B-frame")
-        decode = figures.get("decode", {})
-        if decode and decode["ours"]["median"] < 0.8 * decode["ffmpeg_1_thread"]["median"]:
-            say.append(f"the decoder runs at {decode['ours']['median'] / decode['ffmpeg_1_thread']['median']:.2f} of "
-                       f"ffmpeg's per-core rate: try data.cpu_decoder="
-                       f"{' or '.join(d for d in CPU_DECODER_NAMES if d != cfg.data.cpu_decoder)}")
+        faster = faster_decoder(figures.get("decode", {}))
+        if faster:
+            say.append(f"data.cpu_decoder={faster[0]} decoded {faster[1]:.2f}x the frames/s of "
+                       f"{cfg.data.cpu_decoder} on these videos: try it")
     else:
         say.append(f"the loader has {out['headroom']:.2f}x headroom: fewer decode workers leave more CPU to the model")
         if best_backend != cfg.model.attention and cfg.model.attention != "auto":
@@ -61,7 +61,34 @@ def verdict(figures: dict, cfg) -> dict:
                    f"{wait:.1f} % of the time")
         if wait > 10 and limit == "model":
             say.append("data wait above 10 % although the loader is faster: raise data.prefetch")
+    say += sweep_advice(figures)
     return out
+
+
+def unmeasured_reason(load: bool, model: bool) -> str:
+    """Why no stage can be named the limit: which of the two compared stages was not measured."""
+    missing = [name for name, measured in (("load", load), ("model", model)) if not measured]
+    return (f"the {' and '.join(missing)} stage{'s were' if len(missing) > 1 else ' was'} not measured, and the "
+            f"limit is the slower of load and model (run --stages load,model)")
+
+
+def sweep_advice(figures: dict) -> list[str]:
+    """The sweep's fastest combination, as the overrides to use."""
+    best = best_sweep(figures.get("sweep", []))
+    if best is None:
+        return []
+    return [f"best of the sweep: {settings_text(best['settings'])}, {best['median']:.1f} clips/s, "
+            f"{best.get('decoded_frames_per_clip', 0):.1f} decoded frames per clip"]
+
+
+def best_sweep(rows: list[dict]) -> dict | None:
+    """The sweep's fastest combination (most clips/s), or None without a sweep."""
+    return max(rows, key=lambda row: row["median"]) if rows else None
+
+
+def settings_text(settings: dict) -> str:
+    """A sweep combination as the overrides that select it: "data.workers=2 data.views=4"."""
+    return " ".join(f"{key}={value}" for key, value in settings.items())
 
 
 def utilization_advice(utilization: dict) -> list[str]:
@@ -79,19 +106,33 @@ def utilization_advice(utilization: dict) -> list[str]:
     return say
 
 
-def profile_limits(report: dict) -> dict[str, float]:
-    """The ceilings in clips/s: ffmpeg's per-core decode rate over all cores at the loader's decode work per
-    clip, and the model at the measured matmul peak."""
-    stages, limits = report["stages"], {}
-    decode, loads = stages.get("decode"), stages.get("load", {})
-    views = report["config"]["data"]["views"]
-    load = loads.get(f"K={views}")
-    if decode and load and load.get("decoded_frames_per_clip"):
-        limits["decode limit (ffmpeg x cores)"] = (decode["ffmpeg_1_thread"]["median"] * report["machine"]["cores"]
-                                                   / load["decoded_frames_per_clip"])
-    model = stages.get("model", {})
-    rates = [r for r in model.values() if isinstance(r, dict)]
-    if rates:
-        best = max(rates, key=lambda r: r["median"])
-        limits["model at the matmul peak"] = best["median"] / best["mfu"] if best["mfu"] else 0.0
-    return limits
+def decode_limit(report: dict, decoded_frames_per_clip: float) -> float | None:
+    """The clips/s that decoding alone allows a loader that decodes ``decoded_frames_per_clip`` frames per
+    delivered clip (its K views' union counted once, shared among them): ffmpeg's frames per CPU-second on one
+    thread, times the cores this process may use. None where the decode stage was not measured."""
+    decode = report["stages"].get("decode")
+    if not decode or not decoded_frames_per_clip:
+        return None
+    machine = report["machine"]
+    cores = machine.get("usable_cores") or machine["cores"]
+    return decode["ffmpeg_1_thread"]["median"] * cores / decoded_frames_per_clip
+
+
+def model_limit(report: dict) -> float | None:
+    """The fastest attention backend's clips/s at the matmul peak measured in the same run (its MFU at 1)."""
+    rates = [r for r in report["stages"].get("model", {}).values() if isinstance(r, dict)]
+    if not rates:
+        return None
+    best = max(rates, key=lambda r: r["median"])
+    return best["median"] / best["mfu"] if best["mfu"] else None
+
+
+def faster_decoder(decode: dict, margin: float = 1.1) -> tuple[str, float] | None:
+    """The registered CPU decoder that measured fastest on the profiled videos and its speed-up over the configured
+    one, when that is more than ``margin`` (whole-video decodes are noisy: a few percent is no reason to switch)."""
+    others = decode.get("other_decoders") or {}
+    if not others or not decode.get("ours"):
+        return None
+    name, rate = max(others.items(), key=lambda item: item[1]["median"])
+    speedup = rate["median"] / decode["ours"]["median"]
+    return (name, speedup) if speedup > margin else None
