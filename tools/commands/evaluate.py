@@ -16,7 +16,7 @@ from vmae.pipeline.evaluate.kind import FINETUNED, require_kind
 from vmae.pipeline.evaluate.pretrained import load_pretrained, visualize_checkpoint
 from vmae.pipeline.train.checkpoint import (config_text, export_weights, resolve_checkpoint, saved_config,
                                             weights_file)
-from vmae.tools.config import load_config
+from vmae.tools.config import VmaeConfig, load_config
 
 log = logging.getLogger("vmae")
 
@@ -39,9 +39,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 
 def visualize_command(args: argparse.Namespace) -> int:
-    require_kind(args.checkpoint, "visualize")
-    folder = resolve_checkpoint(args.checkpoint)
-    cfg = load_config(str(saved_config(folder)))
+    folder, cfg = pretraining_checkpoint(args.checkpoint, "visualize")
     png = output_file(args.png or folder / "reconstruction.png", "--png")
     log_written(visualize_checkpoint(folder, cfg, args.dataset, png, args.clips, args.oracle))
     return 0
@@ -53,9 +51,7 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def linear_probe_command(args: argparse.Namespace) -> int:
-    require_kind(args.checkpoint, "linear-probe")
-    folder = resolve_checkpoint(args.checkpoint)
-    cfg = load_config(str(saved_config(folder)))
+    folder, cfg = pretraining_checkpoint(args.checkpoint, "linear-probe")
     out = output_folder(args.out or folder / "linear-probe", "--out")
     encoder = PooledFeatures(load_pretrained(folder, cfg).encoder)
     data = evaluation_data(cfg.data, args.views, args.test_crops)
@@ -128,3 +124,11 @@ def log_written(*paths: Path) -> None:
     """One line per file written, with its full path: several land in the checkpoint's folder unasked."""
     for path in paths:
         log.info("wrote %s", Path(path).absolute())
+
+
+def pretraining_checkpoint(given: Path, command: str) -> tuple[Path, VmaeConfig]:
+    """The checkpoint folder ``given`` names and the config it was trained with, once it is known to be the kind
+    of checkpoint ``command`` takes."""
+    require_kind(given, command)
+    folder = resolve_checkpoint(given)
+    return folder, load_config(str(saved_config(folder)))
