@@ -91,7 +91,7 @@ def test_finetune_help_shows_the_finetune_recipe_not_pretrainings():
     assert pretrain["--out"] == "runs/pretrain" and pretrain["--epochs"] == "800"
 
 
-@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "profile"])
 def test_training_help_lists_every_data_and_model_key(command):
     shown = shown_defaults(vmae(command, "--help", columns=1000).stdout)
     cfg = load_config()

@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"),
                          help="print two profiles side by side with ratios, and exit")
     profile.add_argument("--slow", action="append", default=[], metavar="STAGE=SECONDS", help=argparse.SUPPRESS)
-    _config_args(profile, ("train",), only=("dataset",))
+    _config_args(profile, ("train",), only=("dataset",), entries=("data", "model"))
 
     probe = _command(commands, "linear-probe", "evaluate:linear_probe_command",
                      "how good is a pretrained encoder: a linear probe",
