@@ -6,6 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
+
+from vmae.model.config import preset
+from vmae.model.mae import MaskedVideoAutoencoder
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -75,3 +79,18 @@ def test_the_docs_name_no_issue_numbers_and_no_outside_files(name):
     text = (ROOT / name).read_text()
     assert not re.findall(r"\bissues? \d", text, flags=re.I)
     assert "DESIGN.md" not in text
+
+
+def test_the_python_api_example_runs_as_written(tmp_path, monkeypatch):
+    """The block under "Python API", executed unchanged from a folder holding what `make demo` leaves in
+    runs/demo/pretrain: the tiny preset's pretrained.pt, written as a pretraining run exports it (8x64 clips)."""
+    code = python_block(section(README.read_text(), "Python API"))
+    run = tmp_path / "runs" / "demo" / "pretrain"
+    run.mkdir(parents=True)
+    demo = MaskedVideoAutoencoder(preset("tiny"), frames=8, size=64)
+    torch.save({"model": demo.state_dict(), "config": "model:\n  preset: tiny\n"}, run / "pretrained.pt")
+    monkeypatch.chdir(tmp_path)
+    names: dict = {}
+    exec(compile(code, "README.md (Python API)", "exec"), names)
+    assert names["pred"].shape[:2] == (2, 1568) and torch.isfinite(names["loss"])
+    assert torch.equal(names["classifier"].encoder.blocks[0].attn.qkv.weight, demo.encoder.blocks[0].attn.qkv.weight)
