@@ -86,3 +86,11 @@ def built(tmp_path_factory, video_folder) -> tuple[Path, ShardConfig]:
     cfg = ShardConfig(samples_per_shard=4, workers=2)
     build_shards(video_folder, out, cfg, progress=False)
     return out, cfg
+
+
+@pytest.fixture(scope="session")
+def readme_workspace(tmp_path_factory):
+    """The folders the README's command lines run in, `make demo` run: see readme_workspace.py."""
+    from readme_workspace import make_workspace  # this folder is on sys.path: pytest puts it there
+
+    return make_workspace(tmp_path_factory)

@@ -7,6 +7,7 @@ through the real launchers (plain, torchrun) in subprocesses, so that each gets 
 from __future__ import annotations
 
 import json
+import re
 import os
 import shlex
 import signal
@@ -496,15 +497,7 @@ def pretrain_section() -> str:
     return text[start:text.index("\n### ", start + 1)]
 
 
-def documented_overfit_command() -> list[str]:
-    """The README's sanity-check line of `vmae pretrain`, as the arguments after `vmae`."""
-    line = next(line for line in pretrain_section().splitlines()
-                if line.startswith("vmae pretrain") and "--overfit" in line)
-    return shlex.split(line.split("#")[0])[1:]
-
-
-# whichever test comes first also builds the demo's dataset and runs the documented check (~2 min on 2 idle cores,
-# 5 under load)
+# the first test to ask builds the demo's folders and runs `make demo` (~2.5 min on 2 cores), then the check
 OVERFIT_TIMEOUT = 1200
 
 
@@ -516,23 +509,22 @@ def vmae_in(folder: Path, *args: str, timeout: int = OVERFIT_TIMEOUT) -> tuple[i
 
 
 @pytest.fixture(scope="module")
-def demo_folder(tmp_path_factory) -> Path:
-    """A folder whose runs/demo/shards (what configs/demo.yaml reads) is built as `make demo` builds it."""
-    root = tmp_path_factory.mktemp("demo")
-    demo = root / "runs" / "demo"
-    assert main(["synth", str(demo / "videos"), "--classes", "24", "--videos-per-class", "2", "--real-samples"]) == 0
-    assert main(["shards", "build", str(demo / "videos"), str(demo / "shards"), "--samples-per-shard", "16"]) == 0
-    return root
+def demo_folder(readme_workspace) -> Path:
+    """A folder whose runs/demo/shards (what configs/demo.yaml reads) is the one `make demo` built."""
+    return readme_workspace.elsewhere
 
 
 @pytest.fixture(scope="module")
-def overfit_run(demo_folder) -> tuple[Path, int, str]:
+def overfit_run(readme_workspace) -> tuple[Path, int, str]:
     """The README's `vmae pretrain --config demo --overfit 2 --out runs/overfit`, as written, from the demo's
     folder: (run folder, exit code, output)."""
-    args = documented_overfit_command()
+    from readme_workspace import command, readme_line
+
+    line = readme_line("vmae pretrain", "vmae pretrain --config demo --overfit")
+    args = shlex.split(command(line))[1:]
     assert args[:5] == ["pretrain", "--config", "demo", "--overfit", "2"], args
-    code, output = vmae_in(demo_folder, *args)
-    return demo_folder / args[args.index("--out") + 1], code, output
+    ran = readme_workspace.run_once(line, readme_workspace.elsewhere)
+    return readme_workspace.elsewhere / args[args.index("--out") + 1], ran.code, ran.output
 
 
 def test_the_readme_states_the_thresholds_the_sanity_check_checks():
@@ -624,3 +616,46 @@ def test_honest_reconstructions_tell_a_trained_model_from_one_that_predicts_noth
     assert oracle > honest + 0.5 and flattered > fit + 3  # the leaking one flatters every model
     png = reconstruction_grid(zeros, video, cfg.data, out / "zeros.png", clips=2, oracle=True)
     assert png.stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------ --dry-run
+
+def test_a_dry_run_passes_a_launch_that_would_start_and_writes_nothing(built, tmp_path, monkeypatch, capsys):
+    """Under a launcher's variables (8 ranks), a fine-tuning launch whose checks all pass: exit 0, the plan
+    printed for 8 ranks, no run folder and no classes.json made."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    out = tmp_path / "run"
+    config = write_config(tmp_path, run_config(built[0], out, global_batch=8, data__batch_size=1, data__streams=8))
+    assert main(["finetune", "--config", str(config), "--dry-run", "finetune.mixup=0", "finetune.cutmix=0"]) == 0
+    printed = capsys.readouterr().out
+    assert "deepspeed launch, 8 rank(s)" in printed and "FAIL" not in printed
+    assert "global batch 8 videos = 8 rank(s) x 1 (data.batch_size) x 1 accumulation" in printed
+    assert re.search(r"model: tiny, [\d.]+ M parameters; model states per rank under ZeRO-1 on 8 rank\(s\)", printed)
+    assert re.search(r"schedule +\d+ steps an epoch", printed) and "every check passed" in printed
+    assert not out.exists()
+
+
+def test_a_dry_run_reports_every_failing_check_and_exits_1(tmp_path, monkeypatch, capsys):
+    """A missing dataset, a batch that does not split over the ranks and an out path that is a file: each named
+    on its own line, not only the first; exit 1."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    (tmp_path / "file").write_text("not a folder")
+    config = write_config(tmp_path, run_config(tmp_path / "missing", tmp_path / "file"))
+    assert main(["pretrain", "--config", str(config), "--dry-run"]) == 1
+    printed = capsys.readouterr().out
+    failed = re.findall(r"^\s+FAIL\s+(.+?)\s{2,}", printed, flags=re.M)
+    assert failed == ["dataset", "batch split", "run folder"], printed
+    assert "not a multiple of 3 rank(s)" in printed and "is a file, not a folder" in printed
+    assert "3 check(s) failed" in printed
+
+
+def test_a_dry_run_names_data_streams_that_do_not_suit_the_world_size(built, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    config = write_config(tmp_path, run_config(built[0], tmp_path / "run", global_batch=8, data__batch_size=1))
+    assert main(["pretrain", "--config", str(config), "--dry-run"]) == 1  # run_config sets data.streams=2
+    printed = capsys.readouterr().out
+    assert re.findall(r"^\s+FAIL\s+(.+?)\s{2,}", printed, flags=re.M) == ["schedule"], printed
+    assert "data.streams=2 must be a multiple of the world size 8" in printed

@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Model and data keys are set as model.KEY=VALUE and data.KEY=VALUE.")
     _config_args(pretrain, ("train",), entries=("data", "model"))
     _overfit_arg(pretrain, "pretrain")
+    _dry_run_arg(pretrain)
 
     finetune = _command(commands, "finetune", "train:finetune_command",
                         "fine-tune a classifier from a pretrained encoder",
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--val-dataset the multi-view test runs at the end.")
     _config_args(finetune, ("train", "finetune"), entries=("data", "model"), command="finetune")
     _overfit_arg(finetune, "finetune")
+    _dry_run_arg(finetune)
 
     evaluate = _command(commands, "evaluate", "evaluate:evaluate_command", "multi-view test of a fine-tuned classifier",
                         "Temporal windows x spatial crops per video (MAE-ST tests Kinetics with 7 x 3), softmax "
@@ -286,6 +288,12 @@ def _overfit_arg(parser: argparse.ArgumentParser, command: str) -> None:
         "sanity check: train on the first N videos only, the same batch and masks every step, without "
         "augmentation or regularization, until the loss stays below train.stop_loss (pretrain 0.03, finetune 0.01) "
         "or 500 steps; says 'sanity check passed', or FAILED and exits 1; one process, CPU loader"))
+
+
+def _dry_run_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true", help=(
+        "check the launch (its world size from the launcher), the dataset, the batch split and the run folder, "
+        "print the schedule and the model states per rank, train nothing; exits 1 when a check fails"))
 
 
 def print_config(args: argparse.Namespace) -> int:

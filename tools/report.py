@@ -78,16 +78,20 @@ def _mb(n: int) -> str:
 
 def print_train_summary(summary: dict) -> None:
     table = Table(title=summary.get("task", "pretrain"), show_header=False)
-    status = f"stopped by {summary['stopped']}; --resume auto continues" if summary.get("stopped") else "done"
+    stepped = summary["steps_this_run"] > 0
+    status = "done" if stepped else "nothing to do: the run had reached its last step (another --out starts anew)"
+    if summary.get("stopped"):
+        status = f"stopped by {summary['stopped']}; --resume auto continues"
     if summary.get("sanity_check"):
         status = sanity_check_status(summary["sanity_check"])
     rows = [
         ("status", status),
         ("steps", f"{summary['steps']} of {summary['run_steps']} ({summary['steps_this_run']} in this run, "
                   f"{summary['skipped_steps']} skipped), epoch {summary['epoch']}"),
-        ("throughput", f"{summary['clips_per_s']:.2f} clips/s, waiting for data {summary['data_wait_pct']:.1f} %"),
+        ("throughput", f"{summary['clips_per_s']:.2f} clips/s, waiting for data {summary['data_wait_pct']:.1f} %"
+         if stepped else "no step in this run"),
     ]
-    if summary.get("device") == "cpu":
+    if stepped and summary.get("device") == "cpu":
         rows.append(("", CPU_DATA_WAIT_NOTE))
     rows += [
         ("loss", f"{summary['first_loss']:.4f} → {summary['final_loss']:.4f} (mean of the last steps)"

@@ -11,6 +11,7 @@ import yaml
 
 from vmae.pipeline.train.checkpoint import config_text
 from vmae.pipeline.train.loop import finetune, pretrain
+from vmae.pipeline.train.preflight import dry_run
 from vmae.pipeline.train.summary import exit_code
 from vmae.tools.commands import command_config, command_overrides
 from vmae.tools.config import VmaeConfig, base_layers, flag_values, load_config, to_yaml
@@ -18,10 +19,14 @@ from vmae.tools.report import print_train_summary
 
 
 def pretrain_command(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return dry_run(command_config(args), "pretrain")
     return train_and_report(pretrain, command_config(args))
 
 
 def finetune_command(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return dry_run(finetune_config(args), "finetune")
     return train_and_report(finetune, finetune_config(args))
 
 
