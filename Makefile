@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
 DEMO := runs/demo
 
-.PHONY: setup demo test test-fast bench learn learn-study clean ffmpeg
+.PHONY: setup demo test test-fast bench learn learn-study gpu-check clean ffmpeg
 
 setup: $(STAMP) ffmpeg
 
@@ -56,6 +56,11 @@ learn: setup
 
 learn-study: setup
 	$(BIN)/python bench/learn.py --out runs/learn --out-json bench/results/learn-study.json
+
+# on a bare GPU machine (no package index): the wheels brought along in .whl/ (DALI's in pieces), the bench set,
+# every gpu test and the GPU loader benches, within 8 minutes; results in gpu-check/. CI runs its --dry-run.
+gpu-check:
+	python3 bench/gpu_check.py --wheels .whl --out gpu-check
 
 clean:
 	rm -rf runs .pytest_cache

@@ -8,12 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import yaml
 
-from test_pretrain import ROOT, clean_env, run_config, write_config
+from test_pretrain import ROOT, clean_env
 from vmae.pipeline.evaluate.downstream import remap_labels
 from vmae.pipeline.train.config import TrainError
 from vmae.pipeline.train.checks import check_classes
@@ -123,58 +121,6 @@ def test_each_layer_moves_by_its_decayed_lr_under_deepspeed():
         for name, scale in expected.items():
             assert float(moved[name]) == pytest.approx(1e-3 * scale, rel=0.02), (stage, name, moved)
 
-
-@pytest.mark.slow
-def test_finetune_from_a_pretraining_run_resumes_and_is_scored(built, tmp_path):
-    dataset = built[0]
-    pre = run_config(dataset, tmp_path / "pre", max_steps=2, log_samples=False)
-    proc = subprocess.run([sys.executable, "-m", "vmae.tools.cli", "pretrain", "--config",
-                           str(write_config(tmp_path, pre))],
-                          cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-
-    def finetune(steps: int) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "vmae.tools.cli", "finetune", "--dataset", str(dataset), "--out",
-                   str(tmp_path / "ft"), "--pretrained", str(tmp_path / "pre"), "--val-dataset", str(dataset),
-                   "data.batch_size=2", "data.workers=1", "data.backend=cpu", "train.global_batch=2",
-                   "train.epochs=4", "train.warmup_epochs=1", f"train.max_steps={steps}", "train.checkpoint_every=2",
-                   "train.log_every=1", "train.peak_tflops=1.0", "finetune.test_views=2", "finetune.test_crops=1"]
-        return subprocess.run(command, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
-
-    first = finetune(2)
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert "encoder from" in first.stderr and (tmp_path / "ft" / "checkpoints" / "step000000002").is_dir()
-    second = finetune(4)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "resumed from" in second.stderr and "val" in second.stdout
-    saved = yaml.safe_load((tmp_path / "ft" / "checkpoints" / "step000000004" / "config.yaml").read_text())
-    assert saved["model"]["preset"] == "tiny" and saved["data"]["frames"] == 4  # taken from the pretrained run
-    assert saved["finetune"]["layer_decay"] == 0.75 and saved["train"]["betas"] == [0.9, 0.999]  # the recipe
-    steps = [json.loads(line)["step"] for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
-    report = json.loads((tmp_path / "ft" / "eval" / "report.json").read_text())
-    classes = len(report["class_names"])
-    assert report["views"] == 2 and report["val_videos"] == 10 and len(report["confusion"]) == classes
-    weights = torch.load(tmp_path / "ft" / "finetuned.pt", weights_only=True)["model"]
-    assert weights["head.weight"].shape[0] == classes
-
-    # evaluate on its own: the run folder, 3 windows x 2 crops
-    proc = subprocess.run([sys.executable, "-m", "vmae.tools.cli", "evaluate", str(tmp_path / "ft"), "--dataset",
-                           str(dataset), "--views", "6", "--test-crops", "2", "--out", str(tmp_path / "eval")],
-                          cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert report["views"] == 6 and report["test_crops"] == 2 and report["val_videos"] == 10
-    assert report["evaluation"]["windows"] == 3 and report["evaluation"]["crops"] == 2
-    assert report["evaluation"]["sampling"] == "dense" and report["videos_with_identical_windows"] == 0
-    rows = (tmp_path / "eval" / "per_video.csv").read_text().splitlines()
-    assert len(rows) == 11 and rows[0].startswith("key,label,label_name,predicted")
-    saved = np.load(tmp_path / "eval" / "scores.npz")
-    assert saved["view_scores"].shape == (10, 6, len(report["class_names"]))
-    np.testing.assert_allclose(saved["view_scores"].sum(-1), 1, atol=1e-4)
-    assert "3 windows x 2 crops, dense sampling" in proc.stdout
-    assert (tmp_path / "eval" / "confusion.png").stat().st_size > 5_000
-    assert "top-1" in proc.stdout
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from vmae.pipeline.data.config import DataConfig
 from vmae.pipeline.data.decode import decode_frames, pyav_frames, reference_frames
 from vmae.pipeline.data.cpu_loader import CpuLoader
 from vmae.pipeline.data.loader import make_loader
-from vmae.pipeline.data.sampling import plan_views, sample_rng, temporal_windows
+from vmae.pipeline.data.sampling import plan_views, sample_rng, span_steps, temporal_windows
 from vmae.pipeline.data.shardset import ShardSet, open_shards
 from vmae.shards.format import DatasetError
 from vmae.pipeline.data.views import make_views
@@ -326,8 +327,10 @@ def test_views_match_a_plain_float_crop_resize_normalize():
 
 
 def test_short_video_repeats_its_last_frame():
+    """20 frames, a clip of 16 x 4: the run from frame 0, stride 4, holds 0 … 16; past it every view repeats 16,
+    the last frame a GPU decoder's strided request returns (never an index twice in the request)."""
     frames, padded = temporal_windows(20, DataConfig(), np.random.default_rng(0))
-    assert padded and frames.max() == 19 and (frames[:, -1] == 19).all()
+    assert padded and (frames[:, :5] == [0, 4, 8, 12, 16]).all() and (frames[:, 5:] == 16).all()
 
 
 # ------------------------------------------------------------------ decoders against a plain decode
@@ -761,7 +764,8 @@ def test_evaluation_views_are_temporal_windows_times_spatial_crops():
     plan = plan_views(100, 240, 320, cfg, np.random.default_rng(0))
     assert [tuple(c) for c in plan.crops] == [(0, 0, 240, 240), (0, 40, 240, 240), (0, 80, 240, 240)] * 2
     assert (plan.frames[0] == plan.frames[2]).all() and (plan.frames[3] == plan.frames[5]).all()
-    assert plan.frames[0, 0] == 0 and plan.frames[3, -1] == 99  # the two windows span the video
+    # the two windows span the run from frame 0, stride 2, to its last frame inside the video, 98
+    assert plan.frames[0, 0] == 0 and plan.frames[3, -1] == 98
     portrait = plan_views(100, 320, 240, cfg, np.random.default_rng(0))
     assert [tuple(c)[:2] for c in portrait.crops[:3]] == [(0, 0), (40, 0), (80, 0)]
     with pytest.raises(ValueError, match="multiple of data.test_crops"):
@@ -902,6 +906,76 @@ def test_dali_draws_the_same_segment_frames_as_the_cpu_path():
     for i, n in enumerate((40, 7, 301)):
         expected = temporal_windows(n, cfg, np.random.default_rng(0))[0]
         assert np.array_equal(np.array(out[i]).reshape(6, 8), expected), n
+
+
+def dali_window_requests(cfg: DataConfig, counts: list[int], align: int = 1) -> list[tuple[int, int, list[int]]]:
+    """(start, steps, K offsets) the DALI graph asks for, for videos of ``counts`` frames."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from vmae.pipeline.data.dali_graph import window_request
+
+    @pipeline_def(batch_size=len(counts), num_threads=1, device_id=None, seed=5)
+    def requests():
+        frames = fn.external_source(source=lambda: [np.array([n], np.int32) for n in counts], dtype=types.INT32)
+        start, steps, offsets = window_request(frames, cfg, align)
+        return (start, steps, *offsets)
+
+    pipe = requests()
+    pipe.build()
+    out = pipe.run()
+    return [(int(np.array(out[0][i])[0]), int(np.array(out[1][i])[0]),
+             [int(np.array(o[i])[0]) for o in out[2:]]) for i in range(len(counts))]
+
+
+@pytest.mark.parametrize("span", [0, 2])
+def test_dali_asks_each_video_for_one_run_that_holds_its_views_as_the_cpu_plan_does(span):
+    """The graph's request is one strictly increasing run (start, stride, length) per video; evaluation asks for
+    exactly the CPU path's plan, and training draws from the same sets: a start below the stride (or inside the
+    video with a span), aligned, as long as the plan's, offsets that keep every view inside it."""
+    pytest.importorskip("nvidia.dali")
+    from vmae.pipeline.data.sampling import dense_window, window_views
+
+    counts = [300, 301, 64, 40, 7, 75]
+    evaluation = DataConfig(augment=False, views=4, span=span)
+    for n, (start, steps, offsets) in zip(counts, dali_window_requests(evaluation, counts)):
+        window = dense_window(n, evaluation, np.random.default_rng(0))
+        assert (start, steps) == (window.start, window.steps), n
+        views = start + evaluation.stride * np.minimum(np.array(offsets)[:, None] + np.arange(16), steps - 1)
+        assert np.array_equal(views, window_views(window, evaluation, np.random.default_rng(0))), n
+    train = DataConfig(span=span)
+    for _ in range(20):
+        for n, (start, steps, offsets) in zip(counts * 3, dali_window_requests(train, counts * 3, align=2)):
+            assert start % 2 == 0 and start + (steps - 1) * train.stride <= max(n - 1, 0), n
+            if span:
+                assert steps == min(span_steps(train), (n - 1 - start) // train.stride + 1)
+            else:
+                assert start < train.stride and steps == (n - 1 - start) // train.stride + 1
+            assert all(0 <= o <= max(steps - 16, 0) for o in offsets), (n, start, steps, offsets)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("frames, stride", [(8, 2), (16, 5)])  # 16 x 5: the 75-frame videos are short
+def test_the_dali_graph_gives_the_cpu_paths_frames_for_the_same_plan(vp9_dataset, frames, stride):
+    """Evaluation views (no draws) of every video through DALI's CPU decoder and through the CPU path, crop = the
+    short side so that nothing is resized: the same frames, each closest to its own counterpart."""
+    pytest.importorskip("nvidia.dali")
+    cfg = small(augment=False, frames=frames, stride=stride, crop_size=128, batch_size=1, shuffle_buffer=1)
+    clips, padded = {}, {}
+    for backend in ("dali", "cpu"):
+        loader = make_loader(vp9_dataset, replace(cfg, backend=backend), device="cpu")
+        clips[backend] = {b["key"][0]: b["video"] for b in epoch(loader)}
+        padded[backend] = loader.stats.padded
+    assert clips["dali"].keys() == clips["cpu"].keys() and len(clips["cpu"]) == len(ShardSet(vp9_dataset))
+    std = torch.tensor(cfg.std).view(1, 3, 1, 1, 1) * 255
+    for key, dali in clips["dali"].items():
+        cpu = clips["cpu"][key]
+        grey = ((dali - cpu) * std).abs().mean(dim=(1, 3, 4))  # [K, T] mean |difference| per frame, of 255
+        assert grey.max() < 4, (key, grey)
+        shifted = ((dali[:, :, 1:] - cpu[:, :, :-1]) * std).abs().mean(dim=(1, 3, 4))
+        moving = shifted > 2  # where neighbouring frames differ, each frame matches its own counterpart best
+        assert (grey[:, 1:][moving] <= shifted[moving]).all(), key
+    short = ShardSet(vp9_dataset).manifest["class_counts"]["drift_east"]  # the synthetic videos: 75 frames
+    assert padded["dali"] == padded["cpu"] == (short if frames * stride > 75 else 0)
 
 
 def test_stopping_workers_does_not_wait_on_a_lock_a_killed_worker_held(built, give_up_after):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from readme_workspace import (KINETICS, HMDB, ROOT, SSV2, UCF, Block, Ran, Workspace, command, readme_blocks,
                               run_block)
@@ -127,9 +128,10 @@ def check_loader_check(block: Block, ws: Workspace) -> None:
 
 def check_pretrain(block: Block, ws: Workspace) -> None:
     demo_line, overfit_line = block.lines
-    # after `make demo` its run is complete: the same command resumes it and has nothing left to do
+    # after `make demo` its run is complete: the same command resumes it and has nothing left to do (from
+    # another folder: `vmae config` shows the preset read from both)
     steps_before = metrics(ws.root / "runs" / "demo" / "pretrain")[-1]["step"]
-    [again] = both_folders([demo_line], ws)
+    [again] = run_block([demo_line], ws.elsewhere, ws.env)
     assert again.code == 0 and "nothing to do" in again.output, again.output[-3000:]
     assert metrics(ws.root / "runs" / "demo" / "pretrain")[-1]["step"] == steps_before == 360
     [overfit] = ok([ws.run_once(overfit_line, ws.elsewhere)])
@@ -145,9 +147,7 @@ WORLDS = {"vmae pretrain": 1, "torchrun --nproc_per_node 8": 8, "torchrun --nnod
 def check_gpu_launches(block: Block, ws: Workspace) -> None:
     assert block.dry_run
     ran = run_block(block.lines, ws.root, ws.env, " --dry-run")
-    # a line without repository files from another folder too (its preset names data/k400 relative to it)
-    portable = [line for line in block.lines if not Block("", [line], True).names_repository_files]
-    for r in ran + run_block(portable[:1], ws.elsewhere, ws.env, " --dry-run"):
+    for r in ran:
         world = next(n for start, n in WORLDS.items() if command(r.line).startswith(start))
         assert f"launch, {world} rank(s)" in r.output, r.output[-3000:]
         failed = re.findall(r"^\s+FAIL\s+(.+?)\s{2,}", r.output, flags=re.M)
@@ -171,8 +171,14 @@ def check_export(block: Block, ws: Workspace) -> None:
 
 def check_finetune(block: Block, ws: Workspace) -> None:
     ok(run_block(block.lines, ws.elsewhere, ws.env))
-    report = json.loads((ws.elsewhere / "runs" / "finetune" / "eval" / "report.json").read_text())
-    assert 0 <= report["top1"] <= 100 and report["evaluation"]["clips_per_video"] == 4  # 2 windows x 2 crops
+    run = ws.elsewhere / "runs" / "finetune"  # configs/finetune.yaml's train.out
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert 0 <= report["top1"] <= 1 and report["evaluation"]["clips_per_video"] == 4  # 2 windows x 2 crops
+    saved = yaml.safe_load(sorted((run / "checkpoints").glob("step*"))[-1].joinpath("config.yaml").read_text())
+    assert saved["model"]["preset"] == "tiny" and saved["data"]["frames"] == 8  # taken from the pretrained run
+    assert saved["finetune"]["layer_decay"] == 0.75 and saved["train"]["betas"] == [0.9, 0.999]  # the recipe
+    weights = torch.load(run / "finetuned.pt", weights_only=True)["model"]
+    assert weights["head.weight"].shape[0] == len(report["class_names"])
 
 
 def check_evaluate(block: Block, ws: Workspace) -> None:
@@ -181,8 +187,13 @@ def check_evaluate(block: Block, ws: Workspace) -> None:
     assert reports, ran.output[-2000:]
     report = json.loads(reports[0].read_text())
     assert report["evaluation"]["clips_per_video"] == 21  # 7 windows x 3 crops
+    assert report["evaluation"]["windows"] == 7 and report["evaluation"]["crops"] == 3
     videos = sum(manifest(ws.root / "runs" / "demo" / "shards")["class_counts"].values())
     assert report["val_videos"] == videos
+    rows = (reports[0].parent / "per_video.csv").read_text().splitlines()
+    assert len(rows) == videos + 1 and rows[0].startswith("key,label,label_name,predicted")
+    scores = np.load(reports[0].parent / "scores.npz")
+    assert scores["view_scores"].shape == (videos, 21, len(report["class_names"]))
 
 
 def check_linear_probe(block: Block, ws: Workspace) -> None:

@@ -19,8 +19,8 @@ class DataConfig:
     stride: int = field(default=4, metadata=field_help("temporal stride between sampled frames (tau)"))
     views: int = field(default=4, metadata=field_help("clips drawn from each decoded video (K, repeated sampling)"))
     span: float = field(default=0.0, metadata=field_help(
-        "draw all K views from one window this many clip lengths long, so only it is decoded (0: independent "
-        "windows over the whole video, as MAE-ST; 1: the same frames for every view)"))
+        "draw all K views from one window this many clip lengths long, so only it is decoded (0: windows "
+        "anywhere in the whole video, as MAE-ST, sharing one phase mod stride; 1: the same frames for every view)"))
     sampling: str = field(default="dense", metadata=field_help(
         "dense: T frames tau apart from a window (Kinetics); segment: the video cut into T equal segments, one frame "
         "from each (Something-Something V2: short clips, so evaluation windows differ)", choices=SAMPLINGS))

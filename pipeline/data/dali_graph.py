@@ -13,18 +13,22 @@ from __future__ import annotations
 import numpy as np
 
 from vmae.pipeline.data.config import DataConfig
-from vmae.pipeline.data.sampling import segment_evaluation_points
+from vmae.pipeline.data.sampling import segment_evaluation_points, span_steps
 
 SOURCE_BYTES = 1024  # room for "<tar path>:<offset>:<member>" in a fixed-shape output
 
 
 def build_pipeline(files: list[str], indexes: list[str], ext: str, cfg: DataConfig, device: str, shard_id: int,
-                   num_shards: int, device_id: int | None, threads: int = 2):
-    """reader → K views' frame indices from the frame count → one decode per video → per-view crop/flip/normalize.
+                   num_shards: int, device_id: int | None, threads: int = 2, align: int = 1):
+    """reader → one decode per video → its K views → per-view crop/flip/normalize.
 
-    Outputs: K clips [B, 3, T, S, S] (one output per view, layout CFHW), the labels [B, 1], each sample's
-    source ("<tar>:<offset>:<key>.<ext>", zero-padded to SOURCE_BYTES) for its key, its stored frame count [B, 1]
-    and the brightest value of each decoded frame [B, K·T].
+    Dense sampling decodes one strictly increasing run per video (``window_request``: start, stride, length; no
+    index twice, so the decoder never seeks backwards) and slices the K views out of it; segment sampling asks
+    for its frames by index. Outputs: K clips [B, 3, T, S, S] (one output per view, layout CFHW), the labels
+    [B, 1], each sample's source ("<tar>:<offset>:<key>.<ext>", zero-padded to SOURCE_BYTES) for its key, its
+    stored frame count [B, 1], the frames asked for and the frames decoded [B, 1] (fewer decoded than asked: the
+    stored count lies), and the brightest value of the darkest decoded frame [B, 1] (0: an all-black frame, asked by
+    index past the stream's end, is how a lying count shows in segment sampling).
     """
     from nvidia.dali import fn, pipeline_def, types  # optional: see the module's docstring
 
@@ -37,47 +41,86 @@ def build_pipeline(files: list[str], indexes: list[str], ext: str, cfg: DataConf
             # a fresh order of whole tars each epoch (the same on every rank), samples mixed in a buffer
             random_shuffle=True, shuffle_after_epoch=True, initial_fill=max(cfg.shuffle_buffer, 1),
             shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, name="reader")
-        decoded = fn.decoders.video(video, device=device, frames=view_frame_indices(frames, cfg))
         T = cfg.frames
-        views = [augment_view(decoded[k * T:(k + 1) * T], cfg) for k in range(cfg.views)]
+        if cfg.sampling == "segment":
+            decoded = fn.decoders.video(video, device=device, frames=view_frame_indices(frames, cfg))
+            clips = [decoded[k * T:(k + 1) * T] for k in range(cfg.views)]
+            asked = fn.constant(idata=[cfg.views * T], dtype=types.INT32)
+        else:
+            start, steps, offsets = window_request(frames, cfg, align)
+            # pad_mode none: a run the stream cannot fill comes back short (counted by the loader), never padded
+            decoded = fn.decoders.video(video, device=device, start_frame=scalar(start), stride=cfg.stride,
+                                        sequence_length=scalar(steps), pad_mode="none")
+            clips = [fn.slice(decoded, offset, types.Constant(np.array([T], np.float32)), axes=[0],
+                              normalized_anchor=False, normalized_shape=False, out_of_bounds_policy="pad")
+                     for offset in offsets]
+            asked = fn.cast(steps, dtype=types.INT32)
+        views = [augment_view(clip, cfg) for clip in clips]
         source = fn.pad(fn.get_property(video, key="source_info")[:SOURCE_BYTES], axes=[0], shape=[SOURCE_BYTES])
-        # DALI hands back black frames, without a word, for indices past the stream's end (a lying count)
-        brightest = fn.reductions.max(decoded, axes=[1, 2, 3])  # [K·T]
-        return (*views, label.gpu() if device == "mixed" else label, source, frames, brightest)
+        got = fn.slice(decoded.shape(dtype=types.INT32), 0, 1, axes=[0], normalized_anchor=False,
+                       normalized_shape=False)
+        # the darkest decoded frame's brightest value [1]: 0 when any frame is all black (uniform, as outputs must be)
+        brightest = fn.reshape(fn.reductions.min(fn.reductions.max(decoded, axes=[1, 2, 3])), shape=[1])
+        return (*views, label.gpu() if device == "mixed" else label, source, frames, asked,
+                got.gpu() if device == "mixed" else got, brightest)
 
     return video_pipeline()
 
 
-def view_frame_indices(frames, cfg: DataConfig):
-    """K windows of T frames, tau apart, drawn uniformly over the video (inside one window with ``span``),
-    clamped to the last frame; flattened view after view: [K·T] int32."""
+def scalar(node):
+    """A [1] float DataNode as the int32 scalar a decoder argument takes."""
+    from nvidia.dali import fn, types
+
+    return fn.reshape(fn.cast(node, dtype=types.INT32), shape=[])
+
+
+def window_request(frames, cfg: DataConfig, align: int = 1):
+    """(start [1], steps [1], K offsets [1]) as float DataNodes: the run ``sampling.dense_window`` draws and each
+    view's place in it (``sampling.window_views``), computed in float32 inside the graph."""
     import nvidia.dali.math as dmath  # optional: see the module's docstring
     from nvidia.dali import fn, types
 
     n = fn.cast(frames, dtype=types.FLOAT)  # [1]
-    if cfg.sampling == "segment":  # one frame from each of T equal segments, as sampling.segment_frames
-        segment = n / float(cfg.frames)
-        firsts = types.Constant(np.arange(cfg.frames, dtype=np.float32)[None, :]) * segment
-        if cfg.augment:
-            fraction = fn.random.uniform(range=[0.0, 1.0], shape=[cfg.views, cfg.frames])
-        else:
-            fraction = types.Constant(segment_evaluation_points(cfg))
-        indices = dmath.min(dmath.floor(firsts + fraction * segment), n - 1)
-        return fn.reshape(fn.cast(indices, dtype=types.INT32), shape=[cfg.views * cfg.frames])
-    length = float(cfg.clip_length)
-    offsets = types.Constant(np.arange(cfg.frames, dtype=np.float32)[None, :] * cfg.stride)
-    if not cfg.augment:  # evenly spread, as the CPU path's evaluation windows
-        spread = types.Constant(np.linspace(0, 1, cfg.views, dtype=np.float32)[:, None])
-        starts = dmath.floor(spread * dmath.max(n - length, 0.0) + 0.5)
+    tau, T = float(cfg.stride), cfg.frames
+
+    def aligned_below(high):
+        return dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * (dmath.floor(dmath.max(high, 0.0) / align) + 1)) \
+            * float(align)
+
+    wanted = None
+    if not cfg.augment:
+        start = n * 0.0
     elif cfg.span:
-        window = max(length, round(cfg.span * length))
-        window_start = dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * (dmath.max(n - window, 0.0) + 1))
-        room = dmath.max(dmath.min(window_start + window, n) - length - window_start, 0.0) + 1
-        starts = window_start + dmath.floor(fn.random.uniform(range=[0.0, 1.0], shape=[cfg.views, 1]) * room)
+        wanted = float(span_steps(cfg))
+        start = aligned_below(n - ((wanted - 1) * tau + 1))
     else:
-        starts = dmath.floor(fn.random.uniform(range=[0.0, 1.0], shape=[cfg.views, 1]) * (dmath.max(n - length,
-                                                                                                   0.0) + 1))
-    indices = dmath.min(starts + offsets, n - 1)
+        start = aligned_below(dmath.min(tau - 1, n - float(cfg.clip_length)))
+    on_grid = dmath.floor((n - 1 - start) / tau) + 1
+    steps = dmath.min(on_grid, wanted) if wanted else on_grid
+    room = dmath.max(steps - T, 0.0)
+    if cfg.augment:
+        offsets = [dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * (room + 1)) for _ in range(cfg.views)]
+    else:
+        windows = cfg.views // cfg.test_crops
+        spread = np.linspace(0, 1, windows, dtype=np.float32)
+        offsets = [dmath.floor(room * float(spread[k // cfg.test_crops]) + 0.5) for k in range(cfg.views)]
+    return start, steps, offsets
+
+
+def view_frame_indices(frames, cfg: DataConfig):
+    """Segment sampling's K·T frame indices, flattened view after view: [K·T] int32 (as
+    ``sampling.segment_frames``)."""
+    import nvidia.dali.math as dmath  # optional: see the module's docstring
+    from nvidia.dali import fn, types
+
+    n = fn.cast(frames, dtype=types.FLOAT)  # [1]
+    segment = n / float(cfg.frames)
+    firsts = types.Constant(np.arange(cfg.frames, dtype=np.float32)[None, :]) * segment
+    if cfg.augment:
+        fraction = fn.random.uniform(range=[0.0, 1.0], shape=[cfg.views, cfg.frames])
+    else:
+        fraction = types.Constant(segment_evaluation_points(cfg))
+    indices = dmath.min(dmath.floor(firsts + fraction * segment), n - 1)
     return fn.reshape(fn.cast(indices, dtype=types.INT32), shape=[cfg.views * cfg.frames])
 
 

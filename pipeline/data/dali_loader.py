@@ -111,7 +111,8 @@ class DaliLoader(Loader):
         if cfg.test_crops > 1 and not cfg.augment:
             raise ValueError("data.test_crops > 1 is cut by the CPU path only: use data.backend=cpu for evaluation")
         self.stats = LoaderStats()
-        self.outputs = [f"view{k}" for k in range(cfg.views)] + ["label", "source", "frames", "brightest"]
+        self.outputs = [f"view{k}" for k in range(cfg.views)] + ["label", "source", "frames", "asked", "decoded",
+                                                                  "brightest"]
         self.quarantine: dict[str, set[int]] = {}  # tar path → data offsets of members left out
         self._private = tempfile.TemporaryDirectory(prefix="vmae-dali-index-")  # this rank's index copies
         self.rebuilds = 0
@@ -145,7 +146,7 @@ class DaliLoader(Loader):
         files, indexes = self._epoch_files()
         # only this rank's files: DALI's reader opens and parses every file it is given before its first batch
         self.pipe = build_pipeline(files, indexes, self.shardset.video_ext, cfg, self.decode_device, 0, 1, device_id,
-                                   threads=self.cfg.worker_count)
+                                   threads=self.cfg.worker_count, align=self.shardset.frame_alignment(cfg.stride))
         self.pipe.build()
         # The reader drops the last partial batch; auto_reset starts the next epoch when one ends.
         self.iterator = DALIGenericIterator([self.pipe], self.outputs, reader_name="reader",
@@ -198,12 +199,13 @@ class DaliLoader(Loader):
             if step < self.skip:
                 continue
             # [B, K, 3, T, S, S] → [B·K, ...]: the clips of one video stay adjacent
-            video = torch.stack([batch[name] for name in self.outputs[:k]], dim=1).flatten(0, 1)
-            video = video.to(clip_dtype(self.cfg))
+            video = torch.stack([batch[name] for name in self.outputs[:k]], dim=1)
+            padded = repeat_last_frames(video, batch["decoded"].view(-1).cpu(), self.cfg)
+            video = video.flatten(0, 1).to(clip_dtype(self.cfg))
             label = batch["label"].view(-1).long().repeat_interleave(k)
             self.stats.seconds += time.perf_counter() - waited
-            self.stats.add({"videos": size, "clips": size * k, "decoded_frames": size * k * self.cfg.frames,
-                            "padded": 0, "failed": {}})
+            self.stats.add({"videos": size, "clips": size * k, "decoded_frames": int(batch["decoded"].sum()),
+                            "padded": padded, "failed": {}})
             yield {"video": video.to(self.device, non_blocking=True), "label": label.to(self.device),
                    "key": [_key_of(row) for row in batch["source"].cpu().numpy()]}
         self.skip = 0
@@ -231,11 +233,13 @@ class DaliLoader(Loader):
             self._build()
 
     def _overcounted(self, batch: dict) -> list[tuple[str, int, str, str]]:
-        """Samples with an all-black decoded frame whose stream holds fewer frames than their stored count (a
-        black frame alone may be a real fade: only a demux of the member, done for these few, tells)."""
+        """Samples whose stream holds fewer frames than their stored count: a run that came back short, or (frames
+        asked by index) an all-black decoded frame, confirmed by a demux of the member (a black frame alone may be
+        a real fade)."""
         found = []
+        short = (batch["decoded"].view(-1) < batch["asked"].view(-1)).cpu()
         black = (batch["brightest"].view(self.cfg.batch_size, -1) == 0).any(dim=1).cpu()
-        for row in np.flatnonzero(black.numpy()):
+        for row in np.flatnonzero((short | black).numpy()):
             tar, offset, member = _source_of(batch["source"][row].cpu().numpy())
             stored = int(batch["frames"][row].view(-1)[0])
             held = _stream_frames(tar, offset)
@@ -277,6 +281,19 @@ class DaliLoader(Loader):
         self.stats.failed[reason] += 1
         log.warning("sample %s (%s) left out: %s; the batch is fetched again", key, Path(tar).name, detail)
         self.rebuilds += 1
+
+
+def repeat_last_frames(video: torch.Tensor, decoded: torch.Tensor, cfg: DataConfig) -> int:
+    """A video shorter than one clip decodes fewer than T frames of its run (its views all start at 0); each view's
+    frames past them repeat the last one, as the CPU path's plan does. In place on [B, K, 3, T, S, S]; the number
+    of such videos."""
+    if cfg.sampling == "segment":
+        return 0  # segment sampling asks for T frames by index, repeating the last itself
+    short = torch.nonzero(decoded < cfg.frames).view(-1).tolist()
+    for row in short:
+        held = int(decoded[row])
+        video[row, :, :, held:] = video[row, :, :, held - 1:held]
+    return len(short)
 
 
 def rank_index_copies(shardset: ShardSet, part: list[SampleRef], folder: Path,

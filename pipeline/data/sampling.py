@@ -15,11 +15,21 @@ from vmae.pipeline.data.config import DataConfig
 
 
 @dataclass(frozen=True)
+class Window:
+    """One run of frames per video, ``stride`` apart: what a GPU decoder is asked for, strictly increasing, so it
+    never seeks backwards. Every view of the video is a slice of it."""
+
+    start: int  # its first frame
+    steps: int  # frames in it: start, start + stride, ... (fewer than a clip's T only in a short video)
+
+
+@dataclass(frozen=True)
 class ViewPlan:
-    frames: np.ndarray  # [K, T] source frame indices (a short video repeats its last frame)
+    frames: np.ndarray  # [K, T] source frame indices (a short video repeats its window's last frame)
     crops: np.ndarray  # [K, 4] y, x, height, width in source pixels
     flips: np.ndarray  # [K] bool
     padded: bool  # the video is shorter than one clip
+    window: Window | None = None  # the run the K views are cut from (dense sampling)
 
     def union(self) -> tuple[np.ndarray, np.ndarray]:
         """The sorted distinct frames to decode once, and for each view's frame its row in that list."""
@@ -38,7 +48,7 @@ def plan_views(num_frames: int, height: int, width: int, cfg: DataConfig, rng: n
 
     ``align`` > 1 puts every sampled frame on a multiple of it (shards built with ``pframe_interval``: then
     every frame a clip needs is an I- or P-frame, and the decoder may skip all B-frames)."""
-    frames, padded = temporal_windows(num_frames, cfg, rng, align)
+    frames, padded, window = temporal_plan(num_frames, cfg, rng, align)
     if cfg.augment:
         crops = np.array([random_resized_crop(height, width, cfg.scale, cfg.ratio, rng) for _ in range(cfg.views)])
         flips = rng.random(cfg.views) < 0.5 if cfg.flip else np.zeros(cfg.views, bool)
@@ -46,31 +56,70 @@ def plan_views(num_frames: int, height: int, width: int, cfg: DataConfig, rng: n
         per_window = [spread_square(height, width, c, cfg.test_crops) for c in range(cfg.test_crops)]
         crops = np.array(per_window * (cfg.views // cfg.test_crops))
         flips = np.zeros(cfg.views, bool)
-    return ViewPlan(frames=frames, crops=crops.astype(np.int64), flips=flips, padded=padded)
+    return ViewPlan(frames=frames, crops=crops.astype(np.int64), flips=flips, padded=padded, window=window)
+
+
+def temporal_plan(num_frames: int, cfg: DataConfig, rng: np.random.Generator,
+                  align: int = 1) -> tuple[np.ndarray, bool, Window | None]:
+    """[K, T] frames, whether the video is shorter than a clip, and the window they are cut from (dense
+    sampling; ``sampling=segment`` takes one frame from each of T equal segments of the whole video)."""
+    if cfg.sampling == "segment":
+        return segment_frames(num_frames, cfg, rng), num_frames < cfg.frames, None
+    window = dense_window(num_frames, cfg, rng, align)
+    return window_views(window, cfg, rng), window.steps < cfg.frames, window
 
 
 def temporal_windows(num_frames: int, cfg: DataConfig, rng: np.random.Generator,
                      align: int = 1) -> tuple[np.ndarray, bool]:
-    """K windows of T frames tau apart; with ``span``, all inside one window of span clip lengths; with
-    ``sampling=segment``, one frame from each of T equal segments of the whole video."""
-    if cfg.sampling == "segment":
-        return segment_frames(num_frames, cfg, rng), num_frames < cfg.frames
-    length = cfg.clip_length
-    offsets = np.arange(cfg.frames) * cfg.stride
-    if cfg.span:
-        window = max(length, int(round(cfg.span * length)))
-        window_start = rng.integers(0, max(num_frames - window, 0) + 1)
-        last_start = min(window_start + window, num_frames) - length
-        starts = rng.integers(window_start, max(last_start, window_start) + 1, size=cfg.views)
-    elif not cfg.augment:  # evaluation: windows spread evenly over the video, each repeated for its crops
-        windows = cfg.views // cfg.test_crops
-        starts = np.linspace(0, max(num_frames - length, 0), windows).round().astype(np.int64)
-        starts = np.repeat(starts, cfg.test_crops)
+    """[K, T] frames and whether the video is shorter than a clip (``temporal_plan`` without its window)."""
+    frames, padded, _ = temporal_plan(num_frames, cfg, rng, align)
+    return frames, padded
+
+
+def dense_window(num_frames: int, cfg: DataConfig, rng: np.random.Generator, align: int = 1) -> Window:
+    """The one run of frames, ``stride`` apart, that holds all K views of a video (the DALI graph draws the same,
+    in float32, as ``dali_graph.window_request``):
+    - training, ``span`` 0: the whole video from a random phase in [0, stride), so the views may fall anywhere in
+      it and every frame can be drawn over the epochs; they share that phase;
+    - training, ``span`` s: s clip lengths (``span_steps`` frames of the run) from a random start;
+    - evaluation: the whole video from frame 0.
+    A start is a multiple of ``align`` (a P-frame when ``align`` divides the stride)."""
+    tau = cfg.stride
+    if not cfg.augment:
+        start, wanted = 0, None
+    elif cfg.span:
+        wanted = span_steps(cfg)
+        start = aligned_below(rng, num_frames - ((wanted - 1) * tau + 1), align)
     else:
-        starts = rng.integers(0, max(num_frames - length, 0) + 1, size=cfg.views)
-    starts = starts - starts % align
-    last = (num_frames - 1) - (num_frames - 1) % align  # a short video repeats its last aligned frame
-    return np.minimum(starts[:, None] + offsets[None, :], last), num_frames < length
+        start, wanted = aligned_below(rng, min(tau - 1, num_frames - cfg.clip_length), align), None
+    on_grid = (num_frames - 1 - start) // tau + 1  # the run's frames inside the video
+    return Window(start, min(wanted, on_grid) if wanted else on_grid)
+
+
+def span_steps(cfg: DataConfig) -> int:
+    """Frames of the run in a window of ``span`` clip lengths: as many, ``stride`` apart, as fit in span x the
+    clip's extent, and at least one clip's T."""
+    extent = max(cfg.clip_length, round(cfg.span * cfg.clip_length))
+    return max(cfg.frames, (extent - 1) // cfg.stride + 1)
+
+
+def aligned_below(rng: np.random.Generator, high: int, align: int) -> int:
+    """A uniform multiple of ``align`` in [0, max(high, 0)]."""
+    return align * int(np.floor(rng.random() * (max(high, 0) // align + 1)))
+
+
+def window_views(window: Window, cfg: DataConfig, rng: np.random.Generator) -> np.ndarray:
+    """[K, T] frames: view k is T consecutive frames of the window from a random offset (evaluation: offsets
+    spread evenly, each repeated for its crops); past a short video's end the window's last frame repeats."""
+    room = max(window.steps - cfg.frames, 0)
+    if cfg.augment:
+        offsets = np.floor(rng.random(cfg.views) * (room + 1)).astype(np.int64)
+    else:
+        windows = cfg.views // cfg.test_crops
+        spread = np.linspace(0, 1, windows, dtype=np.float32)
+        offsets = np.repeat(np.floor(spread * np.float32(room) + np.float32(0.5)).astype(np.int64), cfg.test_crops)
+    steps = np.minimum(offsets[:, None] + np.arange(cfg.frames)[None, :], window.steps - 1)
+    return window.start + cfg.stride * steps
 
 
 def segment_frames(num_frames: int, cfg: DataConfig, rng: np.random.Generator) -> np.ndarray:

@@ -48,7 +48,7 @@ def run_checks(cfg, world: int) -> set[str]:
     """Every start check, each reported; the names of those that failed (a check whose input failed is left
     out)."""
     failed: set[str] = set()
-    needs = {"dataset size": {"dataset"}, "schedule": {"dataset", "batch split"}}
+    needs = {"dataset size": {"dataset"}, "schedule": {"dataset", "batch split", "dataset size"}}
     for name, check in start_checks(cfg, world, create=False):
         if needs.get(name, set()) & failed:
             continue
