@@ -31,10 +31,6 @@ class Block:
     dry_run: bool  # the README says these lines take --dry-run (GPU and cluster launches)
 
     @property
-    def names_repository_files(self) -> bool:
-        return any(re.search(r"(^|\s)(tools|configs)/|^make ", line) for line in self.lines)
-
-    @property
     def id(self) -> str:
         return self.heading + (" (GPUs)" if self.dry_run else "")
 

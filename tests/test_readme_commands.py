@@ -1,15 +1,15 @@
 """Every command line of README.md runs as written, and does what the README says next to it.
 
 The lines run in README order, block by block, each block in one bash (a block's lines share variables: `jobid`).
-A block that names a file of the repository (`tools/slurm_shards.sh`) runs from a copy of the repository root
-(tracked files, the same .venv); every other block runs from an empty temporary folder. The lines that read a
-preset by name (`--config demo`) and cost little run from both, since presets name paths relative to the folder a
-command runs in. `make demo` runs first, from the root copy; its `runs/demo` is what the later lines read, from
-both folders. The datasets the README names (a Kinetics CSV, an mmaction2 list, Something-Something V2's JSON,
-HMDB-51 split files, UCF-101 frame folders) are laid out small, in their real formats. Cluster launchers are the
-stand-ins of tests/cluster (real parsers, one process as rank 0 of the world the line describes); the lines for
-GPUs run with `--dry-run`, as the README says they can, against a six-video stand-in for Kinetics, so exactly one
-check must fail there: the dataset holds fewer videos than the recipe's global batch of 512.
+`make demo` runs first, from a copy of the repository root (tracked files, the same .venv); its `runs/demo` is what
+the later lines read. The blocks that name files of the repository (`tools/slurm_shards.sh`, the GPU launches'
+`tools/hostfile.example`) run from that root; every other block from an empty temporary folder; `vmae config`,
+which reads a preset by name, from both, since presets name paths relative to the folder a command runs in. The
+datasets the README names (a Kinetics CSV, an mmaction2 list, Something-Something V2's JSON, HMDB-51 split files,
+UCF-101 frame folders) are laid out small, in their real formats. Cluster launchers are the stand-ins of
+tests/cluster (real parsers, one process as rank 0 of the world the line describes); the lines for GPUs run with
+`--dry-run`, as the README says they can, against a six-video stand-in for Kinetics, so exactly one check must
+fail there: the dataset holds fewer videos than the recipe's global batch of 512.
 """
 
 from __future__ import annotations
