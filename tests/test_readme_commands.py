@@ -117,6 +117,7 @@ def check_verify_and_inspect(block: Block, ws: Workspace) -> None:
     assert all(f"{i}" in ran.output for i in range(3))
     for name in manifest(ws.elsewhere / "data" / "shards")["classes"]:
         assert name in ran.output
+    assert "suits" in ran.output and "dali on a GPU (NVDEC)" in ran.output  # which backends, and why
 
 
 def check_loader_check(block: Block, ws: Workspace) -> None:

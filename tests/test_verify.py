@@ -96,6 +96,20 @@ def test_inspect_tabulates_the_dataset(built):
     assert proc.returncode == 0 and "drift_east" in proc.stdout and "426x320" in proc.stdout
     as_json = json.loads(run_cli("shards", "inspect", str(built[0]), "--json").stdout)
     assert as_json["samples"] == 10
+    # H.264 in several frame sizes: the CPU path, and DALI on a GPU with a decoder made per size; no DALI CPU decoder
+    cpu, gpu = as_json["backends"]
+    assert cpu.startswith("cpu (data.backend=cpu)") and gpu.startswith("dali on a GPU (NVDEC): ")
+    assert f"{len(stats['resolutions'])} frame sizes" in gpu and "suits" in proc.stdout
+
+
+def test_the_backends_a_dataset_suits_follow_its_codecs_and_sizes():
+    from vmae.pipeline.data.backends import suited_backends
+
+    vp9 = suited_backends({"vp9": 4}, {"426x320": 4}, pframe_interval=0)
+    assert len(vp9) == 3 and "one frame size" in vp9[1] and vp9[2].startswith("dali without a GPU")
+    mixed = suited_backends({"h264": 3, "mjpeg": 1}, {"426x320": 4}, pframe_interval=4)
+    assert "multiple of 4" in mixed[0] and mixed[1] == "not dali on a GPU: NVDEC does not decode mjpeg"
+    assert len(mixed) == 2
 
 
 def test_a_shard_given_in_place_of_its_dataset_folder_names_the_folder(built, tmp_path):

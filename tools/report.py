@@ -58,6 +58,8 @@ def print_dataset_stats(stats: dict) -> None:
     for key in ("resolutions", "fps", "codecs", "modes", "rejects"):
         head.add_row(key, ", ".join(f"{k}: {v}" for k, v in list(stats[key].items())[:8]) or "none")
     head.add_row("padded videos", str(stats["padded"]))
+    for n, line in enumerate(stats.get("backends", [])):
+        head.add_row("suits" if n == 0 else "", line)
     card = stats.get("card")
     if card:  # what two users compare to see whether they hold the same copy
         listed = ", ".join(f"{name}: {part['videos']}" for name, part in card["listed_per_split"].items())

@@ -60,3 +60,27 @@ def dali_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+# codecs each decoder reads, as the shards' samples name them (ffprobe's codec names)
+NVDEC_CODECS = ("h264", "hevc", "vp9", "vp8", "av1")  # DALI's mixed decoder: 8-bit 4:2:0
+DALI_CPU_CODECS = ("vp9", "vp8", "mjpeg")  # DALI 2.4's CPU video decoder: no H.264 or HEVC
+
+
+def suited_backends(codecs: dict[str, int], resolutions: dict[str, int], pframe_interval: int = 0) -> list[str]:
+    """What a dataset of these codecs and frame sizes suits, one line per backend, with the reason: what `vmae
+    shards inspect` prints."""
+    names = set(codecs)
+    lines = ["cpu (data.backend=cpu): every codec, on any machine" +
+             (f"; clips on the stride's P-frames skip every B-frame when data.stride is a multiple of "
+              f"{pframe_interval}" if pframe_interval else "")]
+    if names <= set(NVDEC_CODECS):
+        sizes = len(resolutions)
+        lines.append("dali on a GPU (NVDEC): " + ("one frame size, so one decoder serves every video" if sizes == 1
+                                                  else f"{sizes} frame sizes: DALI keeps an NVDEC decoder per codec "
+                                                       "and size, and makes another whenever the size changes"))
+    else:
+        lines.append(f"not dali on a GPU: NVDEC does not decode {', '.join(sorted(names - set(NVDEC_CODECS)))}")
+    if names <= set(DALI_CPU_CODECS):
+        lines.append("dali without a GPU (DALI's CPU decoder; it does not seek: slower deep into long videos)")
+    return lines

@@ -56,7 +56,10 @@ def progress_command(args: argparse.Namespace) -> int:
 
 
 def inspect_command(args: argparse.Namespace) -> int:
+    from vmae.pipeline.data.backends import suited_backends  # the loading side knows its decoders
+
     stats = dataset_stats(args.dataset)
+    stats["backends"] = suited_backends(stats["codecs"], stats["resolutions"], stats["build"].get("pframe_interval"))
     if args.json:
         print(json.dumps(stats, indent=1))
     else:
