@@ -27,8 +27,8 @@ def build_pipeline(files: list[str], indexes: list[str], ext: str, cfg: DataConf
     for its frames by index. Outputs: K clips [B, 3, T, S, S] (one output per view, layout CFHW), the labels
     [B, 1], each sample's source ("<tar>:<offset>:<key>.<ext>", zero-padded to SOURCE_BYTES) for its key, its
     stored frame count [B, 1], the frames asked for and the frames decoded [B, 1] (fewer decoded than asked: the
-    stored count lies), and the brightest value of the darkest decoded frame [B, 1] (0: an all-black frame, asked by
-    index past the stream's end, is how a lying count shows in segment sampling).
+    stored count lies), and in segment sampling the brightest value of the darkest decoded frame [B, 1] (0: an
+    all-black frame, asked by index past the stream's end, is how a lying count shows there; 255 for dense runs).
     """
     from nvidia.dali import fn, pipeline_def, types  # optional: see the module's docstring
 
@@ -46,6 +46,8 @@ def build_pipeline(files: list[str], indexes: list[str], ext: str, cfg: DataConf
             decoded = fn.decoders.video(video, device=device, frames=view_frame_indices(frames, cfg))
             clips = [decoded[k * T:(k + 1) * T] for k in range(cfg.views)]
             asked = fn.constant(idata=[cfg.views * T], dtype=types.INT32)
+            # the darkest decoded frame's brightest value [1]: 0 when a frame asked by index is all black
+            brightest = fn.reshape(fn.reductions.min(fn.reductions.max(decoded, axes=[1, 2, 3])), shape=[1])
         else:
             start, steps, offsets = window_request(frames, cfg, align)
             # pad_mode none: a run the stream cannot fill comes back short (counted by the loader), never padded
@@ -55,14 +57,13 @@ def build_pipeline(files: list[str], indexes: list[str], ext: str, cfg: DataConf
                               normalized_anchor=False, normalized_shape=False, out_of_bounds_policy="pad")
                      for offset in offsets]
             asked = fn.cast(steps, dtype=types.INT32)
+            brightest = fn.constant(idata=[255], dtype=types.UINT8)  # a short run tells a lie here: no pixel pass
         views = [augment_view(clip, cfg) for clip in clips]
         source = fn.pad(fn.get_property(video, key="source_info")[:SOURCE_BYTES], axes=[0], shape=[SOURCE_BYTES])
         got = fn.slice(decoded.shape(dtype=types.INT32), 0, 1, axes=[0], normalized_anchor=False,
                        normalized_shape=False)
-        # the darkest decoded frame's brightest value [1]: 0 when any frame is all black (uniform, as outputs must be)
-        brightest = fn.reshape(fn.reductions.min(fn.reductions.max(decoded, axes=[1, 2, 3])), shape=[1])
-        return (*views, label.gpu() if device == "mixed" else label, source, frames, asked,
-                got.gpu() if device == "mixed" else got, brightest)
+        # the counts stay on the CPU: the loader reads them there, without a device sync
+        return (*views, label.gpu() if device == "mixed" else label, source, frames, asked, got, brightest)
 
     return video_pipeline()
 

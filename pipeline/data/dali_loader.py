@@ -200,11 +200,12 @@ class DaliLoader(Loader):
                 continue
             # [B, K, 3, T, S, S] → [B·K, ...]: the clips of one video stay adjacent
             video = torch.stack([batch[name] for name in self.outputs[:k]], dim=1)
-            padded = repeat_last_frames(video, batch["decoded"].view(-1).cpu(), self.cfg)
+            decoded = batch["decoded"].view(-1).cpu()
+            padded = repeat_last_frames(video, decoded, self.cfg)
             video = video.flatten(0, 1).to(clip_dtype(self.cfg))
             label = batch["label"].view(-1).long().repeat_interleave(k)
             self.stats.seconds += time.perf_counter() - waited
-            self.stats.add({"videos": size, "clips": size * k, "decoded_frames": int(batch["decoded"].sum()),
+            self.stats.add({"videos": size, "clips": size * k, "decoded_frames": int(decoded.sum()),
                             "padded": padded, "failed": {}})
             yield {"video": video.to(self.device, non_blocking=True), "label": label.to(self.device),
                    "key": [_key_of(row) for row in batch["source"].cpu().numpy()]}
