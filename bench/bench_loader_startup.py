@@ -7,8 +7,9 @@ A simulated dataset of ``--shards`` tars with ``--per-shard`` samples each (one 
 DALI's index files and a vmae manifest): what a reader parses at start-up is the tars and their indexes, not the
 video bytes. For each world size, rank 0's start-up is measured in a fresh process, two ways:
 
-- ``vmae``: the manifest's shard table → this epoch's assignment (``ShardSet.rank_part``) → index copies of the
-  rank's own shards (``rank_index_copies``) → DALI's webdataset reader given only those → its first batch.
+- ``vmae``: the manifest's shard table → this epoch's assignment (``ShardSet.rank_part``) → the first batch's
+  samples read straight from their shards through their indexes (what the DALI pipelines' external source does
+  before the first decode; no reader parses anything else).
 - ``dali-all``: DALI's reader given every shard and index, ``shard_id=0, num_shards=world`` (what DALI's own
   options do) → its first batch.
 
@@ -80,17 +81,18 @@ def reader_first_batch(files: list[str], indexes: list[str], shard_id: int, num_
 
 def measure(dataset: Path, arm: str, world: int) -> dict:
     """One rank's start-up, in this (fresh) process."""
-    from vmae.pipeline.data.dali_loader import rank_index_copies
     from vmae.pipeline.data.shardset import ShardSet
+    from vmae.shards.tars import read_member
 
     started = time.perf_counter()
     shardset = ShardSet(dataset)
     if arm == "vmae":
         part = shardset.rank_part(0, 0, 0, 0, world, BATCH)
-        with tempfile.TemporaryDirectory() as private:
-            files, indexes = rank_index_copies(shardset, part, Path(private))
-            assigned = time.perf_counter() - started
-            reader_first_batch(files, indexes, 0, 1)
+        assigned = time.perf_counter() - started
+        for ref in part[:BATCH]:
+            _, members = shardset.members(ref)
+            read_member(shardset.local(ref.shard), *next(iter(members.values())))
+        files = sorted({str(shardset.shards[ref.shard]) for ref in part[:BATCH]})
     else:
         files = [str(p) for p in shardset.shards]
         indexes = [str(p.with_suffix(".idx")) for p in shardset.shards]

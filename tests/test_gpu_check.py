@@ -61,11 +61,14 @@ def test_the_dry_run_runs_every_step_of_the_gpu_check(tmp_path):
     assert steps["wheels"]["wheels"] == [WHEEL] and not steps["wheels"]["installed"]
     assert steps["data"]["codec"] == "vp9" and steps["data"]["frames_per_video"] >= 80  # 3-second videos
     assert "collected" in steps["tests"]["summary"]
-    assert set(steps["loader"]["cases"]) == {"cpu K=4", "dali K=4"}
-    assert all(case["clips_per_s"] > 0 for case in steps["loader"]["cases"].values())
+    cases = steps["loader"]["cases"]
+    assert set(cases) == {"cpu K=4", "dali 2 pipelines K=4", "hybrid K=4"}
+    assert all(case["clips_per_s"] > 0 for case in cases.values())
+    assert set(cases["dali 2 pipelines K=4"]["made_by"]) <= {"dali0", "dali1"} and cases["cpu K=4"]["made_by"] is None
+    assert set(cases["hybrid K=4"]["made_by"]) <= {"dali0", "cpu"}
     table = (out / "gpu-check.md").read_text()
     assert table.startswith("GPU check (dry run)") and all(f"| {name} | yes |" in table for name in STEPS)
-    assert "dali K=4: " in table and " clips/s" in table
+    assert "dali 2 pipelines K=4: " in table and "hybrid K=4: " in table and " clips/s" in table
 
 
 def test_make_gpu_check_runs_the_script_on_the_wheels_brought_along():

@@ -18,7 +18,7 @@ from vmae.pipeline.data.config import DataConfig
 from vmae.pipeline.data.decode import decode_frames, pyav_frames, reference_frames
 from vmae.pipeline.data.cpu_loader import CpuLoader
 from vmae.pipeline.data.loader import make_loader
-from vmae.pipeline.data.sampling import plan_views, sample_rng, span_steps, temporal_windows
+from vmae.pipeline.data.sampling import plan_views, sample_rng, temporal_windows
 from vmae.pipeline.data.shardset import ShardSet, open_shards
 from vmae.shards.format import DatasetError
 from vmae.pipeline.data.views import make_views
@@ -444,27 +444,28 @@ def test_dali_graph_on_cpu_follows_the_contract(vp9_dataset):
 
 
 @pytest.mark.slow
-def test_dali_ranks_open_only_their_own_shards_and_take_disjoint_samples(vp9_dataset):
+def test_dali_ranks_take_disjoint_samples_in_the_cpu_paths_order(vp9_dataset):
+    """Each rank's DALI stream is its CPU stream: the same samples of the same epoch, in the same order, and the
+    two ranks' samples are disjoint."""
     pytest.importorskip("nvidia.dali")
-    cfg = small(backend="dali", shuffle_buffer=1, batch_size=1)
-    loaders = [make_loader(vp9_dataset, cfg, rank, 2, device="cpu") for rank in (0, 1)]
-    shardset = ShardSet(vp9_dataset)
+    cfg = small(shuffle_buffer=2, batch_size=1)
     for n in range(2):
-        keys = [[k for b in epoch(loader, n) for k in b["key"]] for loader in loaders]
-        assert len(keys[0]) == len(keys[1]) == shardset.steps_per_epoch(2, 1) and not set(keys[0]) & set(keys[1])
-        for rank, loader in enumerate(loaders):
-            wanted = {shardset.shards[r.shard] for r in shardset.rank_part(n, cfg.seed, 0, rank, 2, 1)}
-            loader.set_epoch(n)
-            assert {Path(f) for f in loader._epoch_files()[0]} == wanted  # the reader was given only these
+        keys = {}
+        for backend in ("dali", "cpu"):
+            for rank in (0, 1):
+                loader = make_loader(vp9_dataset, replace(cfg, backend=backend), rank, 2, device="cpu")
+                keys[backend, rank] = [k for b in epoch(loader, n) for k in b["key"]]
+                loader.close()
+        assert keys["dali", 0] == keys["cpu", 0] and keys["dali", 1] == keys["cpu", 1]
+        assert len(keys["dali", 0]) == ShardSet(vp9_dataset).steps_per_epoch(2, 1)
+        assert not set(keys["dali", 0]) & set(keys["dali", 1])
 
 
 @pytest.mark.slow
-def test_dali_stages_the_next_epochs_shards_of_a_remote_dataset_ahead(vp9_dataset, tmp_path):
-    """DALI reads local files: a dataset on HTTP has this epoch's shards staged before the pipeline starts, and the
-    next epoch's download in the background while this one runs."""
+def test_dali_reads_a_remote_dataset_as_the_local_folder(vp9_dataset, tmp_path):
+    """A dataset on HTTP: the pipelines read staged shards and give the local folder's batches."""
     pytest.importorskip("nvidia.dali")
     import functools
-    import threading
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
     quiet = type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
@@ -472,18 +473,11 @@ def test_dali_stages_the_next_epochs_shards_of_a_remote_dataset_ahead(vp9_datase
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}"
-        cfg = small(backend="dali", shuffle_buffer=1, batch_size=1, cache_dir=str(tmp_path / "cache"))
-        shardset = ShardSet(vp9_dataset)
-        names = [{shardset.entries[r.shard]["name"] for r in shardset.rank_part(e, cfg.seed, 0, 0, 2, 1)}
-                 for e in range(8)]
-        e = next(e for e in range(7) if names[e + 1] - names[e])  # an epoch followed by shards it does not read
-        loader = make_loader(url, cfg, 0, 2, device="cpu")
-        epoch(loader, e)
-        cache = ShardSet(url, cache_dir=cfg.cache_dir).dataset
-        deadline = time.monotonic() + 20
-        while not all((cache / n).exists() for n in names[e + 1]) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert {n for n in names[e + 1] if (cache / n).exists()} == names[e + 1]
+        cfg = small(backend="dali", batch_size=1, cache_dir=str(tmp_path / "cache"))
+        remote = epoch(make_loader(url, cfg, 0, 2, device="cpu"), 1)
+        local = epoch(make_loader(vp9_dataset, cfg, 0, 2, device="cpu"), 1)
+        assert [b["key"] for b in remote] == [b["key"] for b in local]
+        assert all(torch.equal(r["video"], lo["video"]) for r, lo in zip(remote, local))
     finally:
         httpd.shutdown()
 
@@ -558,42 +552,41 @@ def test_dali_path_leaves_out_a_sample_whose_frame_count_lies(vp9_dataset, tmp_p
     assert loader.stats.failed == {"frame_count": 1}
 
 
-class NeverReturns:
-    """A decoder stand-in that never hands over a batch."""
-
-    def __next__(self):
-        threading.Event().wait()
-
-
 @pytest.mark.slow
-def test_a_hung_dali_graph_is_abandoned_and_a_fresh_one_goes_on(vp9_dataset, monkeypatch, give_up_after):
+def test_a_hung_dali_pipeline_is_abandoned_and_a_fresh_one_makes_its_batches(vp9_dataset, monkeypatch,
+                                                                             give_up_after):
     pytest.importorskip("nvidia.dali")
-    from vmae.pipeline.data.dali_loader import DaliLoader
+    from vmae.pipeline.data.dali_loader import DaliLoader, DaliWorker
 
     give_up_after(240)
-    made = []
-    real = DaliLoader._make_iterator
+    cfg = small(backend="dali", decode_deadline=1.0, workers=2, pipelines=2)
+    reference = make_loader(vp9_dataset, replace(cfg, pipelines=1), device="cpu")
+    clean = epoch(reference)
+    reference.close()
+    real, calls = DaliWorker._outputs, []
 
-    def first_one_hangs(self):
-        real(self)
-        made.append(self.iterator)
-        if len(made) == 1:
-            self.iterator = NeverReturns()
+    def first_one_hangs(self, pipe):
+        calls.append(self)
+        if calls[0] is self:
+            self._feed()  # it takes a batch, and its decoder gets stuck in native code
+            threading.Event().wait()
+        return real(self, pipe)
 
-    monkeypatch.setattr(DaliLoader, "_make_iterator", first_one_hangs)
-    loader = make_loader(vp9_dataset, small(backend="dali", decode_deadline=1.0, workers=2), device="cpu")
-    assert loader.batch_deadline == 1.0  # 2 videos a batch on 2 decode threads: one sample's deadline
+    monkeypatch.setattr(DaliWorker, "_outputs", first_one_hangs)
+    loader = make_loader(vp9_dataset, cfg, device="cpu")
+    assert loader.batch_deadline == 2.0  # 2 videos a batch on 1 decode thread per pipeline: 2 x 1 s
     started = time.perf_counter()
     batches = epoch(loader)
-    assert len(batches) == 3 and all(b["video"].shape == (4, 3, 8, 64, 64) for b in batches)
-    assert loader.stats.failed == {"decode_timeout": 1} and len(loader.abandoned) == 1 and len(made) == 2
+    assert [b["key"] for b in batches] == [b["key"] for b in clean]  # its batches made by the others, in order
+    assert all(torch.equal(b["video"], c["video"]) for b, c in zip(batches, clean))
+    assert loader.stats.failed == {"decode_timeout": 1} and len(loader.abandoned) == 1
     assert time.perf_counter() - started < 60
 
-    monkeypatch.setattr(DaliLoader, "_make_iterator", lambda self: setattr(self, "iterator", NeverReturns()))
+    loader.close()  # its pipelines may have made the next epoch already: fresh ones, which all hang
+    monkeypatch.setattr(DaliWorker, "_outputs", lambda self, pipe: (self._feed(), threading.Event().wait()))
     monkeypatch.setattr(DaliLoader, "max_hangs", 1)
-    loader.iterator = NeverReturns()
     with pytest.raises(RuntimeError, match="hung 2 times.*data.backend=cpu"):
-        epoch(loader)
+        epoch(loader, 1)
 
 
 @pytest.mark.gpu
@@ -886,80 +879,38 @@ def test_segment_sampling_takes_one_frame_per_segment_and_its_evaluation_windows
     assert padded and short.max() <= 4 and (np.diff(short, axis=1) >= 0).all()
 
 
-def test_dali_draws_the_same_segment_frames_as_the_cpu_path():
-    pytest.importorskip("nvidia.dali")
-    from nvidia.dali import fn, pipeline_def, types
-
-    from vmae.pipeline.data.dali_graph import view_frame_indices
-
-    cfg = DataConfig(augment=False, views=6, test_crops=3, sampling="segment", frames=8)
-
-    @pipeline_def(batch_size=3, num_threads=1, device_id=None)
-    def indices():
-        frames = fn.external_source(source=lambda: [np.array([n], np.int64) for n in (40, 7, 301)],
-                                    dtype=types.INT64)
-        return view_frame_indices(frames, cfg)
-
-    pipe = indices()
-    pipe.build()
-    (out,) = pipe.run()
-    for i, n in enumerate((40, 7, 301)):
-        expected = temporal_windows(n, cfg, np.random.default_rng(0))[0]
-        assert np.array_equal(np.array(out[i]).reshape(6, 8), expected), n
-
-
-def dali_window_requests(cfg: DataConfig, counts: list[int], align: int = 1) -> list[tuple[int, int, list[int]]]:
-    """(start, steps, K offsets) the DALI graph asks for, for videos of ``counts`` frames."""
-    from nvidia.dali import fn, pipeline_def, types
-
-    from vmae.pipeline.data.dali_graph import window_request
-
-    @pipeline_def(batch_size=len(counts), num_threads=1, device_id=None, seed=5)
-    def requests():
-        frames = fn.external_source(source=lambda: [np.array([n], np.int32) for n in counts], dtype=types.INT32)
-        start, steps, offsets = window_request(frames, cfg, align)
-        return (start, steps, *offsets)
-
-    pipe = requests()
-    pipe.build()
-    out = pipe.run()
-    return [(int(np.array(out[0][i])[0]), int(np.array(out[1][i])[0]),
-             [int(np.array(o[i])[0]) for o in out[2:]]) for i in range(len(counts))]
-
-
 @pytest.mark.parametrize("span", [0, 2])
-def test_dali_asks_each_video_for_one_run_that_holds_its_views_as_the_cpu_plan_does(span):
-    """The graph's request is one strictly increasing run (start, stride, length) per video; evaluation asks for
-    exactly the CPU path's plan, and training draws from the same sets: a start below the stride (or inside the
-    video with a span), aligned, as long as the plan's, offsets that keep every view inside it."""
-    pytest.importorskip("nvidia.dali")
-    from vmae.pipeline.data.sampling import dense_window, window_views
+def test_the_graph_is_asked_for_one_run_per_video_that_holds_its_views(span):
+    """What the DALI graph is fed for a video is one strictly increasing run (start, stride, length), the CPU
+    plan's window, and each view's offset in it: the run's frames at those offsets are the plan's frames."""
+    from vmae.pipeline.data.dali_graph import graph_inputs
+    from vmae.pipeline.data.sampling import plan_views
 
-    counts = [300, 301, 64, 40, 7, 75]
-    evaluation = DataConfig(augment=False, views=4, span=span)
-    for n, (start, steps, offsets) in zip(counts, dali_window_requests(evaluation, counts)):
-        window = dense_window(n, evaluation, np.random.default_rng(0))
-        assert (start, steps) == (window.start, window.steps), n
-        views = start + evaluation.stride * np.minimum(np.array(offsets)[:, None] + np.arange(16), steps - 1)
-        assert np.array_equal(views, window_views(window, evaluation, np.random.default_rng(0))), n
-    train = DataConfig(span=span)
-    for _ in range(20):
-        for n, (start, steps, offsets) in zip(counts * 3, dali_window_requests(train, counts * 3, align=2)):
-            assert start % 2 == 0 and start + (steps - 1) * train.stride <= max(n - 1, 0), n
-            if span:
-                assert steps == min(span_steps(train), (n - 1 - start) // train.stride + 1)
-            else:
-                assert start < train.stride and steps == (n - 1 - start) // train.stride + 1
-            assert all(0 <= o <= max(steps - 16, 0) for o in offsets), (n, start, steps, offsets)
+    for cfg in (DataConfig(augment=False, views=4, span=span), DataConfig(span=span)):
+        for n in (300, 301, 64, 40, 7, 75):
+            plan = plan_views(n, 128, 170, cfg, np.random.default_rng(n), align=2 if cfg.augment else 1)
+            inputs = graph_inputs([b"\0" * 8], [plan], cfg)
+            start, steps = int(inputs[1][0]), int(inputs[2][0])
+            assert (start, steps) == (plan.window.start, plan.window.steps)
+            assert start + (steps - 1) * cfg.stride <= n - 1
+            for k in range(cfg.views):
+                offset, crop_start, crop_end, mirror = (c[0] for c in inputs[3 + 4 * k:7 + 4 * k])
+                run = start + cfg.stride * np.minimum(int(offset[0]) + np.arange(cfg.frames), steps - 1)
+                assert np.array_equal(run, plan.frames[k]), (n, k)
+                y, x, h, w = plan.crops[k]
+                assert crop_start.tolist() == [y, x] and crop_end.tolist() == [y + h, x + w]
+                assert int(mirror) == int(plan.flips[k])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("frames, stride", [(8, 2), (16, 5)])  # 16 x 5: the 75-frame videos are short
-def test_the_dali_graph_gives_the_cpu_paths_frames_for_the_same_plan(vp9_dataset, frames, stride):
+@pytest.mark.parametrize("frames, stride, sampling", [(8, 2, "dense"), (16, 5, "dense"), (8, 1, "segment")])
+def test_the_dali_graph_gives_the_cpu_paths_frames_for_the_same_plan(vp9_dataset, frames, stride, sampling):
     """Evaluation views (no draws) of every video through DALI's CPU decoder and through the CPU path, crop = the
-    short side so that nothing is resized: the same frames, each closest to its own counterpart."""
+    short side so that nothing is resized: the same frames, each closest to its own counterpart. (16 x 5: the
+    75-frame videos are short.)"""
     pytest.importorskip("nvidia.dali")
-    cfg = small(augment=False, frames=frames, stride=stride, crop_size=128, batch_size=1, shuffle_buffer=1)
+    cfg = small(augment=False, frames=frames, stride=stride, crop_size=128, batch_size=1, shuffle_buffer=1,
+                sampling=sampling)
     clips, padded = {}, {}
     for backend in ("dali", "cpu"):
         loader = make_loader(vp9_dataset, replace(cfg, backend=backend), device="cpu")
@@ -975,7 +926,43 @@ def test_the_dali_graph_gives_the_cpu_paths_frames_for_the_same_plan(vp9_dataset
         moving = shifted > 2  # where neighbouring frames differ, each frame matches its own counterpart best
         assert (grey[:, 1:][moving] <= shifted[moving]).all(), key
     short = ShardSet(vp9_dataset).manifest["class_counts"]["drift_east"]  # the synthetic videos: 75 frames
-    assert padded["dali"] == padded["cpu"] == (short if frames * stride > 75 else 0)
+    assert padded["dali"] == padded["cpu"] == (short if sampling == "dense" and frames * stride > 75 else 0)
+
+
+@pytest.mark.slow
+def test_pipelines_and_the_hybrid_loader_give_the_cpu_paths_stream(vp9_dataset):
+    """Training views (random windows, crops, flips): one DALI pipeline, two, and the hybrid of DALI pipelines and
+    CPU workers give the same batches, bit for bit, whoever made each; against the CPU path the same samples in
+    the same order and the same crops (interpolation and colour conversion aside)."""
+    pytest.importorskip("nvidia.dali")
+    cfg = small(batch_size=1, shuffle_buffer=2)
+    runs, made_by = {}, {}
+    for name, backend, pipelines in (("cpu", "cpu", 0), ("dali1", "dali", 1), ("dali2", "dali", 2),
+                                     ("hybrid", "hybrid", 1)):
+        loader = make_loader(vp9_dataset, replace(cfg, backend=backend, pipelines=pipelines), device="cpu")
+        runs[name] = epoch(loader, 0) + epoch(loader, 1)
+        made_by[name] = dict(loader.stats.made_by)
+        loader.close()
+    keys = [b["key"] for b in runs["cpu"]]
+    assert len(keys) == 2 * len(ShardSet(vp9_dataset))
+    for name in ("dali1", "dali2", "hybrid"):
+        assert [b["key"] for b in runs[name]] == keys, name
+    for a, b, c in zip(runs["dali1"], runs["dali2"], runs["hybrid"]):
+        assert torch.equal(a["video"], b["video"]) and torch.equal(a["label"], b["label"])
+        assert ((a["video"] - c["video"]).abs() * 0.225 * 255).mean() < 4  # a CPU-made batch differs this little
+    std = 0.225 * 255
+    for a, c in zip(runs["dali1"], runs["cpu"]):
+        assert ((a["video"] - c["video"]).abs() * std).mean(dim=(1, 3, 4)).max() < 4
+    assert set(made_by["dali2"]) == {"dali0", "dali1"} and set(made_by["hybrid"]) == {"dali0", "cpu"}
+
+
+def test_a_resumed_dali_stream_goes_on_with_the_same_batches(vp9_dataset):
+    pytest.importorskip("nvidia.dali")
+    cfg = small(backend="dali", batch_size=1, shuffle_buffer=2)
+    whole = epoch(make_loader(vp9_dataset, cfg, device="cpu"))
+    resumed = epoch(make_loader(vp9_dataset, cfg, device="cpu"), 0, samples_seen=3)
+    assert [b["key"] for b in resumed] == [b["key"] for b in whole[3:]]
+    assert all(torch.equal(r["video"], w["video"]) for r, w in zip(resumed, whole[3:]))
 
 
 def test_stopping_workers_does_not_wait_on_a_lock_a_killed_worker_held(built, give_up_after):
@@ -995,3 +982,17 @@ def test_stopping_workers_does_not_wait_on_a_lock_a_killed_worker_held(built, gi
     finally:
         lock.release()
     assert not any(w.is_alive() for w in workers)
+
+
+def test_a_codec_the_decoder_cannot_read_is_refused_at_start(built):
+    """Before any pipeline is built: H.264 shards for DALI's CPU decoder, MJPEG shards for NVDEC."""
+    from types import SimpleNamespace
+
+    from vmae.pipeline.data.dali_loader import refuse_undecodable
+
+    with pytest.raises(ValueError, match="DALI's CPU decoder cannot decode h264 shards.*data.backend=cpu"):
+        make_loader(built[0], small(backend="dali"), device="cpu")
+    mjpeg = SimpleNamespace(dataset=Path("frames"), manifest={"build": {"codec": "mjpeg"}})
+    with pytest.raises(ValueError, match="NVDEC cannot decode mjpeg shards.*--codec h264"):
+        refuse_undecodable(mjpeg, "mixed")
+    refuse_undecodable(SimpleNamespace(dataset=Path("k400"), manifest={"build": {"codec": "hevc"}}), "mixed")

@@ -9,6 +9,8 @@ The modules, in the order data flows through them:
 - the CPU path: ``cpu_loader`` (the loader and its DataLoader) → ``sample_reader`` (read, decode, cut a sample in
   a worker) → ``decode`` (the CPU decoders) and ``views`` (crops); ``batch_pool`` (batch memory shared with the
   workers) and ``workers`` (their start, the watch on what each is loading, their kill);
-- the DALI path: ``dali_loader`` (the loader, with the per-sample error handling DALI lacks) → ``dali_graph``;
+- the DALI path: ``dali_loader`` (several pipelines per rank, with the per-sample error handling DALI lacks) →
+  ``dali_graph``; ``tickets`` (which batch each producer makes next, and the in-order merge); ``hybrid_loader``
+  (DALI pipelines and CPU workers in one stream);
 - ``stats`` (what a loader did) and ``check`` (`vmae loader-check`).
 """

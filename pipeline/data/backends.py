@@ -14,12 +14,13 @@ if TYPE_CHECKING:  # for the annotations only: importing them would import torch
     from vmae.pipeline.data.decode import FrameDecoder
     from vmae.pipeline.data.protocol import LoaderFactory
 
-AUTO = "auto"  # data.backend: DALI when this machine has CUDA and DALI, the CPU path otherwise
+AUTO = "auto"  # data.backend: hybrid when this machine has CUDA and DALI, the CPU path otherwise
 
 # data.backend → a class implementing vmae.pipeline.data.protocol.Loader
 LOADERS: dict[str, str] = {
-    "dali": "vmae.pipeline.data.dali_loader:DaliLoader",  # reader → NVDEC (DALI's CPU decoder for VP9) → GPU crops
+    "dali": "vmae.pipeline.data.dali_loader:DaliLoader",  # DALI pipelines: NVDEC (CPU decoder for VP9) → GPU crops
     "cpu": "vmae.pipeline.data.cpu_loader:CpuLoader",  # torch DataLoader workers with a seeking CPU decoder
+    "hybrid": "vmae.pipeline.data.hybrid_loader:HybridLoader",  # both at once, batches shared by speed
 }
 
 # data.cpu_decoder → a function implementing vmae.pipeline.data.decode.FrameDecoder
@@ -65,6 +66,17 @@ def dali_available() -> bool:
 # codecs each decoder reads, as the shards' samples name them (ffprobe's codec names)
 NVDEC_CODECS = ("h264", "hevc", "vp9", "vp8", "av1")  # DALI's mixed decoder: 8-bit 4:2:0
 DALI_CPU_CODECS = ("vp9", "vp8", "mjpeg")  # DALI 2.4's CPU video decoder: no H.264 or HEVC
+
+# NVDEC engines per GPU, by the name NVML gives (the longest name that appears in it wins): NVIDIA's video codec
+# support matrix; one DALI pipeline keeps about one engine busy, so this is data.pipelines' default
+NVDEC_ENGINES: dict[str, int] = {"A100": 5, "A30": 4, "H100": 7, "H200": 7, "GH200": 7, "B200": 7, "L4": 4,
+                                 "L40": 3, "L40S": 3, "A10": 2, "T4": 2}
+
+
+def nvdec_engines(gpu_name: str) -> int | None:
+    """NVDEC engines of the GPU called ``gpu_name`` (as NVML or torch name it), or None when not in the table."""
+    known = [name for name in NVDEC_ENGINES if name in gpu_name.upper()]
+    return NVDEC_ENGINES[max(known, key=len)] if known else None
 
 
 def suited_backends(codecs: dict[str, int], resolutions: dict[str, int], pframe_interval: int = 0) -> list[str]:

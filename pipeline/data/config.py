@@ -40,11 +40,16 @@ class DataConfig:
     # how batches are made
     batch_size: int = field(default=8, metadata=field_help("videos per batch per rank (clips = batch_size x views)"))
     backend: str = field(default="auto", metadata=field_help(
-        "dali on CUDA (NVDEC), cpu otherwise; auto picks", choices=BACKEND_NAMES))
+        "dali: DALI pipelines (NVDEC on CUDA, DALI's CPU decoder for VP9 otherwise); cpu: decode worker processes; "
+        "hybrid: both in one stream, each making the share its speed gives it; auto: hybrid on CUDA with DALI, else "
+        "cpu", choices=BACKEND_NAMES))
     cpu_decoder: str = field(default="pyav", metadata=field_help(
         "CPU path decoder; both seek. pyav also skips the non-reference frames (most B-frames) no view needs: "
         "1.13-1.17x torchcodec's clips/s on default shards, 1.55x on --pframe-interval shards (BENCHMARKS.md)",
         choices=CPU_DECODER_NAMES))
+    pipelines: int = field(default=0, metadata=field_help(
+        "DALI pipelines per rank, each with its own decoder, taking batches as they free up (0: the GPU's NVDEC "
+        "engines, one pipeline each keeps one busy; 1 with DALI's CPU decoder)"))
     workers: int = field(default=0, metadata=field_help(
         "decode worker processes per rank (0: this machine's cores shared among its ranks)"))
     prefetch: int = field(default=2, metadata=field_help("batches each worker prepares ahead"))
@@ -87,7 +92,7 @@ class DataConfig:
             raise ValueError(f"data.views ({self.views}) must be a multiple of data.test_crops ({self.test_crops})")
         if self.cache_gb <= 0:
             raise ValueError(f"data.cache_gb must be > 0, got {self.cache_gb}")
-        for key in ("limit", "streams"):
+        for key in ("limit", "streams", "pipelines"):
             if getattr(self, key) < 0:
                 raise ValueError(f"data.{key} must be >= 0, got {getattr(self, key)}")
         if self.decode_deadline < 0:

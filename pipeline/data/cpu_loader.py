@@ -28,8 +28,9 @@ from vmae.pipeline.data.batch_pool import BatchPool
 from vmae.pipeline.data.config import DataConfig
 from vmae.pipeline.data.protocol import Batch, Loader
 from vmae.pipeline.data.sample_reader import SampleReader, sample_key
-from vmae.pipeline.data.shardset import SampleRef, ShardSet, open_shards, upcoming_shards
+from vmae.pipeline.data.shardset import RankBatches, SampleRef, ShardSet, open_shards, upcoming_shards
 from vmae.pipeline.data.stats import LoaderStats
+from vmae.pipeline.data.tickets import Tickets, TicketsStopped
 from vmae.pipeline.data.views import clip_dtype
 from vmae.pipeline.data.workers import WorkerWatch, init_worker, kill_workers
 
@@ -47,36 +48,39 @@ class BatchStream(IterableDataset):
 
     def __init__(self, shardset: ShardSet, cfg: DataConfig, rank: int, world_size: int, epoch: int,
                  start_batch: int = 0, accumulation: int = 1, watch: WorkerWatch | None = None,
-                 abandoned: frozenset[SampleRef] = frozenset(), pool: BatchPool | None = None):
+                 abandoned: frozenset[SampleRef] = frozenset(), pool: BatchPool | None = None,
+                 tickets: Tickets | None = None):
         self.shardset, self.cfg = shardset, cfg
-        self.rank, self.world_size, self.epoch, self.start_batch = rank, world_size, epoch, start_batch
-        self.chunk = cfg.batch_size * accumulation  # videos this rank takes per optimizer step
+        self.batches = RankBatches(shardset, cfg, rank, world_size, accumulation)
+        self.start = epoch * self.batches.per_epoch + start_batch  # the ticket of the first batch
         self.watch, self.abandoned, self.pool = watch, abandoned, pool
+        self.tickets = tickets  # shared with other producers (the hybrid loader): take them instead
 
     def batches_per_epoch(self) -> int:
         """Micro-batches in one epoch: whole optimizer steps of ``accumulation`` batches each."""
-        steps = self.shardset.steps_per_epoch(self.world_size, self.chunk, self.cfg.streams)
-        return steps * (self.chunk // self.cfg.batch_size)
+        return self.batches.per_epoch
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        per_epoch, size = self.batches_per_epoch(), self.cfg.batch_size
-        part, reader, part_epoch = None, None, None
-        g = worker
+        reader, reader_epoch = None, None
+        ticket = self.start + worker
         while True:
-            epoch, b = divmod(self.start_batch + g, per_epoch)
-            epoch += self.epoch
-            if epoch != part_epoch:
-                part = self.shardset.rank_part(epoch, self.cfg.seed, self.cfg.shuffle_buffer, self.rank,
-                                               self.world_size, self.chunk, self.cfg.streams)
+            if self.tickets is not None:
+                try:
+                    ticket = self.tickets.take()
+                except TicketsStopped:
+                    return
+            epoch, b, refs = self.batches.batch(ticket)
+            if epoch != reader_epoch:
                 reader = SampleReader(self.shardset, self.cfg, epoch, reader, self.watch, self.abandoned,
                                       self.pool)
-                part_epoch = epoch
+                reader_epoch = epoch
             if self.shardset.remote:  # stage the shards this worker reads next
-                self.shardset.prefetch(upcoming_shards(part, (b + 1) * size, PREFETCH_SHARDS))
-            yield reader.batch(part[b * size:(b + 1) * size])
-            g += workers
+                size = self.cfg.batch_size
+                self.shardset.prefetch(upcoming_shards(self.batches.part(epoch), (b + 1) * size, PREFETCH_SHARDS))
+            yield {**reader.batch(refs), "ticket": ticket}
+            ticket += workers
 
 
 class CpuLoader(Loader):
@@ -105,7 +109,8 @@ class CpuLoader(Loader):
         self.pool: BatchPool | None = None
         self.abandoned: dict[SampleRef, str] = {}  # samples whose load missed the deadline: their keys
         self._stop_workers: weakref.finalize | None = None
-        self.per_epoch = BatchStream(self.shardset, cfg, rank, world_size, 0, 0, accumulation).batches_per_epoch()
+        self.tickets: Tickets | None = None  # set by a hybrid loader: the workers take batches as they free up
+        self.per_epoch = RankBatches(self.shardset, cfg, rank, world_size, accumulation).per_epoch
 
     def close(self) -> None:
         """Stop the decode workers now (they also stop when the loader is dropped, or at exit)."""
@@ -127,12 +132,9 @@ class CpuLoader(Loader):
             self._stream = (self._start(position), position)
         waited = time.perf_counter()
         for b in range(self.start_batch, self.per_epoch):
-            batch = self._next_batch()
+            batch = self.received(self._next_batch())
+            batch.pop("ticket")
             self.stats.add(batch.pop("stats"))
-            buffer = batch.pop("buffer")
-            if buffer is not None:
-                batch["video"] = self.pool.hand_out(buffer)
-            batch["label"] = torch.tensor(batch["label"]).repeat_interleave(self.cfg.views)
             batch["video"] = batch["video"].to(self.device, non_blocking=True)
             batch["label"] = batch["label"].to(self.device, non_blocking=True)
             self.stats.seconds += time.perf_counter() - waited
@@ -140,6 +142,14 @@ class CpuLoader(Loader):
             yield batch
             waited = time.perf_counter()
         self.epoch, self.start_batch = self.epoch + 1, 0  # unless set_epoch says otherwise, the next epoch
+
+    def received(self, batch: dict) -> dict:
+        """A batch as a worker sent it → the contract's tensors (on the CPU), its ticket and stats beside them."""
+        buffer = batch.pop("buffer")
+        if buffer is not None:
+            batch["video"] = self.pool.hand_out(buffer)
+        batch["label"] = torch.tensor(batch["label"]).repeat_interleave(self.cfg.views)
+        return batch
 
     def _next_batch(self) -> dict:
         """The stream's next batch; a sample past the decode deadline is abandoned on the way (the DataLoader
@@ -197,10 +207,11 @@ class CpuLoader(Loader):
         pooled = workers and self.device.type == "cpu"
         self.pool = BatchPool(workers, self.cfg.prefetch + 3, shape, clip_dtype(self.cfg)) if pooled else None
         stream = BatchStream(self.shardset, self.cfg, self.rank, self.world_size, epoch, start_batch,
-                             self.accumulation, self.watch, frozenset(self.abandoned), self.pool)
+                             self.accumulation, self.watch, frozenset(self.abandoned), self.pool, self.tickets)
         poll = min(5.0, max(0.2, self.cfg.decode_deadline / 4)) if self.cfg.decode_deadline else 0
         return DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=self.cfg.prefetch,
                           multiprocessing_context="fork" if workers else None,  # the pool and watch are shared by fork
                           pin_memory=self.device.type == "cuda", persistent_workers=False, timeout=poll,
+                          in_order=self.tickets is None,  # with shared tickets, the merge puts batches in order
                           worker_init_fn=functools.partial(init_worker, nice=self.cfg.worker_nice))
 

@@ -1,8 +1,13 @@
-"""The DALI graph: webdataset reader → video decoder (NVDEC with ``device="mixed"``) → per-view crops.
+"""The DALI graph: encoded videos and their view plans in → one decode per video (NVDEC with ``device="mixed"``) →
+the K views cut, cropped, flipped and normalized.
+
+The plan of every view (window, crop, flip) is drawn in Python by ``vmae.pipeline.data.sampling``, exactly as the
+CPU path draws it, and fed with the encoded bytes through ``fn.external_source``: the two paths cut the same views
+from the same frames, and which batch a pipeline makes is decided when it asks for one (``tickets``).
 
 The graph is one function whose decode device is a parameter: ``mixed`` on CUDA, ``cpu`` for VP9/MJPEG shards
 (DALI's CPU decoder takes no H.264). CI runs the same function on CPU with VP9 shards; only the decoder's device
-string differs on a GPU. Its views follow the sampling spec of the CPU path (``vmae.pipeline.data.sampling``).
+string differs on a GPU.
 
 nvidia.dali is imported inside the functions that build the graph: it is optional, and a machine without it
 still imports this module (the loader registry, the tests of the helpers).
@@ -10,135 +15,91 @@ still imports this module (the loader registry, the tests of the helpers).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 
 from vmae.pipeline.data.config import DataConfig
-from vmae.pipeline.data.sampling import segment_evaluation_points, span_steps
+from vmae.pipeline.data.sampling import ViewPlan
 
-SOURCE_BYTES = 1024  # room for "<tar path>:<offset>:<member>" in a fixed-shape output
+VIEW_INPUTS = 3  # per view: offset in the run (or nothing, segment sampling), crop start [y, x], crop end [y, x]
 
 
-def build_pipeline(files: list[str], indexes: list[str], ext: str, cfg: DataConfig, device: str, shard_id: int,
-                   num_shards: int, device_id: int | None, threads: int = 2, align: int = 1):
-    """reader → one decode per video → its K views → per-view crop/flip/normalize.
+def input_count(cfg: DataConfig) -> int:
+    """Arrays fed per sample: the video, the decode request (start and length of the run, or the frame indices),
+    and per view its offset, crop start, crop end and flip."""
+    return 3 + cfg.views * (VIEW_INPUTS + 1)
 
-    Dense sampling decodes one strictly increasing run per video (``window_request``: start, stride, length; no
-    index twice, so the decoder never seeks backwards) and slices the K views out of it; segment sampling asks
-    for its frames by index. Outputs: K clips [B, 3, T, S, S] (one output per view, layout CFHW), the labels
-    [B, 1], each sample's source ("<tar>:<offset>:<key>.<ext>", zero-padded to SOURCE_BYTES) for its key, its
-    stored frame count [B, 1], the frames asked for and the frames decoded [B, 1] (fewer decoded than asked: the
-    stored count lies), and in segment sampling the brightest value of the darkest decoded frame [B, 1] (0: an
-    all-black frame, asked by index past the stream's end, is how a lying count shows there; 255 for dense runs).
+
+def graph_inputs(videos: Sequence[bytes], plans: Sequence[ViewPlan], cfg: DataConfig) -> tuple[list, ...]:
+    """What the graph's external source hands over for one batch: one list per input, one array per sample."""
+    columns: list[list] = [[] for _ in range(input_count(cfg))]
+    for video, plan in zip(videos, plans):
+        row = [np.frombuffer(video, dtype=np.uint8)]
+        if cfg.sampling == "segment":  # frames by index, view after view; the decoder returns them in that order
+            row += [plan.frames.reshape(-1).astype(np.int32), np.array(0, np.int32)]
+            offsets = np.arange(cfg.views) * cfg.frames
+        else:  # one strictly increasing run: the decoder never seeks backwards
+            row += [np.array(plan.window.start, np.int32), np.array(plan.window.steps, np.int32)]
+            offsets = (plan.frames[:, 0] - plan.window.start) // cfg.stride
+        for k in range(cfg.views):
+            y, x, h, w = (float(v) for v in plan.crops[k])
+            row += [np.array([offsets[k]], np.float32), np.array([y, x], np.float32),
+                    np.array([y + h, x + w], np.float32), np.array(int(plan.flips[k]), np.int32)]
+        for column, value in zip(columns, row):
+            column.append(value)
+    return tuple(columns)
+
+
+def build_pipeline(source: Callable[[], tuple[list, ...]], cfg: DataConfig, device: str, device_id: int | None,
+                   threads: int = 2, batch_size: int | None = None, prefetch: int | None = None):
+    """external source → one decode per video → its K views → per-view crop/flip/normalize.
+
+    ``source`` is called once per batch (on the thread running the pipeline) and returns ``graph_inputs``.
+    Outputs: the views [B, K, 3, T, S, S] float (layout CFHW per view); the frames each video's decode returned
+    [B, 1] (on the CPU: fewer than a dense run asked means the stored count lies); and for segment sampling the
+    brightest value of the darkest decoded frame [B, 1] (0: an all-black frame, asked by index past the stream's
+    end, is how a lying count shows there; 255 for dense runs, read from the count instead).
     """
     from nvidia.dali import fn, pipeline_def, types  # optional: see the module's docstring
 
-    @pipeline_def(batch_size=cfg.batch_size, num_threads=threads, device_id=device_id, seed=cfg.seed,
-                  prefetch_queue_depth=cfg.prefetch)
+    T = cfg.frames
+    dtypes = [types.UINT8, types.INT32, types.INT32] + [types.FLOAT, types.FLOAT, types.FLOAT, types.INT32] * cfg.views
+
+    @pipeline_def(batch_size=batch_size or cfg.batch_size, num_threads=threads, device_id=device_id,
+                  prefetch_queue_depth=prefetch or cfg.prefetch)
     def video_pipeline():
-        video, frames, label = fn.readers.webdataset(
-            paths=files, index_paths=indexes, ext=[ext, "frames", "label"],
-            dtypes=[types.UINT8, types.INT32, types.INT32], missing_component_behavior="error",
-            # a fresh order of whole tars each epoch (the same on every rank), samples mixed in a buffer
-            random_shuffle=True, shuffle_after_epoch=True, initial_fill=max(cfg.shuffle_buffer, 1),
-            shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, name="reader")
-        T = cfg.frames
+        video, request, steps, *per_view = fn.external_source(source=source, num_outputs=input_count(cfg),
+                                                               batch=True, dtype=dtypes)
         if cfg.sampling == "segment":
-            decoded = fn.decoders.video(video, device=device, frames=view_frame_indices(frames, cfg))
-            clips = [decoded[k * T:(k + 1) * T] for k in range(cfg.views)]
-            asked = fn.constant(idata=[cfg.views * T], dtype=types.INT32)
+            decoded = fn.decoders.video(video, device=device, frames=request)
             # the darkest decoded frame's brightest value [1]: 0 when a frame asked by index is all black
             brightest = fn.reshape(fn.reductions.min(fn.reductions.max(decoded, axes=[1, 2, 3])), shape=[1])
         else:
-            start, steps, offsets = window_request(frames, cfg, align)
             # pad_mode none: a run the stream cannot fill comes back short (counted by the loader), never padded
-            decoded = fn.decoders.video(video, device=device, start_frame=scalar(start), stride=cfg.stride,
-                                        sequence_length=scalar(steps), pad_mode="none")
-            clips = [fn.slice(decoded, offset, types.Constant(np.array([T], np.float32)), axes=[0],
-                              normalized_anchor=False, normalized_shape=False, out_of_bounds_policy="pad")
-                     for offset in offsets]
-            asked = fn.cast(steps, dtype=types.INT32)
-            brightest = fn.constant(idata=[255], dtype=types.UINT8)  # a short run tells a lie here: no pixel pass
-        views = [augment_view(clip, cfg) for clip in clips]
-        source = fn.pad(fn.get_property(video, key="source_info")[:SOURCE_BYTES], axes=[0], shape=[SOURCE_BYTES])
+            decoded = fn.decoders.video(video, device=device, start_frame=request, stride=cfg.stride,
+                                        sequence_length=steps, pad_mode="none")
+            brightest = fn.constant(idata=[255], dtype=types.UINT8)
+        views = []
+        for k in range(cfg.views):
+            offset, crop_start, crop_end, mirror = per_view[k * 4:(k + 1) * 4]
+            clip = fn.slice(decoded, offset, types.Constant(np.array([T], np.float32)), axes=[0],
+                            normalized_anchor=False, normalized_shape=False, out_of_bounds_policy="pad")
+            views.append(crop_view(clip, crop_start, crop_end, mirror, cfg))
         got = fn.slice(decoded.shape(dtype=types.INT32), 0, 1, axes=[0], normalized_anchor=False,
                        normalized_shape=False)
         # the counts stay on the CPU: the loader reads them there, without a device sync
-        return (*views, label.gpu() if device == "mixed" else label, source, frames, asked, got, brightest)
+        return fn.stack(*views), got, brightest
 
     return video_pipeline()
 
 
-def scalar(node):
-    """A [1] float DataNode as the int32 scalar a decoder argument takes."""
-    from nvidia.dali import fn, types
+def crop_view(clip, crop_start, crop_end, mirror, cfg: DataConfig):
+    """One view [T, H, W, 3] → [3, T, S, S] float: the plan's crop of every frame resized to S (bilinear, as the
+    CPU path), its flip, then normalize."""
+    from nvidia.dali import fn, types  # optional: see the module's docstring
 
-    return fn.reshape(fn.cast(node, dtype=types.INT32), shape=[])
-
-
-def window_request(frames, cfg: DataConfig, align: int = 1):
-    """(start [1], steps [1], K offsets [1]) as float DataNodes: the run ``sampling.dense_window`` draws and each
-    view's place in it (``sampling.window_views``), computed in float32 inside the graph."""
-    import nvidia.dali.math as dmath  # optional: see the module's docstring
-    from nvidia.dali import fn, types
-
-    n = fn.cast(frames, dtype=types.FLOAT)  # [1]
-    tau, T = float(cfg.stride), cfg.frames
-
-    def aligned_below(high):
-        return dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * (dmath.floor(dmath.max(high, 0.0) / align) + 1)) \
-            * float(align)
-
-    wanted = None
-    if not cfg.augment:
-        start = n * 0.0
-    elif cfg.span:
-        wanted = float(span_steps(cfg))
-        start = aligned_below(n - ((wanted - 1) * tau + 1))
-    else:
-        start = aligned_below(dmath.min(tau - 1, n - float(cfg.clip_length)))
-    on_grid = dmath.floor((n - 1 - start) / tau) + 1
-    steps = dmath.min(on_grid, wanted) if wanted else on_grid
-    room = dmath.max(steps - T, 0.0)
-    if cfg.augment:
-        offsets = [dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * (room + 1)) for _ in range(cfg.views)]
-    else:
-        windows = cfg.views // cfg.test_crops
-        spread = np.linspace(0, 1, windows, dtype=np.float32)
-        offsets = [dmath.floor(room * float(spread[k // cfg.test_crops]) + 0.5) for k in range(cfg.views)]
-    return start, steps, offsets
-
-
-def view_frame_indices(frames, cfg: DataConfig):
-    """Segment sampling's K·T frame indices, flattened view after view: [K·T] int32 (as
-    ``sampling.segment_frames``)."""
-    import nvidia.dali.math as dmath  # optional: see the module's docstring
-    from nvidia.dali import fn, types
-
-    n = fn.cast(frames, dtype=types.FLOAT)  # [1]
-    segment = n / float(cfg.frames)
-    firsts = types.Constant(np.arange(cfg.frames, dtype=np.float32)[None, :]) * segment
-    if cfg.augment:
-        fraction = fn.random.uniform(range=[0.0, 1.0], shape=[cfg.views, cfg.frames])
-    else:
-        fraction = types.Constant(segment_evaluation_points(cfg))
-    indices = dmath.min(dmath.floor(firsts + fraction * segment), n - 1)
-    return fn.reshape(fn.cast(indices, dtype=types.INT32), shape=[cfg.views * cfg.frames])
-
-
-def augment_view(clip, cfg: DataConfig):
-    """One view [T, H, W, 3] → [3, T, S, S] float: one crop and one flip for all its frames, then normalize."""
-    import nvidia.dali.math as dmath  # optional: see the module's docstring
-    from nvidia.dali import fn, types
-
-    size = [cfg.crop_size, cfg.crop_size]
-    if cfg.augment:
-        clip = fn.random_resized_crop(clip, size=size, random_area=list(cfg.scale),
-                                      random_aspect_ratio=list(cfg.ratio), antialias=False)
-        mirror = fn.random.coin_flip(probability=0.5) if cfg.flip else 0
-    else:
-        shape = clip.shape(dtype=types.FLOAT)  # [T, H, W, C]
-        side = dmath.min(shape[1], shape[2])
-        clip = fn.resize(fn.crop(clip, crop_h=side, crop_w=side), size=size, antialias=False)
-        mirror = 0
+    clip = fn.resize(clip, size=[cfg.crop_size, cfg.crop_size], roi_start=crop_start, roi_end=crop_end,
+                     roi_relative=False, antialias=False, interp_type=types.INTERP_LINEAR)
     return fn.crop_mirror_normalize(clip, mirror=mirror, dtype=types.FLOAT, output_layout="CFHW",
                                     mean=[m * 255 for m in cfg.mean], std=[s * 255 for s in cfg.std])

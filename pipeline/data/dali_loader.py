@@ -1,97 +1,107 @@
-"""The DALI path: the DALI graph (``dali_graph``) driven for the loader contract, with the per-sample error
-handling DALI lacks: a sample that fails or hangs the graph is left out and the graph rebuilt.
+"""The DALI path: several DALI pipelines per rank (``dali_graph``), each with its own decoder, taking the rank's
+batches as they free up (``tickets``) and merged into one stream in batch order.
 
-nvidia.dali is imported only where the graph is built or iterated: it is optional, and a machine without it
-still imports this module (the loader registry, the tests of the helpers).
+One pipeline keeps about one NVDEC engine busy (each frame is decoded, mapped and synchronized in turn on its
+stream), so a rank runs one per engine by default. Each pipeline is driven by its own thread; when it asks for a
+batch, that thread takes the next ticket, reads the batch's encoded videos from their shards and draws their
+views as the CPU path does (``sampling``). Batch g holds the same samples and views whoever makes it, so the
+stream is the CPU path's stream, and resuming is starting again at a ticket.
+
+DALI has no per-sample error handling: a sample that fails a pipeline leaves it unusable. The pipeline's thread
+finds the sample by decoding the suspects one by one, leaves it out (counted, logged once with its key), gives
+its unfinished batches back to be made again and builds a fresh pipeline; the other pipelines go on. A video
+whose stored frame count is more than its stream holds is left out the same way, and a pipeline that delivers
+nothing within its deadline is abandoned (its native threads cannot be stopped) and replaced.
+
+nvidia.dali is imported only where a pipeline is built or run: it is optional, and a machine without it still
+imports this module (the loader registry, the tests of the helpers).
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import io
 import logging
 import math
-import queue
-import re
-import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from vmae.pipeline.data.backends import DALI_CPU_CODECS, NVDEC_CODECS, nvdec_engines
 from vmae.pipeline.data.config import DataConfig
-from vmae.pipeline.data.dali_graph import build_pipeline
+from vmae.pipeline.data.dali_graph import build_pipeline, graph_inputs
 from vmae.pipeline.data.protocol import Batch, Loader
-from vmae.pipeline.data.shardset import SampleRef, ShardSet, open_shards, upcoming_shards
+from vmae.pipeline.data.sample_reader import BadSample, EncodedReader, EncodedSample
+from vmae.pipeline.data.sampling import ViewPlan, plan_views, sample_rng
+from vmae.pipeline.data.shardset import RankBatches, SampleRef, ShardSet, open_shards, upcoming_shards
 from vmae.pipeline.data.stats import LoaderStats
+from vmae.pipeline.data.tickets import Merge, Tickets, TicketsStopped
 from vmae.pipeline.data.views import clip_dtype
-from vmae.shards.format import index_path
 from vmae.shards.probe import scan_packets
-from vmae.shards.tars import INDEX_VERSION, read_index, read_member
 
 log = logging.getLogger(__name__)
 
-CPU_DECODABLE = {"webm", "mkv"}  # DALI's CPU video decoder reads VP8, VP9 and MJPEG only
-BUILD_SECONDS = 60.0  # building a pipeline, on top of its first batches' decode deadline
+BUILD_SECONDS = 60.0  # building a pipeline, on top of its first batch's decode deadline
+POLL_SECONDS = 1.0  # how often the consumer looks for hung pipelines while it waits
+PREFETCH_SHARDS = 2  # of a remote dataset, staged ahead of each pipeline's reading
 
 
-class DecoderHang(RuntimeError):
-    """The DALI graph has not handed over a batch within its deadline."""
+def dataset_codec(shardset: ShardSet) -> str:
+    """The codec the shards were built with (each part of a mix must agree)."""
+    parts = getattr(shardset, "parts", [shardset])
+    codecs = {part.manifest["build"].get("codec", "h264") for part in parts}
+    return codecs.pop() if len(codecs) == 1 else "+".join(sorted(codecs))
 
 
-class DeadlineCaller:
-    """Runs calls on one daemon thread (a DALI pipeline is driven from one thread) and waits for each at most a
-    deadline. A call past it is left running: a decoder stuck in native code cannot be interrupted, only abandoned
-    (a daemon thread does not hold up the interpreter's exit)."""
+def refuse_undecodable(shardset: ShardSet, decode_device: str) -> None:
+    """Stop at start, with the reason and what to do, when the decoder cannot read this dataset's codec."""
+    codec = dataset_codec(shardset)
+    readable, who = (NVDEC_CODECS, "NVDEC") if decode_device == "mixed" else (DALI_CPU_CODECS, "DALI's CPU decoder")
+    if any(c not in readable for c in codec.split("+")):
+        raise ValueError(f"{shardset.dataset}: {who} cannot decode {codec} shards (it reads {', '.join(readable)}); "
+                         "use data.backend=cpu, or rebuild the shards with `vmae shards build --codec "
+                         f"{'h264' if decode_device == 'mixed' else 'vp9'}`")
 
-    def __init__(self, device: torch.device):
-        self.requests: queue.SimpleQueue = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._serve, args=(self.requests, device), daemon=True,
-                                       name="vmae-dali")
-        self.thread.start()
-        weakref.finalize(self, self.requests.put, None)  # the thread ends with its caller (unless stuck in a call)
 
-    @staticmethod
-    def _serve(requests: queue.SimpleQueue, device: torch.device) -> None:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)  # the iterator copies onto this thread's current device
-        while (request := requests.get()) is not None:
-            call, box, done = request
-            try:
-                box.append((True, call()))
-            except BaseException as err:  # noqa: BLE001 - handed to the caller, who re-raises it
-                box.append((False, err))
-            done.set()
-            del request, call, box, done  # hold nothing of the caller's while waiting for the next call
+def default_pipelines(cfg: DataConfig, device: torch.device) -> int:
+    """``data.pipelines``, or one per NVDEC engine of the GPU (one with DALI's CPU decoder)."""
+    if cfg.pipelines:
+        return cfg.pipelines
+    if device.type != "cuda":
+        return 1
+    name = torch.cuda.get_device_name(device)
+    engines = nvdec_engines(name)
+    if engines is None:
+        log.info("loader: NVDEC engines of a %s are not in the table: 2 DALI pipelines (set data.pipelines)", name)
+        return 2
+    return engines
 
-    def __call__(self, call: Callable, deadline: float):
-        box: list = []
-        done = threading.Event()
-        self.requests.put((call, box, done))
-        if not done.wait(deadline or None):
-            raise DecoderHang(f"no batch after {deadline:.0f} s")
-        ok, value = box[0]
-        if ok:
-            return value
-        raise value
+
+@dataclass
+class FedBatch:
+    """A batch handed to a pipeline and not yet out of it."""
+
+    ticket: int
+    refs: list[SampleRef]
+    samples: list[EncodedSample]  # as fed, replacements included
+    plans: list[ViewPlan]
+    good: list[bool]  # which rows are the batch's own samples (not replacements)
+    failed: Counter
 
 
 class DaliLoader(Loader):
-    """Batches from the DALI graph in the loader contract; ``device`` picks NVDEC (cuda) or DALI's CPU decoder.
+    """Batches from DALI pipelines in the loader contract; ``device`` picks NVDEC (cuda) or DALI's CPU decoder.
 
-    DALI has no per-sample error handling: an undecodable sample fails the pipeline, which is then unusable.
-    The loader reads the failing member from DALI's message, counts it, leaves it out of a private copy of its
-    shard's index, rebuilds the pipeline (with a new seed, so the epoch goes on with other samples) and fetches
-    the batch again: every epoch keeps its number of steps and every batch its shape. A sample whose stored frame
-    count is more than its stream holds (DALI would decode black frames past the end) is left out the same way,
-    and so is a batch the graph does not deliver within its deadline (the hung pipeline is abandoned).
-
-    The rank's part of each epoch is cut per batch: ``accumulation`` is accepted, for the one loader signature,
-    and does not change it.
+    Iterate it once per epoch (``set_epoch`` first, as with a DistributedSampler); consecutive epochs continue
+    one stream of pipelines, a ``set_epoch`` that jumps elsewhere (a resume) starts a new one.
     """
 
     backend = "dali"
@@ -102,186 +112,355 @@ class DaliLoader(Loader):
         if cfg.limit:
             raise ValueError("data.limit (and --overfit) runs on the CPU path: set data.backend=cpu")
         self.shardset = open_shards(dataset, cfg)
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.cfg = cfg
         self.device = torch.device(device)
         self.decode_device = "mixed" if self.device.type == "cuda" else "cpu"
-        if self.decode_device == "cpu" and self.shardset.video_ext not in CPU_DECODABLE:
-            raise ValueError(f"{dataset}: DALI's CPU decoder cannot read .{self.shardset.video_ext} (H.264) shards; "
-                             "use the cpu backend (data.backend=cpu), or build shards with --codec vp9")
-        if cfg.test_crops > 1 and not cfg.augment:
-            raise ValueError("data.test_crops > 1 is cut by the CPU path only: use data.backend=cpu for evaluation")
+        refuse_undecodable(self.shardset, self.decode_device)
+        self.batches = RankBatches(self.shardset, cfg, rank, world_size, accumulation)
+        self.per_epoch = self.batches.per_epoch
+        self.pipelines = default_pipelines(cfg, self.device)
         self.stats = LoaderStats()
-        self.outputs = [f"view{k}" for k in range(cfg.views)] + ["label", "source", "frames", "asked", "decoded",
-                                                                  "brightest"]
-        self.quarantine: dict[str, set[int]] = {}  # tar path → data offsets of members left out
-        self._private = tempfile.TemporaryDirectory(prefix="vmae-dali-index-")  # this rank's index copies
-        self.rebuilds = 0
-        self.abandoned: list = []  # hung pipelines: kept, since destroying one would wait for its stuck threads
-        self.per_epoch = self.shardset.steps_per_epoch(world_size, cfg.batch_size, cfg.streams)
-        self.epoch, self.built_epoch, self.skip = 0, None, 0
-        self.pipe = self.iterator = None  # the DALI pipeline of this epoch and its iterator, once built
-        # the decode deadline is per sample; DALI's threads decode a batch's samples side by side
-        self.batch_deadline = cfg.decode_deadline * math.ceil(cfg.batch_size / max(1, cfg.worker_count))
-        self.call = DeadlineCaller(self.device)
-        self._build()
-
-    def _build(self) -> None:
-        self.built_epoch = self.epoch
-        # 0: no deadline (data.decode_deadline=0)
-        deadline = BUILD_SECONDS + self.batch_deadline * (self.cfg.prefetch + 1) if self.batch_deadline else 0
-        while True:
-            try:  # the iterator runs the pipeline at once to prefetch: a bad or hung sample can fail it here
-                self.call(self._make_iterator, deadline)
-                return
-            except DecoderHang as hang:
-                self._abandon(hang)
-            except RuntimeError as err:
-                self._leave_out(err)
-
-    def _make_iterator(self) -> None:
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy  # optional: see the module
-
-        device_id = (self.device.index or 0) if self.device.type == "cuda" else None
-        cfg = replace(self.cfg, seed=self.cfg.seed + 1_000_003 * self.epoch + 1000 * self.rebuilds)
-        files, indexes = self._epoch_files()
-        # only this rank's files: DALI's reader opens and parses every file it is given before its first batch
-        self.pipe = build_pipeline(files, indexes, self.shardset.video_ext, cfg, self.decode_device, 0, 1, device_id,
-                                   threads=self.cfg.worker_count, align=self.shardset.frame_alignment(cfg.stride))
-        self.pipe.build()
-        # The reader drops the last partial batch; auto_reset starts the next epoch when one ends.
-        self.iterator = DALIGenericIterator([self.pipe], self.outputs, reader_name="reader",
-                                            last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
-
-    def _epoch_files(self) -> tuple[list[str], list[str]]:
-        """This rank's shards this epoch, each with an index copy listing only the samples it takes."""
-        part = self.shardset.rank_part(self.epoch, self.cfg.seed, 0, self.rank, self.world_size, self.cfg.batch_size,
-                                       self.cfg.streams)
-        files = rank_index_copies(self.shardset, part, Path(self._private.name), self.quarantine)
-        if self.shardset.remote:
-            self._prefetch_next_epoch({ref.shard for ref in part})
-        return files
-
-    def _prefetch_next_epoch(self, current: set[int]) -> None:
-        """A remote dataset's shards of the next epoch download while this one trains, as many as data.cache_gb
-        leaves room for beside this epoch's (DALI reads this epoch's files from the cache until it ends)."""
-        upcoming = self.shardset.rank_part(self.epoch + 1, self.cfg.seed, 0, self.rank, self.world_size,
-                                           self.cfg.batch_size, self.cfg.streams)
-        room = self.cfg.cache_gb * 2**30 - sum(self.shardset.entries[s]["bytes"] for s in current)
-        ahead = []
-        for shard in upcoming_shards(upcoming, 0, len(upcoming)):
-            if shard in current:
-                continue
-            room -= self.shardset.entries[shard]["bytes"]
-            if room < 0:
-                break
-            ahead.append(shard)
-        self.shardset.prefetch(ahead)
+        self.left_out: dict[SampleRef, str] = {}  # samples no pipeline could decode: their keys
+        self.reported: set[str] = set()
+        self.abandoned: list[DaliWorker] = []  # hung pipelines: kept, since destroying one would wait on its threads
+        # the decode deadline is per sample; a pipeline's threads decode a batch's samples side by side
+        threads = max(1, cfg.worker_count // self.pipelines)
+        self.threads = threads
+        self.batch_deadline = cfg.decode_deadline * math.ceil(cfg.batch_size / threads)
+        self.epoch, self.start_batch = 0, 0
+        self._stream: DaliStream | None = None
+        log.info("loader: %d DALI pipeline(s) (%s decoder), %d thread(s) each", self.pipelines, self.decode_device,
+                 threads)
 
     def set_epoch(self, epoch: int, samples_seen: int = 0) -> None:
-        """Start ``epoch`` (its own shards and order); a resumed run skips ``samples_seen`` videos."""
+        """Start ``epoch``; ``samples_seen`` (videos this rank already took in it) resumes mid-epoch."""
         self.epoch = epoch
-        self.skip = samples_seen // self.cfg.batch_size
-
-    def close(self) -> None:
-        """Drop this epoch's pipeline now, as the CPU path stops its workers (the next iteration builds a fresh one)."""
-        self.pipe = self.iterator = self.built_epoch = None
+        self.start_batch = samples_seen // self.cfg.batch_size
 
     def __len__(self) -> int:
-        return self.per_epoch - self.skip
+        return self.per_epoch - self.start_batch
+
+    def close(self) -> None:
+        """Stop the pipelines now (the next iteration starts fresh ones)."""
+        if self._stream is not None:
+            self._stream.close()
+        self._stream = None
 
     def __iter__(self) -> Iterator[Batch]:
-        k, size = self.cfg.views, self.cfg.batch_size
-        if self.built_epoch != self.epoch:
-            self._build()
-        for step in range(self.per_epoch):
+        ticket = self.epoch * self.per_epoch + self.start_batch
+        if self._stream is None or self._stream.merge.next_ticket != ticket:
+            self.close()
+            self._stream = self._open_stream(ticket)
+        for _ in range(self.start_batch, self.per_epoch):
             waited = time.perf_counter()
-            batch = self._next_batch()
-            if step < self.skip:
-                continue
-            # [B, K, 3, T, S, S] → [B·K, ...]: the clips of one video stay adjacent
-            video = torch.stack([batch[name] for name in self.outputs[:k]], dim=1)
-            decoded = batch["decoded"].view(-1).cpu()
-            padded = repeat_last_frames(video, decoded, self.cfg)
-            video = video.flatten(0, 1).to(clip_dtype(self.cfg))
-            label = batch["label"].view(-1).long().repeat_interleave(k)
+            batch = self._stream.next()
+            self.stats.add(batch.pop("stats"))
+            batch["video"] = batch["video"].to(self.device, non_blocking=True)
+            batch["label"] = batch["label"].to(self.device, non_blocking=True)
             self.stats.seconds += time.perf_counter() - waited
-            self.stats.add({"videos": size, "clips": size * k, "decoded_frames": int(decoded.sum()),
-                            "padded": padded, "failed": {}})
-            yield {"video": video.to(self.device, non_blocking=True), "label": label.to(self.device),
-                   "key": [_key_of(row) for row in batch["source"].cpu().numpy()]}
-        self.skip = 0
-        self.epoch += 1
+            yield batch
+        self.epoch, self.start_batch = self.epoch + 1, 0
 
-    def _next_batch(self) -> dict:
+    def _open_stream(self, ticket: int) -> DaliStream:
+        return DaliStream(self, ticket)
+
+    def leave_out(self, ref: SampleRef, key: str, reason: str, detail: str) -> None:
+        """Count a sample no pipeline can use and leave it out of every batch from now on."""
+        if ref in self.left_out:
+            return
+        self.left_out[ref] = key
+        self.stats.failed[reason] += 1
+        log.warning("sample %s (%s) left out: %s; its batch is made again without it", key,
+                    self.shardset.shards[ref.shard].name, detail)
+
+
+_OPEN_STREAMS: weakref.WeakSet = weakref.WeakSet()
+
+
+@functools.lru_cache(maxsize=None)
+def close_streams_at_exit() -> None:
+    """Close every open stream at exit, before DALI's own exit handler shuts its pipelines down (atexit runs
+    handlers last registered first, so this is registered after DALI is imported): a pipeline thread still
+    inside a run when DALI shuts down aborts the interpreter."""
+    import nvidia.dali.pipeline  # noqa: F401 - its exit handler first, then this one
+
+    atexit.register(lambda: [stream.close() for stream in list(_OPEN_STREAMS)])
+
+
+class DaliStream:
+    """The pipelines of one stream, the tickets they take and the merge they deliver into."""
+
+    def __init__(self, loader: DaliLoader, start: int):
+        close_streams_at_exit()
+        _OPEN_STREAMS.add(self)
+        self.loader = loader
+        cfg = loader.cfg
+        # how far producers may run ahead of the consumer: each one's prefetch and the batch it is making, twice
+        self.tickets = Tickets(start, window=2 * self.producers() * (cfg.prefetch + 1))
+        self.merge = Merge(self.tickets)
+        self.workers = [self._start_worker(n) for n in range(loader.pipelines)]
+
+    def producers(self) -> int:
+        return self.loader.pipelines
+
+    def _start_worker(self, number: int) -> DaliWorker:
+        worker = DaliWorker(self.loader, self.tickets, self.merge, number)
+        worker.thread.start()
+        return worker
+
+    def next(self) -> dict:
+        """The stream's next batch; a pipeline past its deadline is abandoned and replaced on the way."""
         while True:
-            try:
-                batch = self.call(lambda: next(self.iterator), self.batch_deadline)[0]
-            except StopIteration:
-                continue  # auto_reset: the reader has started its next epoch
-            except DecoderHang as hang:
-                self._abandon(hang)
-                self._build()
-                continue
-            except RuntimeError as err:
-                self._leave_out(err)
-                self._build()
-                continue
-            overcounted = self._overcounted(batch)
-            if not overcounted:
+            batch = self.merge.next(timeout=POLL_SECONDS)
+            if batch is not None:
                 return batch
-            for tar, offset, key, detail in overcounted:
-                self._quarantine(tar, offset, key, "frame_count", detail)
-            self._build()
+            if self.loader.batch_deadline:
+                for n, worker in enumerate(self.workers):
+                    if worker.overdue(self.loader.batch_deadline):
+                        self._abandon(n)
 
-    def _overcounted(self, batch: dict) -> list[tuple[str, int, str, str]]:
-        """Samples whose stream holds fewer frames than their stored count: a run that came back short, or (frames
-        asked by index) an all-black decoded frame, confirmed by a demux of the member (a black frame alone may be
-        a real fade)."""
-        found = []
-        short = (batch["decoded"].view(-1) < batch["asked"].view(-1)).cpu()
-        black = (batch["brightest"].view(self.cfg.batch_size, -1) == 0).any(dim=1).cpu()
-        for row in np.flatnonzero((short | black).numpy()):
-            tar, offset, member = _source_of(batch["source"][row].cpu().numpy())
-            stored = int(batch["frames"][row].view(-1)[0])
-            held = _stream_frames(tar, offset)
-            if held < stored:
-                found.append((tar, offset, member.split(".", 1)[0], f"its .frames says {stored}, its stream holds "
-                                                                     f"{held}"))
+    def _abandon(self, n: int) -> None:
+        """Leave hung pipeline ``n`` behind (its threads cannot be stopped), give its batches back, start another."""
+        loader, worker = self.loader, self.workers[n]
+        worker.abandon()
+        loader.abandoned.append(worker)
+        loader.stats.failed["decode_timeout"] += 1
+        keys = [s.key for fed in worker.fed for s in fed.samples]
+        if len(loader.abandoned) > loader.max_hangs:
+            raise RuntimeError(f"DALI pipelines hung {len(loader.abandoned)} times (data.decode_deadline="
+                               f"{loader.cfg.decode_deadline:g} s per sample; the last one held {', '.join(keys)}): "
+                               "run `vmae shards verify` on the dataset, or use data.backend=cpu, which abandons "
+                               "and names each hung sample")
+        log.warning("DALI pipeline %d delivered nothing in %.0f s (data.decode_deadline=%g s per sample) while "
+                    "decoding %s: it is abandoned, its batches are made again and a fresh pipeline goes on", n,
+                    loader.batch_deadline, loader.cfg.decode_deadline, ", ".join(keys))
+        self.tickets.give_back([fed.ticket for fed in worker.fed])
+        self.workers[n] = self._start_worker(n)
+
+    def close(self) -> None:
+        """Stop the pipelines: each ends at its next request for a batch (a hung one is left as it is)."""
+        self.tickets.stop()
+        for worker in self.workers:
+            worker.thread.join(timeout=30)
+        _OPEN_STREAMS.discard(self)
+
+
+class DaliWorker:
+    """One DALI pipeline and the thread that drives it: takes tickets, feeds the pipeline each batch's encoded
+    videos and plans, and puts what comes out into the merge."""
+
+    def __init__(self, loader: DaliLoader, tickets: Tickets, merge: Merge, number: int):
+        self.loader, self.tickets, self.merge, self.number = loader, tickets, merge, number
+        self.cfg = loader.cfg
+        self.reader = EncodedReader(loader.shardset)
+        self.fed: deque[FedBatch] = deque()
+        self.spare: tuple[EncodedSample, SampleRef] | None = None  # a good sample, for a batch where all fail
+        self.alive, self.waiting = True, False
+        self.progress = time.monotonic() + BUILD_SECONDS  # when it last took or delivered a batch
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"vmae-dali-{number}")
+
+    # ---------------------------------------------------------------- the thread
+
+    def _run(self) -> None:
+        if self.loader.device.type == "cuda":
+            torch.cuda.set_device(self.loader.device)  # outputs are copied onto this thread's current device
+        try:
+            while self.alive:
+                pipe = self._build(self._feed)
+                try:
+                    while self.alive:
+                        outputs = self._outputs(pipe)
+                        if self.alive:
+                            self._deliver(outputs)
+                except RuntimeError as err:
+                    if not self.alive or isinstance(err.__cause__, TicketsStopped) or "TicketsStopped" in str(err):
+                        return
+                    self._recover(err)
+                finally:
+                    del pipe
+        except TicketsStopped:
+            return
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, who raises it
+            if self.alive:
+                self.merge.fail(err)
+
+    def _build(self, source, batch_size: int | None = None, prefetch: int | None = None):
+        device_id = (self.loader.device.index or 0) if self.loader.device.type == "cuda" else None
+        pipe = build_pipeline(source, self.cfg, self.loader.decode_device, device_id, self.loader.threads,
+                              batch_size, prefetch)
+        pipe.build()
+        return pipe
+
+    def _outputs(self, pipe) -> tuple:
+        """The pipeline's next outputs (the first call also feeds its prefetch)."""
+        return pipe.run()
+
+    def abandon(self) -> None:
+        self.alive = False
+
+    def overdue(self, deadline: float) -> bool:
+        """Whether it holds batches and has neither taken nor delivered one for ``deadline`` seconds (waiting for a
+        ticket while the stream is a window ahead is not a hang)."""
+        return self.alive and bool(self.fed) and not self.waiting and time.monotonic() - self.progress > deadline
+
+    # ---------------------------------------------------------------- feeding
+
+    def _feed(self) -> tuple[list, ...]:
+        """The external source: the next batch's encoded videos and plans (called by DALI on this thread)."""
+        if not self.alive:
+            raise TicketsStopped
+        self.waiting = True  # for a ticket: not hung, only ahead of the merge
+        try:
+            # DALI feeds its whole prefetch before it runs the first batch: a pipeline holding a batch the merge
+            # needs before the window moves must not wait for the window
+            head = self.merge.next_ticket + self.tickets.window
+            ticket = self.tickets.take(wait=not any(fed.ticket < head for fed in self.fed))
+        finally:
+            self.waiting = False
+        self.progress = time.monotonic()
+        epoch, b, refs = self.loader.batches.batch(ticket)
+        if self.loader.shardset.remote:  # stage the shards this pipeline reads next
+            part, size = self.loader.batches.part(epoch), self.cfg.batch_size
+            self.loader.shardset.prefetch(upcoming_shards(part, (b + 1) * size, PREFETCH_SHARDS))
+        fed = self._prepare(ticket, epoch, refs)
+        self.fed.append(fed)
+        return graph_inputs([s.video for s in fed.samples], fed.plans, self.cfg)
+
+    def _prepare(self, ticket: int, epoch: int, refs: list[SampleRef]) -> FedBatch:
+        """Read and plan a batch's samples; one that cannot be read, or was left out, is replaced by another of
+        the batch (every batch keeps its shape), as on the CPU path."""
+        loader = self.loader
+        samples: list[EncodedSample | None] = []
+        failed: Counter = Counter()
+        for ref in refs:
+            try:
+                if ref in loader.left_out:
+                    raise BadSample("left_out", "")
+                samples.append(self.reader.read(ref))
+            except BadSample as err:
+                samples.append(None)
+                if err.reason != "left_out":
+                    failed[err.reason] += 1
+                    key = f"{loader.shardset.shards[ref.shard].name}#{ref.row}"
+                    if key not in loader.reported:
+                        loader.reported.add(key)
+                        log.warning("sample %s replaced: %s: %s", key, err.reason, err)
+        good = [i for i, s in enumerate(samples) if s is not None]
+        if good and self.spare is None:
+            self.spare = (samples[good[0]], refs[good[0]])
+        elif not good and self.spare is None:
+            raise RuntimeError(f"every sample of a batch failed to load and none loaded before it ({dict(failed)}); "
+                               f"run `vmae shards verify {loader.shardset.dataset}`")
+        filled, replaced = [], 0
+        for sample in samples:
+            if sample is None:
+                sample = samples[good[replaced % len(good)]] if good else self.spare[0]
+                replaced += 1
+            filled.append(sample)
+        align = loader.shardset.frame_alignment(self.cfg.stride)
+        plans = [plan_views(s.frames, s.height, s.width, self.cfg, sample_rng(self.cfg.seed, epoch, s.key), align)
+                 for s in filled]
+        return FedBatch(ticket, list(refs), filled, plans, [s is not None for s in samples], failed)
+
+    # ---------------------------------------------------------------- delivering
+
+    def _deliver(self, outputs: tuple) -> None:
+        """Hand one batch to the merge; a batch with a sample whose stored count lies is made again without it."""
+        fed = self.fed.popleft()
+        self.progress = time.monotonic()
+        views, got, brightest = outputs
+        got = np.array(got.as_cpu().as_tensor() if hasattr(got, "as_cpu") else got.as_tensor()).reshape(-1)
+        if self._lying_counts(fed, got, brightest):
+            self.tickets.give_back([fed.ticket])
+            return
+        video = to_torch(views, self.loader.device)  # [B, K, 3, T, S, S]
+        padded = repeat_last_frames(video, torch.from_numpy(got), self.cfg)
+        k, size = self.cfg.views, len(fed.refs)
+        videos = sum(fed.good)
+        stats = {"videos": videos, "clips": videos * k, "padded": padded, "failed": dict(fed.failed),
+                 "made_by": f"dali{self.number}",
+                 "decoded_frames": int(sum(g for g, ok in zip(got.tolist(), fed.good) if ok))}
+        label = torch.tensor([s.label for s in fed.samples]).repeat_interleave(k)
+        self.merge.put(fed.ticket, {"video": video.flatten(0, 1).to(clip_dtype(self.cfg)), "label": label,
+                                    "key": [s.key for s in fed.samples][:size], "stats": stats})
+
+    def _lying_counts(self, fed: FedBatch, got: np.ndarray, brightest) -> bool:
+        """Leave out the samples whose stream holds fewer frames than their stored count: a run that came back
+        short, or (frames asked by index) an all-black frame, confirmed by a demux (a black frame alone may be a
+        real fade). Whether any was found."""
+        if self.cfg.sampling == "segment":
+            dark = np.array(brightest.as_cpu().as_tensor() if hasattr(brightest, "as_cpu")
+                            else brightest.as_tensor()).reshape(-1) == 0
+            suspects = np.flatnonzero(dark)
+        else:
+            suspects = np.flatnonzero(got < np.array([p.window.steps for p in fed.plans]))
+        found = False
+        for row in suspects.tolist():
+            sample = fed.samples[row]
+            held = scan_packets(io.BytesIO(sample.video)).packets
+            if held < sample.frames:
+                ref = fed.refs[row] if fed.good[row] else self._ref_of(sample, fed)
+                self.loader.leave_out(ref, sample.key, "frame_count",
+                                      f"its .frames says {sample.frames}, its stream holds {held}")
+                found = True
         return found
 
-    def _abandon(self, hang: DecoderHang) -> None:
-        """Leave a hung pipeline behind (its threads cannot be stopped), count it, and start a fresh one."""
-        self.abandoned.append((self.pipe, self.call))
-        self.stats.failed["decode_timeout"] += 1
-        if len(self.abandoned) > self.max_hangs:
-            raise RuntimeError(f"the DALI graph hung {len(self.abandoned)} times ({hang}; data.decode_deadline="
-                               f"{self.cfg.decode_deadline:g} s per sample): DALI hands over whole batches, so the "
-                               "sample is not known. Run `vmae shards verify` on the dataset, or use data.backend=cpu, "
-                               "which abandons and names each hung sample") from hang
-        log.warning("the DALI graph has not delivered a batch in %.0f s (data.decode_deadline=%g s per sample): "
-                    "its pipeline is abandoned and a fresh one goes on; the sample is not known (DALI hands over "
-                    "whole batches)", self.batch_deadline, self.cfg.decode_deadline)
-        self.rebuilds += 1
-        self.call = DeadlineCaller(self.device)
+    @staticmethod
+    def _ref_of(sample: EncodedSample, fed: FedBatch) -> SampleRef:
+        """The ref of a replacement row: the batch's own row holding the same sample."""
+        return next(ref for ref, s, ok in zip(fed.refs, fed.samples, fed.good) if ok and s is sample)
 
-    def _leave_out(self, err: RuntimeError) -> None:
-        """Take the sample DALI names in ``err`` out of this loader's copy of its shard index (or re-raise)."""
-        failed = FAILED_MEMBER.search(str(err))
-        if failed is None:
-            raise err
-        key = failed.group("member").split(".", 1)[0]
-        self._quarantine(failed.group("tar"), int(failed.group("offset")), key, "decode_error",
-                         "DALI could not decode it", cause=err)
+    # ---------------------------------------------------------------- failing samples
 
-    def _quarantine(self, tar: str, offset: int, key: str, reason: str, detail: str,
-                    cause: Exception | None = None) -> None:
-        """Count a bad sample and leave it out of a private copy of its shard's index; the next build skips it."""
-        if offset in self.quarantine.get(tar, set()):
-            raise RuntimeError(f"{key} in {tar} failed again after it was left out") from cause
-        self.quarantine.setdefault(tar, set()).add(offset)
-        self.stats.failed[reason] += 1
-        log.warning("sample %s (%s) left out: %s; the batch is fetched again", key, Path(tar).name, detail)
-        self.rebuilds += 1
+    def _recover(self, err: RuntimeError) -> None:
+        """The pipeline failed: find the samples it cannot decode among those it was fed (one by one through a
+        one-sample pipeline), leave them out, and give its unfinished batches back to be made again."""
+        outstanding = list(self.fed)
+        self.fed.clear()
+        culprits = self._culprits(outstanding)
+        if not culprits:
+            self.tickets.give_back([fed.ticket for fed in outstanding])
+            raise RuntimeError(f"a DALI pipeline failed and no sample of its batches fails alone: {err}") from err
+        for ref, sample in culprits:
+            self.loader.leave_out(ref, sample.key, "decode_error", f"DALI could not decode it ({first_line(err)})")
+        self.tickets.give_back([fed.ticket for fed in outstanding])
+        self.progress = time.monotonic() + BUILD_SECONDS
+
+    def _culprits(self, outstanding: list[FedBatch]) -> list[tuple[SampleRef, EncodedSample]]:
+        """The fed samples a one-sample pipeline fails on."""
+        suspects = {}
+        for fed in outstanding:
+            for ref, sample, plan, ok in zip(fed.refs, fed.samples, fed.plans, fed.good):
+                if ok:
+                    suspects.setdefault(ref, (sample, plan))
+        found, probe, current = [], None, []
+        for ref, (sample, plan) in suspects.items():
+            current[:] = [graph_inputs([sample.video], [plan], self.cfg)]
+            if probe is None:
+                probe = self._build(lambda: current[0], batch_size=1, prefetch=1)
+            try:
+                probe.run()
+            except RuntimeError:
+                found.append((ref, sample))
+                probe = None
+        return found
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (DALI's run to many lines of C++ stack)."""
+    return str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+
+
+def to_torch(tensor_list, device: torch.device) -> torch.Tensor:
+    """A DALI output of uniform shape as a torch tensor of its own on ``device`` (DALI reuses its buffers)."""
+    tensor = tensor_list.as_tensor()
+    if device.type != "cuda":
+        return torch.from_numpy(np.array(tensor))
+    from nvidia.dali.plugin.pytorch import feed_ndarray  # optional: see the module's docstring
+
+    out = torch.empty(tensor.shape(), dtype=torch.float32, device=device)
+    feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(device))
+    return out
 
 
 def repeat_last_frames(video: torch.Tensor, decoded: torch.Tensor, cfg: DataConfig) -> int:
@@ -295,50 +474,3 @@ def repeat_last_frames(video: torch.Tensor, decoded: torch.Tensor, cfg: DataConf
         held = int(decoded[row])
         video[row, :, :, held:] = video[row, :, :, held - 1:held]
     return len(short)
-
-
-def rank_index_copies(shardset: ShardSet, part: list[SampleRef], folder: Path,
-                      left_out: dict[str, set[int]] | None = None) -> tuple[list[str], list[str]]:
-    """The shards holding ``part`` and, in ``folder``, a copy of each one's index listing only the samples of
-    ``part`` (less the data offsets in ``left_out``): what DALI's reader is given, so it parses nothing else."""
-    rows: dict[int, set[int]] = {}
-    for ref in part:
-        rows.setdefault(ref.shard, set()).add(ref.row)
-    files, indexes = [], []
-    for shard, wanted in rows.items():
-        tar = shardset.local(shard)  # a remote dataset's shard is staged here first
-        skip = (left_out or {}).get(str(tar), set())
-        if len(wanted) == shardset.counts[shard] and not skip:  # the whole shard: its own index serves
-            files.append(str(tar))
-            indexes.append(str(index_path(tar)))
-            continue
-        kept = [line for row, line in enumerate(index_path(tar).read_text().splitlines()[1:])
-                if row in wanted and not any(int(offset) in skip for offset in line.split()[1::4])]
-        if not kept:  # every sample it would give was left out
-            continue
-        index = folder / f"{shard:06d}.idx"
-        index.write_text(f"{INDEX_VERSION} {len(kept)}\n" + "".join(line + "\n" for line in kept))
-        files.append(str(tar))
-        indexes.append(str(index))
-    return files, indexes
-
-
-def _stream_frames(tar: str, offset: int) -> int:
-    """Frames the video member at ``offset`` of ``tar`` holds, by demuxing it (no decode)."""
-    sizes = {o: size for _, members in read_index(index_path(Path(tar))) for o, size in members.values()}
-    return scan_packets(io.BytesIO(read_member(Path(tar), offset, sizes[offset]))).packets
-
-
-def _source_of(source: np.ndarray) -> tuple[str, int, str]:
-    """(tar, data offset, member) from DALI's zero-padded "<tar>:<offset>:<key>.<ext>"."""
-    tar, offset, member = bytes(source).rstrip(b"\0").decode(errors="replace").rsplit(":", 2)
-    return tar, int(offset), member
-
-
-def _key_of(source: np.ndarray) -> str:
-    """The sample key in DALI's zero-padded "<tar>:<offset>:<key>.<ext>"."""
-    return _source_of(source)[2].split(".", 1)[0]
-
-
-# DALI names the failing sample as "<tar>:<data offset>:<member>" in its error message.
-FAILED_MEMBER = re.compile(r'"(?P<tar>[^"]+\.tar):(?P<offset>\d+):(?P<member>[^"]+)"')

@@ -1,7 +1,8 @@
 """`make_loader`: batches of K-view clips [B·K, 3, T, H, W] on the training device, from a built dataset.
 
-One sampling spec, several backends (``vmae.pipeline.data.backends.LOADERS``): DALI (reader → NVDEC decode → GPU
-crops) when CUDA is present, and torch DataLoader workers with a seeking CPU decoder otherwise. Every backend
+One sampling spec, several backends (``vmae.pipeline.data.backends.LOADERS``): DALI pipelines (NVDEC decode → GPU
+crops) and torch DataLoader workers with a seeking CPU decoder, together (``hybrid``) when CUDA is present, the
+workers alone otherwise. Every backend
 yields the contract of ``vmae.pipeline.data.protocol.Loader``:
 ``{"video": float [B·K, 3, T, S, S], "label": long [B·K], "key": [B] sample keys}``; the K clips of a video
 are adjacent.
@@ -32,10 +33,11 @@ log = logging.getLogger(__name__)
 
 
 def pick_backend(cfg: DataConfig) -> str:
-    """``data.backend``, or for ``auto``: DALI on a machine with CUDA and DALI, the CPU path otherwise."""
+    """``data.backend``, or for ``auto``: the hybrid of DALI pipelines and CPU workers on a machine with CUDA and
+    DALI (each makes the share of batches its speed gives it), the CPU path otherwise."""
     if cfg.backend != AUTO:
         return cfg.backend
-    return "dali" if torch.cuda.is_available() and dali_available() else "cpu"
+    return "hybrid" if torch.cuda.is_available() and dali_available() else "cpu"
 
 
 def default_device() -> str:
@@ -45,7 +47,8 @@ def default_device() -> str:
 
 def make_loader(dataset: Path | str, cfg: DataConfig, rank: int = 0, world_size: int = 1, device: str | None = None,
                 accumulation: int = 1) -> Loader:
-    """The loader for this machine: DALI with NVDEC on CUDA, CPU workers otherwise; the choice is logged.
+    """The loader for this machine: DALI pipelines with NVDEC and CPU workers on CUDA, CPU workers otherwise; the
+    choice is logged.
 
     ``accumulation`` micro-batches make one optimizer step: the CPU path then hands each rank its
     micro-batch x accumulation videos of every global step (see ``ShardSet.rank_part``)."""

@@ -57,7 +57,7 @@ class SampleReader:
         self.shardset, self.cfg, self.epoch = shardset, cfg, epoch
         self.watch, self.abandoned, self.pool = watch, abandoned, pool
         # open shard files, keys already reported and the spare clips carry over from the previous epoch
-        self.files: dict[int, object] = previous.files if previous else {}
+        self.encoded = EncodedReader(shardset, previous.encoded.files if previous else None)
         self.reported: set[str] = previous.reported if previous else set()
         self.spare: tuple[torch.Tensor, int] | None = previous.spare if previous else None
         self.align = shardset.frame_alignment(cfg.stride)
@@ -116,6 +116,46 @@ class SampleReader:
 
     def load(self, ref: SampleRef, out: torch.Tensor | None = None) -> LoadedSample:
         """Read, decode and cut one sample; raises BadSample with a reason when it cannot."""
+        sample = self.encoded.read(ref)
+        rng = sample_rng(self.cfg.seed, self.epoch, sample.key)
+        plan = plan_views(sample.frames, sample.height, sample.width, self.cfg, rng, self.align)
+        unique, inverse = plan.union()
+        started, produced = time.perf_counter(), []
+        try:
+            frames = decode_frames(sample.video, unique, self.cfg.cpu_decoder, decoded=produced)
+        except DecodeError as err:
+            raise BadSample("decode_error", str(err)) from None
+        decode_seconds = time.perf_counter() - started
+        if frames[0].shape[:2] != (sample.height, sample.width):
+            raise BadSample("bad_metadata", f"frames are {tuple(frames[0].shape[:2])}, the sample says "
+                                            f"{sample.height}x{sample.width}")
+        clips = make_views(frames, plan, inverse, self.cfg, out=out)
+        work = len(produced) or len(unique)  # torchcodec does not say what it decoded
+        return LoadedSample(sample.key, sample.label, plan, unique, work, inverse, frames, clips, decode_seconds)
+
+
+@dataclass
+class EncodedSample:
+    """A sample as its shard holds it: the encoded video and what its other members say."""
+
+    key: str
+    label: int
+    frames: int  # the stored frame count
+    height: int
+    width: int
+    video: bytes
+
+
+class EncodedReader:
+    """Reads samples straight from their shards (one seek and one read each, through the index), keeping the
+    shard files open; both decode paths read through it."""
+
+    def __init__(self, shardset: ShardSet, files: dict[int, object] | None = None):
+        self.shardset = shardset
+        self.files: dict[int, object] = {} if files is None else files
+
+    def read(self, ref: SampleRef) -> EncodedSample:
+        """The sample at ``ref``; raises BadSample with a reason when it cannot be read."""
         try:
             key, members = self.shardset.members(ref)
         except (OSError, IndexError, ValueError) as err:
@@ -135,21 +175,7 @@ class SampleReader:
             raise BadSample("bad_metadata", f"{type(err).__name__}: {err}") from None
         if num_frames <= 0:
             raise BadSample("bad_metadata", f"frame count {num_frames}")
-        rng = sample_rng(self.cfg.seed, self.epoch, key)
-        plan = plan_views(num_frames, height, width, self.cfg, rng, self.align)
-        unique, inverse = plan.union()
-        started, produced = time.perf_counter(), []
-        try:
-            frames = decode_frames(part[ext], unique, self.cfg.cpu_decoder, decoded=produced)
-        except DecodeError as err:
-            raise BadSample("decode_error", str(err)) from None
-        decode_seconds = time.perf_counter() - started
-        if frames[0].shape[:2] != (height, width):
-            raise BadSample("bad_metadata", f"frames are {tuple(frames[0].shape[:2])}, the sample says "
-                                            f"{height}x{width}")
-        clips = make_views(frames, plan, inverse, self.cfg, out=out)
-        work = len(produced) or len(unique)  # torchcodec does not say what it decoded
-        return LoadedSample(key, label, plan, unique, work, inverse, frames, clips, decode_seconds)
+        return EncodedSample(key, label, num_frames, height, width, part[ext])
 
     def _read_span(self, ref: SampleRef, members: dict) -> tuple[bytes, int]:
         """One read covering every member: they are adjacent in the tar."""

@@ -78,7 +78,7 @@ def temporal_windows(num_frames: int, cfg: DataConfig, rng: np.random.Generator,
 
 def dense_window(num_frames: int, cfg: DataConfig, rng: np.random.Generator, align: int = 1) -> Window:
     """The one run of frames, ``stride`` apart, that holds all K views of a video (the DALI graph draws the same,
-    in float32, as ``dali_graph.window_request``):
+    fed to it with the views' offsets by ``dali_graph.graph_inputs``):
     - training, ``span`` 0: the whole video from a random phase in [0, stride), so the views may fall anywhere in
       it and every frame can be drawn over the epochs; they share that phase;
     - training, ``span`` s: s clip lengths (``span_steps`` frames of the run) from a random start;

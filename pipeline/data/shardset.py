@@ -139,6 +139,32 @@ class ShardSet:
         return length // per_stream
 
 
+class RankBatches:
+    """A rank's stream of batches, epoch after epoch: batch g of it (a ticket, counted from epoch 0) holds the same
+    samples whichever loader, worker or pipeline makes it. ``chunk`` = micro-batch x accumulation videos per
+    optimizer step (see ``ShardSet.rank_part``)."""
+
+    def __init__(self, shardset: ShardSet, cfg, rank: int, world_size: int, accumulation: int = 1):
+        self.shardset, self.cfg, self.rank, self.world_size = shardset, cfg, rank, world_size
+        self.chunk = cfg.batch_size * accumulation
+        self.per_epoch = shardset.steps_per_epoch(world_size, self.chunk, cfg.streams) * accumulation
+        self._parts: dict[int, list[SampleRef]] = {}
+
+    def part(self, epoch: int) -> list[SampleRef]:
+        """The rank's samples of ``epoch``, in order (the last two epochs asked for are kept)."""
+        if epoch not in self._parts:
+            self._parts = {e: p for e, p in self._parts.items() if e == epoch - 1}
+            self._parts[epoch] = self.shardset.rank_part(epoch, self.cfg.seed, self.cfg.shuffle_buffer, self.rank,
+                                                         self.world_size, self.chunk, self.cfg.streams)
+        return self._parts[epoch]
+
+    def batch(self, ticket: int) -> tuple[int, int, list[SampleRef]]:
+        """(epoch, batch in it, its samples) of batch ``ticket`` of the stream."""
+        epoch, b = divmod(ticket, self.per_epoch)
+        size = self.cfg.batch_size
+        return epoch, b, self.part(epoch)[b * size:(b + 1) * size]
+
+
 def upcoming_shards(part: list[SampleRef], start: int, count: int) -> list[int]:
     """The first ``count`` distinct shards of ``part`` from position ``start`` on."""
     shards: list[int] = []

@@ -17,6 +17,7 @@ class LoaderStats:
     padded: int = 0
     decode_seconds: float = 0.0  # summed over workers: decoder time alone
     failed: Counter = field(default_factory=Counter)
+    made_by: Counter = field(default_factory=Counter)  # batches per producer (a DALI pipeline, the CPU workers)
     seconds: float = 0.0  # wall time spent inside the iterator, waiting included
 
     def add(self, batch_stats: dict) -> None:
@@ -24,6 +25,8 @@ class LoaderStats:
         for key in ("videos", "clips", "decoded_frames", "padded", "decode_seconds"):
             setattr(self, key, getattr(self, key) + batch_stats.get(key, 0))
         self.failed.update(batch_stats["failed"])
+        if "made_by" in batch_stats:
+            self.made_by[batch_stats["made_by"]] += 1
 
     @property
     def clips_per_second(self) -> float:
@@ -37,5 +40,6 @@ class LoaderStats:
         return {"batches": self.batches, "videos": self.videos, "clips": self.clips,
                 "decoded_frames": self.decoded_frames, "padded": self.padded,
                 "decode_seconds": round(self.decode_seconds, 3), "failed": dict(self.failed),
+                "made_by": dict(self.made_by),
                 "seconds": round(self.seconds, 3), "clips_per_second": round(self.clips_per_second, 2),
                 "decoded_frames_per_clip": round(self.decoded_frames_per_clip, 2)}

@@ -132,6 +132,9 @@ def loader_rate(dataset: Path, data, seconds: float, sleep: float = 0.0) -> Rate
              "decoded_frames_per_clip": round(loader.stats.decoded_frames_per_clip, 2)}
     if loader.stats.failed:
         extra["failed"] = dict(loader.stats.failed)
+    if loader.stats.made_by:
+        extra["made_by"] = dict(loader.stats.made_by)
+    loader.close()
     return Rate("clips/s", windows, extra)
 
 
