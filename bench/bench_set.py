@@ -24,17 +24,25 @@ SECONDS = 10.0
 
 def build_bench_set(root: Path, small: bool = False, codec: str = "h264") -> tuple[Path, dict]:
     """(dataset folder, card). ``small``: 3 videos of 3 s, to run the code path (a dry run), not to measure."""
-    seconds = 3.0 if small else SECONDS
     videos, dataset = root / "videos", root / f"shards-{codec}"
     cores = os.cpu_count() or 1
     started = time.perf_counter()
     if not (dataset / "manifest.json").exists():
-        make_synthetic_videos(videos, SynthConfig(classes=2 if small else 4, videos_per_class=1 if small else 6,
-                                                  seconds=seconds, movers=2, workers=cores))
-        for sample in sample_videos()[:1 if small else None]:
-            loop_to(sample, videos / "real" / sample.name, seconds)
+        make_bench_videos(videos, small)
         build_shards(videos, dataset, ShardConfig(codec=codec, samples_per_shard=8, workers=cores), progress=False)
     return dataset, card(dataset, time.perf_counter() - started)
+
+
+def make_bench_videos(videos: Path, small: bool = False) -> Path:
+    """The set's source videos in ``videos``: 4 textured synthetic motion classes of 6 videos and the real clips,
+    each 10 seconds (``small``: 3 videos of 3 s)."""
+    seconds = 3.0 if small else SECONDS
+    if not videos.is_dir():
+        make_synthetic_videos(videos, SynthConfig(classes=2 if small else 4, videos_per_class=1 if small else 6,
+                                                  seconds=seconds, movers=2, workers=os.cpu_count() or 1))
+        for sample in sample_videos()[:1 if small else None]:
+            loop_to(sample, videos / "real" / sample.name, seconds)
+    return videos
 
 
 def loop_to(source: Path, target: Path, seconds: float) -> None:

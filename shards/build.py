@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmae.shards.config import ShardConfig
+from vmae.shards.config import ShardConfig, set_only
 from vmae.shards.encode import ffmpeg_version
 from vmae.shards.engines import results
 from vmae.shards.format import MANIFEST
@@ -58,7 +58,7 @@ class BuildSummary:
 
 def build_params(cfg: ShardConfig, classes: list[str]) -> dict:
     """What the build's bytes depend on: the byte-shaping options, the class list and the ffmpeg version."""
-    params = {k: getattr(cfg, k) for k in BYTE_SHAPING}
+    params = {**{k: getattr(cfg, k) for k in BYTE_SHAPING}, **set_only(cfg)}
     params["classes"] = classes
     params["ffmpeg"] = ffmpeg_version()
     return params

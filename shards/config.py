@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-CODECS = ("h264", "vp9", "mjpeg")
+CODECS = ("h264", "hevc", "vp9", "mjpeg")
+FRAME_FITS = ("crop", "pad")  # how a video meets shards.frame_size: scale to cover and cut, or scale to fit and pad
 SHORT_POLICIES = ("reject", "pad")
 ENGINES = ("local", "ray")
+
+
+# byte-shaping options added after datasets were built: recorded (manifest, sample .json) only when set, so
+# that a build without them keeps the bytes it had
+SET_ONLY = ("frame_size", "frame_fit")
+
+
+def set_only(cfg: ShardConfig) -> dict:
+    """The ``SET_ONLY`` options to record for ``cfg``: none unless a frame size is set."""
+    return {k: getattr(cfg, k) for k in SET_ONLY} if cfg.frame_size else {}
 
 
 def field_help(text: str, **extra) -> dict:
@@ -32,8 +43,15 @@ class ShardConfig:
     frames_fps: float = field(default=0.0, metadata=field_help(
         "the rate folders of extracted frames (one JPEG/PNG per frame) were taken at; required when an input is "
         "such a folder"))
+    frame_size: str = field(default="", metadata=field_help(
+        "WxH: store every video at this one size, so one NVDEC decoder serves the whole dataset (DALI keeps a "
+        "decoder per codec and size); replaces short_side (empty: keep each video's aspect)"))
+    frame_fit: str = field(default="crop", metadata=field_help(
+        "how a video of another aspect meets frame_size: crop (scale to cover it, cut the centre) or pad (scale to "
+        "fit inside it, black bars)", choices=FRAME_FITS))
     codec: str = field(default="h264", metadata=field_help(
-        "h264 for GPU (NVDEC) decoding; vp9 or mjpeg for DALI's CPU decoder", choices=CODECS))
+        "h264 or hevc for GPU (NVDEC) decoding; vp9 or mjpeg for DALI's CPU decoder (it reads no H.264 or HEVC)",
+        choices=CODECS))
     keyframe_interval: int = field(default=16, metadata=field_help(
         "frames between keyframes (closed GOP): a seek decodes at most this many extra frames"))
     crf: int = field(default=23, metadata=field_help(
@@ -71,8 +89,24 @@ class ShardConfig:
         "tries again after a transient failure (a read error on a network path, ffmpeg killed) before rejecting"))
     retry_seconds: float = field(default=2.0, metadata=field_help("wait before the first retry, doubled each time"))
 
+    @property
+    def frame_dimensions(self) -> tuple[int, int] | None:
+        """``frame_size`` as (width, height), or None when unset."""
+        if not self.frame_size:
+            return None
+        try:
+            width, height = (int(v) for v in self.frame_size.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"shards.frame_size must be WxH (e.g. 456x256), got {self.frame_size!r}") from None
+        if width <= 0 or height <= 0 or width % 2 or height % 2:
+            raise ValueError(f"shards.frame_size needs an even, positive width and height (4:2:0 video), got "
+                             f"{self.frame_size!r}")
+        return width, height
+
     def __post_init__(self) -> None:
         _check_choice("shards.codec", self.codec, CODECS)
+        _check_choice("shards.frame_fit", self.frame_fit, FRAME_FITS)
+        self.frame_dimensions  # noqa: B018 - validates frame_size
         _check_choice("shards.short_policy", self.short_policy, SHORT_POLICIES)
         _check_choice("shards.engine", self.engine, ENGINES)
         _check_positive("shards.samples_per_shard", self.samples_per_shard)

@@ -22,7 +22,7 @@ from vmae.shards.format import VIDEO_EXTENSION
 from vmae.shards.frames import link_frames
 from vmae.shards.probe import PacketCounter, PacketScan, RejectedInput, VideoInfo, scan_packets
 
-MUXER = {"h264": "mp4", "vp9": "webm", "mjpeg": "matroska"}
+MUXER = {"h264": "mp4", "hevc": "mp4", "vp9": "webm", "mjpeg": "matroska"}
 # NVDEC on A100/Hopper decodes 8-bit 4:2:0 H.264 in these profiles only.
 NVDEC_H264_PROFILES = {"Baseline", "Constrained Baseline", "Main", "High"}
 COPYABLE_CONTAINERS = {"mov,mp4,m4a,3gp,3g2,mj2"}
@@ -72,6 +72,26 @@ def output_size(info: VideoInfo, short_side: int) -> tuple[int, int]:
     return _even(w * short_side / h), short_side
 
 
+def stored_size(info: VideoInfo, cfg: ShardConfig) -> tuple[int, int]:
+    """The (width, height) a transcoded video is stored at: ``frame_size``, else the short side's resize."""
+    return cfg.frame_dimensions or output_size(info, cfg.short_side)
+
+
+def size_filters(video, info: VideoInfo, cfg: ShardConfig):
+    """The scale (and crop or pad) filters that bring a video to its stored size."""
+    if cfg.frame_dimensions is None:
+        width, height = output_size(info, cfg.short_side)
+        return video.filter("scale", width, height).filter("setsar", 1)
+    width, height = cfg.frame_dimensions
+    if cfg.frame_fit == "crop":  # scale to cover the frame, cut its centre
+        video = video.filter("scale", width, height, force_original_aspect_ratio="increase", force_divisible_by=2)
+        video = video.filter("crop", width, height)
+    else:  # scale to fit inside it, centre, black bars
+        video = video.filter("scale", width, height, force_original_aspect_ratio="decrease", force_divisible_by=2)
+        video = video.filter("pad", width, height, "(ow-iw)/2", "(oh-ih)/2", color="black")
+    return video.filter("setsar", 1)
+
+
 def output_fps(info: VideoInfo, cfg: ShardConfig) -> float:
     return cfg.fps if cfg.fps > 0 else round(info.fps, 3)
 
@@ -100,7 +120,9 @@ def why_not_copy(info: VideoInfo, scan: PacketScan | None, cfg: ShardConfig) -> 
         reasons.append(f"rotation {info.rotation}")
     if (info.width, info.height) != (info.display_width, info.display_height):
         reasons.append("non-square pixels")
-    if cfg.short_side and min(info.width, info.height) != cfg.short_side:
+    if cfg.frame_dimensions and (info.width, info.height) != cfg.frame_dimensions:
+        reasons.append(f"size {info.width}x{info.height}, not shards.frame_size {cfg.frame_size}")
+    elif not cfg.frame_dimensions and cfg.short_side and min(info.width, info.height) != cfg.short_side:
         reasons.append(f"short side {min(info.width, info.height)}")
     if info.width % 2 or info.height % 2:
         reasons.append("odd size")
@@ -174,9 +196,7 @@ def _ffmpeg_args(source: Path, info: VideoInfo, cfg: ShardConfig, workdir: Path,
     if mode == "copy":
         out_opts["c:v"] = "copy"
     else:
-        width, height = output_size(info, cfg.short_side)
-        video = video.filter("fps", fps=output_fps(info, cfg))
-        video = video.filter("scale", width, height).filter("setsar", 1)
+        video = size_filters(video.filter("fps", fps=output_fps(info, cfg)), info, cfg)
         if pad:
             video = video.filter("tpad", stop_mode="clone", stop=pad + 1)
             out_opts["frames:v"] = cfg.min_frames
@@ -188,9 +208,9 @@ def _ffmpeg_args(source: Path, info: VideoInfo, cfg: ShardConfig, workdir: Path,
                          "segment_format": MUXER[cfg.codec]})
         if mode == "transcode":  # forced keyframes land within half a frame of the cut time
             out_opts["segment_time_delta"] = round(0.5 / output_fps(info, cfg), 6)
-        if cfg.codec == "h264":
+        if MUXER[cfg.codec] == "mp4":
             out_opts["segment_format_options"] = "movflags=+faststart"
-    elif cfg.codec == "h264":
+    elif MUXER[cfg.codec] == "mp4":
         out_opts["movflags"] = "+faststart"
     return ffmpeg_command(ffmpeg.output(video, target, **out_opts))
 
@@ -218,6 +238,10 @@ def _codec_options(cfg: ShardConfig) -> dict:
             opts["bf"] = cfg.pframe_interval - 1
             opts["x264-params"] = "b-pyramid=none:b-adapt=0"
         return opts
+    if cfg.codec == "hevc":  # tagged hvc1: the mp4 form players and demuxers expect
+        return {"c:v": "libx265", "preset": cfg.preset, "crf": cfg.crf, "pix_fmt": "yuv420p", "tag:v": "hvc1",
+                "x265-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0:log-level=error",
+                "flags": "+bitexact"}
     if cfg.codec == "vp9":
         return {"c:v": "libvpx-vp9", "crf": cfg.crf, "b:v": 0, "g": gop, "keyint_min": gop, "deadline": "good",
                 "cpu-used": 5, "row-mt": 0, "pix_fmt": "yuv420p", "flags": "+bitexact"}

@@ -41,7 +41,7 @@ from pathlib import Path
 FORMAT = "vmae-shards/1"
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
-VIDEO_EXTENSION = {"h264": "mp4", "vp9": "webm", "mjpeg": "mkv"}  # codec → the video member's extension
+VIDEO_EXTENSION = {"h264": "mp4", "hevc": "mp4", "vp9": "webm", "mjpeg": "mkv"}  # codec → the video member's extension
 META_MEMBERS = ("json", "cls", "frames", "label")  # the members every sample holds beside its video
 INT32 = struct.Struct("<i")  # the .frames and .label members
 

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from vmae.shards.config import ShardConfig
-from vmae.shards.encode import Encoded, encode, output_fps, output_size
+from vmae.shards.config import set_only
+from vmae.shards.encode import Encoded, encode, output_fps, stored_size
 from vmae.shards.frames import folder_bytes, probe_frames
 from vmae.shards.plan import PlannedItem
 from vmae.shards.probe import RejectedInput, VideoInfo, probe
@@ -102,7 +103,7 @@ def _samples(item: PlannedItem, info: VideoInfo, cfg: ShardConfig, mode: str,
              outputs: list[Encoded]) -> tuple[list[dict], list[dict]]:
     """Sample records of the kept outputs, and the trailing segments too short to keep (reported as rejects)."""
     fps = output_fps(info, cfg) if mode == "transcode" else info.fps
-    width, height = output_size(info, cfg.short_side) if mode == "transcode" else (info.width, info.height)
+    width, height = stored_size(info, cfg) if mode == "transcode" else (info.width, info.height)
     samples = []
     for n, out in enumerate(outputs):
         if out.frames < cfg.min_frames:
@@ -115,8 +116,9 @@ def _samples(item: PlannedItem, info: VideoInfo, cfg: ShardConfig, mode: str,
             "width": width, "height": height, "codec": cfg.codec, "mode": mode,
             "padded_frames": out.padded_frames,
             "source_info": {k: v for k, v in info.as_dict().items() if k != "size_bytes"},
-            "build": {k: getattr(cfg, k) for k in ("short_side", "fps", "frames_fps", "codec", "keyframe_interval",
-                                                     "crf", "preset", "bframes", "pframe_interval", "segment_seconds")},
+            "build": {**{k: getattr(cfg, k) for k in ("short_side", "fps", "frames_fps", "codec", "keyframe_interval",
+                                                        "crf", "preset", "bframes", "pframe_interval",
+                                                        "segment_seconds")}, **set_only(cfg)},
         }
         samples.append({"key": key, "file": out.path.name, "bytes": out.path.stat().st_size, "meta": meta})
     if not samples:

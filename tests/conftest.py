@@ -13,6 +13,7 @@ from vmae.shards.encode import ffmpeg_exe
 from vmae.shards.synth import make_synthetic_videos, sample_videos
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the xdist_group markers set here
 def pytest_collection_modifyitems(config, items):
     try:
         import torch
@@ -24,6 +25,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not cuda:
             item.add_marker(skip)
+        # `make test` spreads tests over the cores (pytest-xdist, --dist loadgroup): every test that needs the
+        # README's workspace (`make demo` run, minutes) goes to the one worker that builds it
+        if "readme_workspace" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("readme_workspace"))
+    # that group first: its worker then has the longest queue from the start (the others share the rest)
+    items.sort(key=lambda item: "readme_workspace" not in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture

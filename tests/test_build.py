@@ -435,3 +435,68 @@ def test_rejects_of_a_corrupt_video_are_the_same_in_every_build(tmp_path):
     [reject] = [json.loads(line) for line in (tmp_path / "out1" / "rejects.jsonl").read_text().splitlines()]
     assert reject["reason"] == "truncated" and re.search(r"\[h264\] \w", reject["detail"]), reject
     assert dataset_bytes(tmp_path / "out1") == dataset_bytes(tmp_path / "out2")
+
+
+@pytest.mark.parametrize("fit", ["crop", "pad"])
+def test_one_frame_size_for_every_video_by_crop_or_pad(real_videos, tmp_path, fit):
+    """`--frame-size WxH`: videos of every aspect stored at one size (one NVDEC decoder for the dataset); crop cuts
+    the centre of a frame scaled to cover it, pad letterboxes a frame scaled to fit; inspect says it suits NVDEC."""
+    from vmae.pipeline.data.decode import reference_frames
+    from vmae.shards.stats import dataset_stats
+    from vmae.pipeline.data.backends import suited_backends
+
+    src = tmp_path / "in" / "real"
+    src.mkdir(parents=True)
+    for video in real_videos:  # 2.35:1 to 1.2:1
+        shutil.copyfile(video, src / video.name)
+    out = tmp_path / f"out-{fit}"
+    assert main(["shards", "build", str(tmp_path / "in"), str(out), "--frame-size", "160x96", "--frame-fit", fit,
+                 "--min-frames", "16"]) == 0
+    aspects = set()
+    for key, meta, video, *_ in samples_of(out):
+        frames = reference_frames(video)
+        assert (meta["width"], meta["height"]) == (160, 96) and frames.shape[1:3] == (96, 160), key
+        assert meta["build"]["frame_size"] == "160x96" and meta["build"]["frame_fit"] == fit
+        info = meta["source_info"]
+        aspect = info["width"] / info["height"]
+        aspects.add(round(aspect, 2))
+        bars = {"top": frames[:, :2].mean(), "left": frames[:, :, :2].mean()}
+        if fit == "crop":
+            assert min(bars.values()) > 8, (key, bars)  # picture to every edge
+        elif abs(aspect - 160 / 96) > 0.05:  # the side the aspect leaves free is black
+            assert bars["top" if aspect > 160 / 96 else "left"] < 4, (key, bars)
+    assert len(aspects) >= 2
+    stats = dataset_stats(out)
+    assert stats["resolutions"] == {"160x96": len(real_videos)}
+    assert "one frame size, so one decoder serves every video" in " ".join(
+        suited_backends(stats["codecs"], stats["resolutions"]))
+    with pytest.raises(ValueError, match="even, positive width and height"):
+        ShardConfig(frame_size="161x96")
+    with pytest.raises(ValueError, match="WxH"):
+        ShardConfig(frame_size="160")
+
+
+def test_hevc_shards_for_nvdec_and_the_cpu_path(real_videos, tmp_path):
+    """`--codec hevc`: mp4 members the CPU path decodes; DALI's CPU decoder refuses them at start."""
+    from vmae.pipeline.data.config import DataConfig
+    from vmae.pipeline.data.loader import make_loader
+
+    src = tmp_path / "in" / "real"
+    src.mkdir(parents=True)
+    for video in real_videos:
+        shutil.copyfile(video, src / video.name)
+    out = tmp_path / "hevc"
+    assert main(["shards", "build", str(tmp_path / "in"), str(out), "--codec", "hevc", "--short-side", "96"]) == 0
+    samples = samples_of(out)
+    assert {meta["codec"] for _, meta, *_ in samples} == {"hevc"}
+    with av.open(io.BytesIO(samples[0][2])) as container:
+        assert container.streams.video[0].codec_context.name == "hevc"
+    cfg = DataConfig(frames=8, stride=2, views=2, crop_size=64, batch_size=2, workers=1, backend="cpu")
+    loader = make_loader(out, cfg, device="cpu")
+    loader.set_epoch(0)
+    batch = next(iter(loader))
+    assert batch["video"].shape == (4, 3, 8, 64, 64) and loader.stats.failed == {}
+    loader.close()
+    if __import__("importlib").util.find_spec("nvidia.dali"):
+        with pytest.raises(ValueError, match="DALI's CPU decoder cannot decode hevc shards"):
+            make_loader(out, DataConfig(backend="dali"), device="cpu")

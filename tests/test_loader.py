@@ -996,3 +996,56 @@ def test_a_codec_the_decoder_cannot_read_is_refused_at_start(built):
     with pytest.raises(ValueError, match="NVDEC cannot decode mjpeg shards.*--codec h264"):
         refuse_undecodable(mjpeg, "mixed")
     refuse_undecodable(SimpleNamespace(dataset=Path("k400"), manifest={"build": {"codec": "hevc"}}), "mixed")
+
+
+def test_uint8_clips_normalized_where_they_land_give_the_float_batches(built):
+    """For a GPU the workers send uint8 clips (a quarter of the bytes) from a pool and the trainer's process
+    normalizes them on the device: the same batches as the float path, bit for bit in float32; run here on the
+    CPU, the same code but the device string."""
+    cfg = small(batch_size=2)
+    plain = epoch(CpuLoader(built[0], cfg, device="cpu"))
+    loader = CpuLoader(built[0], cfg, device="cpu")
+    loader.uint8_clips = True
+    batches = epoch(loader)
+    assert loader.pool.dtype == torch.uint8  # the workers wrote uint8 into the pool
+    assert [b["key"] for b in batches] == [b["key"] for b in plain]
+    assert all(torch.equal(b["video"], p["video"]) and b["video"].dtype == torch.float32
+               for b, p in zip(batches, plain))
+    half = CpuLoader(built[0], replace(cfg, dtype="bfloat16"), device="cpu")
+    half.uint8_clips = True
+    for b, p in zip(epoch(half), plain):
+        assert b["video"].dtype == torch.bfloat16 and (b["video"].float() - p["video"]).abs().max() < 0.02
+
+
+@pytest.mark.gpu
+def test_uint8_clips_reach_the_gpu_from_a_pinned_pool(built):
+    loader = CpuLoader(built[0], small(), device="cuda")
+    batches = epoch(loader)
+    assert loader.uint8_clips and loader.pool is not None and loader.pool.dtype == torch.uint8
+    assert batches[0]["video"].is_cuda and batches[0]["video"].dtype == torch.float32
+    reference = epoch(CpuLoader(built[0], small(), device="cpu"))
+    assert all(torch.equal(b["video"].cpu(), r["video"]) for b, r in zip(batches, reference))
+
+
+@pytest.mark.slow
+def test_auto_stops_a_side_that_makes_few_of_the_first_batches_and_says_why(vp9_dataset, monkeypatch, caplog):
+    """data.backend=auto on a GPU host is the hybrid loader; when its DALI pipelines are far slower than the CPU
+    workers (here made slow on purpose), they are stopped after the first batches, with the shares logged, and
+    the stream goes on unchanged."""
+    pytest.importorskip("nvidia.dali")
+    from vmae.pipeline.data.backends import loader_class
+    from vmae.pipeline.data.dali_loader import DaliWorker
+
+    real = DaliWorker._outputs
+    monkeypatch.setattr(DaliWorker, "_outputs", lambda self, pipe: (time.sleep(1.5), real(self, pipe))[1])
+    cfg = small(batch_size=1, shuffle_buffer=2, workers=2, pipelines=1)
+    reference = epoch(make_loader(vp9_dataset, replace(cfg, backend="cpu"), device="cpu"), 0)
+    loader = loader_class("hybrid")(vp9_dataset, replace(cfg, backend="auto"), device="cpu")
+    with caplog.at_level("INFO", logger="vmae.pipeline.data.hybrid_loader"):
+        batches = epoch(loader, 0) + epoch(loader, 1)
+    assert [b["key"] for b in batches[:len(reference)]] == [b["key"] for b in reference]
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "the DALI pipelines made" in said and "stopped; the CPU decode workers continue alone" in said
+    made = loader.stats.made_by
+    assert made["dali0"] <= cfg.prefetch + 1  # at most what it had in flight when stopped
+    loader.close()

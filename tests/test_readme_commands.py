@@ -24,6 +24,7 @@ import pytest
 import torch
 import yaml
 
+from vmae.shards.stats import dataset_stats
 from readme_workspace import (KINETICS, HMDB, ROOT, SSV2, UCF, Block, Ran, Workspace, command, readme_blocks,
                               run_block)
 
@@ -91,6 +92,8 @@ def check_shards_build(block: Block, ws: Workspace) -> None:
     assert kinetics["build"]["pframe_interval"] == 4  # the kinetics preset's
     vp9 = manifest(data / "shards-cpu")
     assert vp9["build"]["codec"] == "vp9" and sum(vp9["class_counts"].values()) == videos
+    assert manifest(data / "shards-gpu")["build"]["frame_size"] == "456x256"
+    assert dataset_stats(data / "shards-gpu")["resolutions"] == {"456x256": videos}
     assert manifest(data / "k400")["classes"] == sorted(KINETICS)
     assert manifest(data / "k400-mmaction")["classes"] == list(KINETICS)  # index i is the label map's line i
     assert manifest(data / "ssv2-train")["classes"] == sorted(t.replace("[", "").replace("]", "") for t in SSV2)

@@ -6,6 +6,7 @@ much as cropping and resizing the clip), and nothing left behind when a worker i
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import weakref
 
@@ -32,6 +33,17 @@ class BatchPool:
         nbytes = int(np.prod(shape)) * dtype.itemsize
         self.memory = [[mmap.mmap(-1, nbytes) for _ in range(per_worker)] for _ in range(workers)]
         self.busy = np.frombuffer(mmap.mmap(-1, workers * per_worker), dtype=np.uint8).reshape(workers, per_worker)
+
+    def pin(self) -> None:
+        """Register every buffer with CUDA as page-locked memory: a copy to the GPU then reads it directly (no
+        staging copy) and may run asynchronously. Unregistered when the pool is dropped."""
+        cudart = torch.cuda.cudart()
+        for buffers in self.memory:
+            for buffer in buffers:
+                address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+                if int(cudart.cudaHostRegister(address, len(buffer), 0)) != 0:
+                    return  # not pinned: copies still work, through pageable memory
+                weakref.finalize(self, cudart.cudaHostUnregister, address)
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, tuple[int, int] | None]:
         """In a worker: a tensor to write a batch into, and the (worker, buffer) it is (None: not from the pool)."""

@@ -13,6 +13,7 @@ which buffer they filled.
 
 from __future__ import annotations
 
+import collections
 import functools
 import gc
 import logging
@@ -31,7 +32,7 @@ from vmae.pipeline.data.sample_reader import SampleReader, sample_key
 from vmae.pipeline.data.shardset import RankBatches, SampleRef, ShardSet, open_shards, upcoming_shards
 from vmae.pipeline.data.stats import LoaderStats
 from vmae.pipeline.data.tickets import Tickets, TicketsStopped
-from vmae.pipeline.data.views import clip_dtype
+from vmae.pipeline.data.views import clip_dtype, normalize_clips
 from vmae.pipeline.data.workers import WorkerWatch, init_worker, kill_workers
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,13 @@ class BatchStream(IterableDataset):
     def __init__(self, shardset: ShardSet, cfg: DataConfig, rank: int, world_size: int, epoch: int,
                  start_batch: int = 0, accumulation: int = 1, watch: WorkerWatch | None = None,
                  abandoned: frozenset[SampleRef] = frozenset(), pool: BatchPool | None = None,
-                 tickets: Tickets | None = None):
+                 tickets: Tickets | None = None, uint8: bool = False):
         self.shardset, self.cfg = shardset, cfg
         self.batches = RankBatches(shardset, cfg, rank, world_size, accumulation)
         self.start = epoch * self.batches.per_epoch + start_batch  # the ticket of the first batch
         self.watch, self.abandoned, self.pool = watch, abandoned, pool
         self.tickets = tickets  # shared with other producers (the hybrid loader): take them instead
+        self.uint8 = uint8  # clips cut, not normalized: the trainer's process normalizes them on the GPU
 
     def batches_per_epoch(self) -> int:
         """Micro-batches in one epoch: whole optimizer steps of ``accumulation`` batches each."""
@@ -74,7 +76,7 @@ class BatchStream(IterableDataset):
             epoch, b, refs = self.batches.batch(ticket)
             if epoch != reader_epoch:
                 reader = SampleReader(self.shardset, self.cfg, epoch, reader, self.watch, self.abandoned,
-                                      self.pool)
+                                      self.pool, self.uint8)
                 reader_epoch = epoch
             if self.shardset.remote:  # stage the shards this worker reads next
                 size = self.cfg.batch_size
@@ -110,6 +112,10 @@ class CpuLoader(Loader):
         self.abandoned: dict[SampleRef, str] = {}  # samples whose load missed the deadline: their keys
         self._stop_workers: weakref.finalize | None = None
         self.tickets: Tickets | None = None  # set by a hybrid loader: the workers take batches as they free up
+        # for a GPU, workers send uint8 clips (a quarter of the bytes to pin and copy) from a pinned pool, and
+        # they are normalized there; the host memory of a copy in flight is held until it is done
+        self.uint8_clips = self.device.type == "cuda"
+        self._in_flight: collections.deque = collections.deque()
         self.per_epoch = RankBatches(self.shardset, cfg, rank, world_size, accumulation).per_epoch
 
     def close(self) -> None:
@@ -132,11 +138,9 @@ class CpuLoader(Loader):
             self._stream = (self._start(position), position)
         waited = time.perf_counter()
         for b in range(self.start_batch, self.per_epoch):
-            batch = self.received(self._next_batch())
+            batch = self.on_device(self.received(self._next_batch()))
             batch.pop("ticket")
             self.stats.add(batch.pop("stats"))
-            batch["video"] = batch["video"].to(self.device, non_blocking=True)
-            batch["label"] = batch["label"].to(self.device, non_blocking=True)
             self.stats.seconds += time.perf_counter() - waited
             self._stream = (self._stream[0], (self.epoch, b + 1) if b + 1 < self.per_epoch else (self.epoch + 1, 0))
             yield batch
@@ -149,6 +153,22 @@ class CpuLoader(Loader):
         if buffer is not None:
             batch["video"] = self.pool.hand_out(buffer)
         batch["label"] = torch.tensor(batch["label"]).repeat_interleave(self.cfg.views)
+        return batch
+
+    def on_device(self, batch: dict) -> dict:
+        """The batch's tensors on the loader's device; uint8 clips normalized there."""
+        video = batch["video"]
+        batch["label"] = batch["label"].to(self.device, non_blocking=True)
+        if video.dtype != torch.uint8:
+            batch["video"] = video.to(self.device, non_blocking=True)
+            return batch
+        batch["video"] = normalize_clips(video.to(self.device, non_blocking=True), self.cfg)
+        if self.device.type == "cuda":  # the pool may hand this memory out again only once the copy is done
+            done = torch.cuda.Event()
+            done.record()
+            self._in_flight.append((done, video))
+            while self._in_flight and self._in_flight[0][0].query():
+                self._in_flight.popleft()
         return batch
 
     def _next_batch(self) -> dict:
@@ -203,15 +223,22 @@ class CpuLoader(Loader):
         self.watch = WorkerWatch(workers) if self.cfg.decode_deadline else None
         # a worker's batches in flight: the DataLoader's prefetch, the one it is making, the trainer's two. For a
         # GPU the batches are pinned by the DataLoader's thread instead (a copy from a pool buffer would not be)
+        # uint8 clips for a GPU come from a pool registered as pinned memory: copied straight from where the
+        # worker wrote them
         shape = (self.cfg.batch_size * self.cfg.views, 3, self.cfg.frames, self.cfg.crop_size, self.cfg.crop_size)
-        pooled = workers and self.device.type == "cpu"
-        self.pool = BatchPool(workers, self.cfg.prefetch + 3, shape, clip_dtype(self.cfg)) if pooled else None
+        pooled = workers and (self.device.type == "cpu" or self.uint8_clips)
+        dtype = torch.uint8 if self.uint8_clips else clip_dtype(self.cfg)
+        self.pool = BatchPool(workers, self.cfg.prefetch + 3, shape, dtype) if pooled else None
+        if self.pool is not None and self.device.type == "cuda":
+            self.pool.pin()
         stream = BatchStream(self.shardset, self.cfg, self.rank, self.world_size, epoch, start_batch,
-                             self.accumulation, self.watch, frozenset(self.abandoned), self.pool, self.tickets)
+                             self.accumulation, self.watch, frozenset(self.abandoned), self.pool, self.tickets,
+                             self.uint8_clips)
         poll = min(5.0, max(0.2, self.cfg.decode_deadline / 4)) if self.cfg.decode_deadline else 0
         return DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=self.cfg.prefetch,
                           multiprocessing_context="fork" if workers else None,  # the pool and watch are shared by fork
-                          pin_memory=self.device.type == "cuda", persistent_workers=False, timeout=poll,
+                          pin_memory=self.device.type == "cuda" and not pooled, persistent_workers=False,
+                          timeout=poll,
                           in_order=self.tickets is None,  # with shared tickets, the merge puts batches in order
                           worker_init_fn=functools.partial(init_worker, nice=self.cfg.worker_nice))
 

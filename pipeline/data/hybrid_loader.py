@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from vmae.pipeline.data.backends import AUTO
 from vmae.pipeline.data.config import DataConfig
 from vmae.pipeline.data.cpu_loader import CpuLoader
 from vmae.pipeline.data.dali_loader import DaliLoader, DaliStream
@@ -22,6 +23,9 @@ from vmae.pipeline.data.protocol import Batch
 from vmae.pipeline.data.tickets import TicketsStopped
 
 log = logging.getLogger(__name__)
+
+MIN_SHARE = 0.1  # data.backend=auto: a side making less of the first batches than this is stopped
+SIDES = {"cpu": "CPU decode workers", "dali": "DALI pipelines"}
 
 
 class HybridLoader(DaliLoader):
@@ -40,7 +44,10 @@ class HybridLoader(DaliLoader):
 
     def __iter__(self) -> Iterator[Batch]:
         before = dict(self.stats.made_by)
-        yield from super().__iter__()
+        for batch in super().__iter__():
+            yield batch
+            if self.cfg.backend == AUTO and self._stream is not None and not self._stream.decided:
+                self._stream.decide()
         made = {name: n - before.get(name, 0) for name, n in self.stats.made_by.items()}
         total = sum(made.values()) or 1
         log.info("loader: this epoch's batches were made by %s", ", ".join(
@@ -57,7 +64,8 @@ class HybridStream(DaliStream):
 
     def __init__(self, loader: HybridLoader, start: int):
         super().__init__(loader, start)
-        self.closed = False
+        self.closed = self.decided = False
+        self.made_before = dict(loader.stats.made_by)
         self.cpu = loader.cpu
         self.cpu.tickets = self.tickets
         self.cpu._abandon = self._restart_cpu_workers(self.cpu._abandon)
@@ -69,10 +77,12 @@ class HybridStream(DaliStream):
 
     def _run_cpu_workers(self) -> None:
         """Put the CPU workers' batches into the merge, as they come."""
+        if self.cpu.device.type == "cuda":
+            torch.cuda.set_device(self.cpu.device)  # uint8 clips are copied and normalized on this thread
         try:
             self.cpu._stream = (self.cpu._start((0, 0)), (0, 0))
             while not self.closed:
-                batch = self.cpu.received(self.cpu._next_batch())
+                batch = self.cpu.on_device(self.cpu.received(self.cpu._next_batch()))
                 batch["stats"]["made_by"] = "cpu"
                 self.merge.put(batch.pop("ticket"), batch)
         except (StopIteration, TicketsStopped):
@@ -87,11 +97,45 @@ class HybridStream(DaliStream):
         out once)."""
         def abandon_and_give_back(overdue):
             abandon(overdue)
-            held = {fed.ticket for worker in self.workers for fed in list(worker.fed)}
-            arrived = set(self.merge.waiting)
-            self.tickets.give_back([t for t in range(self.merge.next_ticket, self.tickets.taken)
-                                    if t not in held and t not in arrived])
+            self._give_back_lost()
         return abandon_and_give_back
+
+    def decide(self) -> None:
+        """``data.backend=auto``: once the first batches are made (4 a producer), a side that made under
+        ``MIN_SHARE`` of them is stopped, its cores or decoders left to the other side, and why is logged."""
+        made = {name: n - self.made_before.get(name, 0) for name, n in self.loader.stats.made_by.items()}
+        total = sum(made.values())
+        if total < 4 * self.producers():
+            return
+        self.decided = True
+        cpu = made.get("cpu", 0)
+        for side, share in (("cpu", cpu / total), ("dali", 1 - cpu / total)):
+            if share < MIN_SHARE:
+                log.info("loader (data.backend=auto): the %s made %d of the first %d batches (%.0f %%): stopped; "
+                         "the %s continue alone", SIDES[side], round(share * total), total, 100 * share,
+                         SIDES["dali" if side == "cpu" else "cpu"])
+                self.stop_cpu_workers() if side == "cpu" else self.stop_pipelines()
+                return
+        log.info("loader (data.backend=auto): of the first %d batches the CPU workers made %.0f %%, the DALI "
+                 "pipelines %.0f %%: both go on", total, 100 * cpu / total, 100 - 100 * cpu / total)
+
+    def stop_cpu_workers(self) -> None:
+        self.closed = True
+        self.cpu.close()
+        self._give_back_lost()
+
+    def stop_pipelines(self) -> None:
+        for worker in self.workers:
+            worker.abandon()  # each ends at its next request for a batch
+        self.tickets.give_back([fed.ticket for worker in self.workers for fed in list(worker.fed)])
+        self.workers = []
+
+    def _give_back_lost(self) -> None:
+        """Every ticket taken and neither delivered nor held by a DALI pipeline: the CPU workers held it."""
+        held = {fed.ticket for worker in self.workers for fed in list(worker.fed)}
+        arrived = set(self.merge.waiting)
+        self.tickets.give_back([t for t in range(self.merge.next_ticket, self.tickets.taken)
+                                if t not in held and t not in arrived])
 
     def close(self) -> None:
         self.closed = True

@@ -53,8 +53,9 @@ class SampleReader:
 
     def __init__(self, shardset: ShardSet, cfg: DataConfig, epoch: int, previous: SampleReader | None = None,
                  watch: WorkerWatch | None = None, abandoned: frozenset[SampleRef] = frozenset(),
-                 pool: BatchPool | None = None):
+                 pool: BatchPool | None = None, uint8: bool = False):
         self.shardset, self.cfg, self.epoch = shardset, cfg, epoch
+        self.uint8 = uint8  # clips cut but not normalized (the trainer's process normalizes them on the GPU)
         self.watch, self.abandoned, self.pool = watch, abandoned, pool
         # open shard files, keys already reported and the spare clips carry over from the previous epoch
         self.encoded = EncodedReader(shardset, previous.encoded.files if previous else None)
@@ -69,7 +70,7 @@ class SampleReader:
                  "decode_seconds": 0.0}
         k = self.cfg.views
         shape = (len(refs) * k, 3, self.cfg.frames, self.cfg.crop_size, self.cfg.crop_size)
-        dtype = clip_dtype(self.cfg)
+        dtype = torch.uint8 if self.uint8 else clip_dtype(self.cfg)
         video, buffer = self.pool.take(shape, dtype) if self.pool else (shared_empty(shape, dtype), None)
         labels, keys, bad = [], [], []
         for i, ref in enumerate(refs):

@@ -15,7 +15,8 @@ from vmae.pipeline.data.sampling import ViewPlan
 def make_views(frames: torch.Tensor | Sequence[np.ndarray], plan: ViewPlan, inverse: np.ndarray, cfg: DataConfig,
                out: torch.Tensor | None = None) -> torch.Tensor:
     """Decoded frames uint8 [F, H, W, 3] (a tensor, or one array per frame as the decoders give them) →
-    normalized clips float [K, 3, T, S, S] (written into ``out`` if given).
+    normalized clips float [K, 3, T, S, S] (written into ``out`` if given; a uint8 ``out`` gets the cut clips
+    unnormalized, for ``normalize_clips`` on the GPU).
 
     Crop and resize stay in uint8 with channels last (torch's fast bilinear path, ~10x the float one); the
     conversion to float and the normalization run once, on the small output.
@@ -34,8 +35,17 @@ def make_views(frames: torch.Tensor | Sequence[np.ndarray], plan: ViewPlan, inve
         if plan.flips[k]:
             clip = clip.flip(-1)
         views[k].copy_(clip.permute(1, 0, 2, 3))
-        views[k].sub_(mean.to(views.dtype)).mul_(inv_std.to(views.dtype))
+        if views.dtype != torch.uint8:
+            views[k].sub_(mean.to(views.dtype)).mul_(inv_std.to(views.dtype))
     return views
+
+
+def normalize_clips(clips: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
+    """uint8 clips [..., 3, T, S, S] → normalized clips of ``data.dtype``, where they are (on the GPU, a quarter of
+    the bytes to copy there); the CPU path's arithmetic: float32 then, for bfloat16, one rounding."""
+    mean = torch.tensor(cfg.mean, device=clips.device).view(3, 1, 1, 1) * 255
+    inv_std = 1 / (torch.tensor(cfg.std, device=clips.device).view(3, 1, 1, 1) * 255)
+    return clips.float().sub_(mean).mul_(inv_std).to(clip_dtype(cfg))
 
 
 def crop_rows(frames: Sequence[np.ndarray], rows: np.ndarray, y: int, x: int, h: int, w: int) -> torch.Tensor:
