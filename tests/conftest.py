@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +14,11 @@ from vmae.shards.encode import ffmpeg_exe
 from vmae.shards.synth import make_synthetic_videos, sample_videos
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the xdist_group markers set here
+# the test files that use the README's workspace (`make demo` run, minutes to build): `make test` spreads the tests
+# over the cores (pytest-xdist) and runs these files together on one worker, which builds it once
+README_WORKSPACE_FILES = ("test_readme_commands.py", "test_sanity_check.py")
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch
@@ -25,12 +30,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not cuda:
             item.add_marker(skip)
-        # `make test` spreads tests over the cores (pytest-xdist, --dist loadgroup): every test that needs the
-        # README's workspace (`make demo` run, minutes) goes to the one worker that builds it
-        if "readme_workspace" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("readme_workspace"))
-    # that group first: its worker then has the longest queue from the start (the others share the rest)
-    items.sort(key=lambda item: "readme_workspace" not in getattr(item, "fixturenames", ()))
+        if "readme_workspace" in getattr(item, "fixturenames", ()) and item.path.name not in README_WORKSPACE_FILES:
+            raise pytest.UsageError(f"{item.nodeid} uses the README's workspace: put it in one of "
+                                    f"{', '.join(README_WORKSPACE_FILES)} (conftest.README_WORKSPACE_FILES)")
+
+
+if importlib.util.find_spec("xdist") is not None:  # the hook exists only where pytest-xdist is installed
+    def pytest_xdist_make_scheduler(config, log):
+        """Every test its own unit of work, but the README workspace's files one unit, sent first."""
+        from xdist.scheduler import LoadScopeScheduling
+
+        class ReadmeWorkspaceTogether(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return "readme_workspace" if nodeid.split("::")[0].endswith(README_WORKSPACE_FILES) else nodeid
+
+        return ReadmeWorkspaceTogether(config, log)
 
 
 @pytest.fixture

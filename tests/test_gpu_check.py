@@ -60,6 +60,7 @@ def test_the_dry_run_runs_every_step_of_the_gpu_check(tmp_path):
     assert report["dry_run"] and list(steps) == list(STEPS) and all(s["ok"] for s in steps.values()), steps
     assert steps["wheels"]["wheels"] == [WHEEL] and not steps["wheels"]["installed"]
     assert steps["data"]["codec"] == "vp9" and steps["data"]["frames_per_video"] >= 80  # 3-second videos
+    assert steps["data"]["hevc_mbit_per_s"] > 0  # the same videos as HEVC, for NVDEC's H.264 against HEVC
     assert "collected" in steps["tests"]["summary"]
     cases = steps["loader"]["cases"]
     assert set(cases) == {"cpu K=4", "dali 2 pipelines K=4", "hybrid K=4"}
