@@ -35,12 +35,11 @@ demo: setup
 	$(BIN)/vmae loader-check $(DEMO)/shards --sheet $(DEMO)/views.png --batches 4 --batch-size 4
 	$(BIN)/vmae pretrain --config demo --dataset $(DEMO)/shards --out $(DEMO)/pretrain
 
-# every core (pytest-xdist); the tests that share the README's workspace run on one of them (tests/conftest.py)
 test: setup
-	$(BIN)/python -m pytest -q -ra -n auto
+	$(BIN)/python -m pytest -q -ra
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -ra -n auto -m "not slow"
+	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 bench: setup
 	$(BIN)/python bench/bench_shards.py --repeats 5

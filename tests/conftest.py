@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,11 +11,6 @@ import pytest
 from vmae.shards.config import ShardConfig, SynthConfig
 from vmae.shards.encode import ffmpeg_exe
 from vmae.shards.synth import make_synthetic_videos, sample_videos
-
-
-# the test files that use the README's workspace (`make demo` run, minutes to build): `make test` spreads the tests
-# over the cores (pytest-xdist) and runs these files together on one worker, which builds it once
-README_WORKSPACE_FILES = ("test_readme_commands.py", "test_sanity_check.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -30,21 +24,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not cuda:
             item.add_marker(skip)
-        if "readme_workspace" in getattr(item, "fixturenames", ()) and item.path.name not in README_WORKSPACE_FILES:
-            raise pytest.UsageError(f"{item.nodeid} uses the README's workspace: put it in one of "
-                                    f"{', '.join(README_WORKSPACE_FILES)} (conftest.README_WORKSPACE_FILES)")
-
-
-if importlib.util.find_spec("xdist") is not None:  # the hook exists only where pytest-xdist is installed
-    def pytest_xdist_make_scheduler(config, log):
-        """Every test its own unit of work, but the README workspace's files one unit, sent first."""
-        from xdist.scheduler import LoadScopeScheduling
-
-        class ReadmeWorkspaceTogether(LoadScopeScheduling):
-            def _split_scope(self, nodeid: str) -> str:
-                return "readme_workspace" if nodeid.split("::")[0].endswith(README_WORKSPACE_FILES) else nodeid
-
-        return ReadmeWorkspaceTogether(config, log)
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """The sanity checks users ask for (`--overfit`), on the demo's data: the README's lines as written, from the
-folder `make demo` leaves (the README's workspace, shared with tests/test_readme_commands.py: `make test` runs
-the two files on one worker, which builds it once)."""
+folder `make demo` leaves (the README's workspace, shared with tests/test_readme_commands.py)."""
 
 from __future__ import annotations
 
