@@ -1049,3 +1049,33 @@ def test_auto_stops_a_side_that_makes_few_of_the_first_batches_and_says_why(vp9_
     made = loader.stats.made_by
     assert made["dali0"] <= cfg.prefetch + 1  # at most what it had in flight when stopped
     loader.close()
+
+
+@pytest.mark.slow
+def test_a_hung_cpu_worker_in_the_hybrid_loader_gives_its_batches_back(vp9_dataset, monkeypatch, tmp_path,
+                                                                     give_up_after):
+    """A CPU decode that never returns in the hybrid loader: its workers are killed and restarted, the batches
+    they held are made again (by either side), and the epoch is the stream of every other backend, in order."""
+    pytest.importorskip("nvidia.dali")
+    from vmae.pipeline.data import sample_reader
+    from vmae.pipeline.data.backends import loader_class
+
+    decode = sample_reader.decode_frames
+    flag = tmp_path / "hung"
+
+    def decode_or_hang(video, indices, *args, **kwargs):
+        try:  # the first CPU decode of the run, in whichever worker makes it, never returns
+            __import__("os").close(__import__("os").open(flag, __import__("os").O_CREAT | __import__("os").O_EXCL))
+        except FileExistsError:
+            return decode(video, indices, *args, **kwargs)
+        never_returns()
+
+    monkeypatch.setattr(sample_reader, "decode_frames", decode_or_hang)  # the forked workers inherit it
+    give_up_after(300)
+    cfg = small(batch_size=1, shuffle_buffer=2, decode_deadline=5.0, pipelines=1)
+    reference = epoch(make_loader(vp9_dataset, replace(cfg, backend="dali"), device="cpu"))
+    loader = loader_class("hybrid")(vp9_dataset, replace(cfg, backend="hybrid"), device="cpu")
+    batches = epoch(loader)
+    assert [b["key"] for b in batches] == [b["key"] for b in reference]
+    assert len(loader.cpu.abandoned) == 1  # named in the log; replaced only if the CPU side makes its batch again
+    loader.close()

@@ -8,6 +8,7 @@ whichever side makes it, so the stream is the one the CPU path alone and the DAL
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Iterator
@@ -68,7 +69,8 @@ class HybridStream(DaliStream):
         self.made_before = dict(loader.stats.made_by)
         self.cpu = loader.cpu
         self.cpu.tickets = self.tickets
-        self.cpu._abandon = self._restart_cpu_workers(self.cpu._abandon)
+        # the CPU path's own abandon (not a previous stream's wrapper of it), then this stream's give-back
+        self.cpu._abandon = self._restart_cpu_workers(functools.partial(CpuLoader._abandon, self.cpu))
         self.cpu_thread = threading.Thread(target=self._run_cpu_workers, daemon=True, name="vmae-hybrid-cpu")
         self.cpu_thread.start()
 
