@@ -31,6 +31,16 @@ from conftest import make_video
 SMALL = dict(frames=8, stride=2, views=2, crop_size=64, batch_size=2, workers=2, shuffle_buffer=4)
 
 
+@pytest.fixture(autouse=True)
+def close_dali_streams():
+    """A test's DALI pipelines stopped after it (a stream left open keeps its threads waiting for tickets)."""
+    yield
+    from vmae.pipeline.data.dali_loader import _OPEN_STREAMS
+
+    for stream in list(_OPEN_STREAMS):
+        stream.close()
+
+
 def small(**kw) -> DataConfig:
     return DataConfig(**{**SMALL, **kw})
 
@@ -1072,7 +1082,7 @@ def test_a_hung_cpu_worker_in_the_hybrid_loader_gives_its_batches_back(vp9_datas
 
     monkeypatch.setattr(sample_reader, "decode_frames", decode_or_hang)  # the forked workers inherit it
     give_up_after(300)
-    cfg = small(batch_size=1, shuffle_buffer=2, decode_deadline=5.0, pipelines=1)
+    cfg = small(batch_size=2, shuffle_buffer=2, decode_deadline=5.0, pipelines=1)
     reference = epoch(make_loader(vp9_dataset, replace(cfg, backend="dali"), device="cpu"))
     loader = loader_class("hybrid")(vp9_dataset, replace(cfg, backend="hybrid"), device="cpu")
     batches = epoch(loader)

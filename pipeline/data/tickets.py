@@ -60,11 +60,12 @@ class Tickets:
 
         return Held()
 
-    def take(self, wait: bool = True, poll: float = 0.002) -> int:
+    def take(self, wait: bool = True, poll: float = 0.002, longest_poll: float = 0.05) -> int:
         """The next batch to make (a given-back one first); waits while the stream is ``window`` ahead of the
         merge, unless ``wait`` is False: a producer holding a batch inside the window must not wait (the merge may
         be waiting for it; its own prefetch depth bounds how far past the window it goes). Raises TicketsStopped
-        once the stream is closed."""
+        once the stream is closed. The wait polls, more slowly the longer it lasts (a stream left open after its
+        last batch then costs its process little)."""
         while True:
             with self._locked():
                 m = self.memory
@@ -81,6 +82,7 @@ class Tickets:
                     m[NEXT] += 1
                     return int(m[NEXT] - 1)
             time.sleep(poll)
+            poll = min(2 * poll, longest_poll)
 
     def give_back(self, tickets: Iterable[int]) -> None:
         """Batches taken but not delivered (their producer failed or was abandoned): made again, by anyone."""
