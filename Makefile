@@ -36,7 +36,7 @@ demo: setup
 	$(BIN)/vmae pretrain --config demo --dataset $(DEMO)/shards --out $(DEMO)/pretrain
 
 test: setup
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=30
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -ra -m "not slow"

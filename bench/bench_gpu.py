@@ -1,19 +1,16 @@
 """The CUDA figures (attention, model step, ZeRO engine, loader) in one run on whatever GPU is present.
 
-    python bench/bench_gpu.py [--sections attention,model,zero,loader] [--seconds 4] [--out bench/results/gpu.json]
+    python bench/bench_gpu.py [--sections attention,loader] [--seconds 4] [--out bench/results/gpu.json]
 
-  attention  fused attention forward + backward in bf16, head dim 64, at N = 156 (the visible tokens of a 16x224
-             clip at 90 % masking) and N = 1568 (all of them): every backend that runs here (xformers, SDPA, math)
-  model      MAE-ST pretraining step (forward, backward, AdamW) in bf16 autocast for ViT-B and ViT-L, 16 clips:
-             visible-token encoder against the dense one (MAE-ST Table 1: 5.8x on A100s), per attention backend,
-             with tokens/s and MFU against the bf16 matmul rate measured in the same run and the datasheet peak
-  zero       the DeepSpeed engine's step (ZeRO-1, 2 and 3, bf16, one process) on a batch held on the GPU: clips/s,
-             MFU and peak memory, each stage in its own process
+  attention  attention forward + backward in bf16 at ViT-L's shapes: 156 tokens x 16 heads x 64 (the encoder's
+             visible tokens of a 16x224 clip at 90 % masking) and 1568 x 16 x 32 (the decoder's): every kernel
+             that runs here (SDPA's flash, cuDNN and memory-efficient kernels, math, xformers where it loads)
   loader     NVDEC frames/s through DALI; one clip decoded from frame 0 against one ending at the last frame (the
              keyframe seek); the loader's clips/s at K=4 (and K=1) for the CPU path with every core, DALI with one
              pipeline and with one per NVDEC engine, and the hybrid of both, with NVML's NVDEC use
 
-`vmae profile` then measures the whole run (loader, model, train, data-wait share) on the same dataset.
+The training step (micro-batch, compile, fused AdamW, ZeRO-1/2/3, ViT-B/L/H) is bench_step.py's; `vmae profile`
+then measures the whole run (loader, model, train, data-wait share) on the same dataset.
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,17 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vmae.model.attention import attention, available_backends  # noqa: E402
 from vmae.model.flops import device_peak_flops, matmul_rate  # noqa: E402
-from vmae.model.mae import preset  # noqa: E402
 
-SECTIONS = ("attention", "model", "zero", "loader")
-CLIPS = 16  # MAE-ST's ViT-L recipe: 4 videos x 4 views per GPU
+SECTIONS = ("attention", "loader")
 
 
 def cuda_ms(fn, repeats: int = 20) -> float:
@@ -62,116 +55,21 @@ def cuda_ms(fn, repeats: int = 20) -> float:
 def attention_section(seconds: float) -> list[dict]:
     rows = []
     device = torch.device("cuda")
-    for n, batch in ((156, 128), (1568, 8)):  # about the same tokens per call: 16 clips x 8-ish
-        shape = (batch, 16, n, 64)
+    for n, width, batch in ((156, 64, 256), (1568, 32, 32)):  # ViT-L's encoder and decoder; a micro-batch's clips
+        shape = (batch, 16, n, width)
         qkv = [torch.randn(shape, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3)]
         grad = torch.randn(shape, device=device, dtype=torch.bfloat16)
-        flops = 4 * batch * 16 * n * n * 64 * 3.5  # forward 4BHN²d; backward 2.5x forward
-        for backend in available_backends(device):
+        flops = 4 * batch * 16 * n * n * width * 3.5  # forward 4BHN²d; backward 2.5x forward
+        for backend in available_backends(device, shape):
             def step(backend=backend, qkv=qkv, grad=grad):
                 torch.autograd.backward(attention(*qkv, backend), grad)
             ms = cuda_ms(step)
-            rows.append({"tokens": n, "batch_x_heads": f"{batch}x16", "backend": backend, "ms_fwd_bwd": round(ms, 3),
-                         "tflops": round(flops / ms / 1e9, 1)})
-            print(f"attention N={n:5d} {backend:9s} {ms:8.3f} ms  {flops / ms / 1e9:6.1f} TFLOP/s", flush=True)
+            rows.append({"tokens": n, "head_width": width, "batch_x_heads": f"{batch}x16", "backend": backend,
+                         "ms_fwd_bwd": round(ms, 3), "tflops": round(flops / ms / 1e9, 1)})
+            print(f"attention N={n:5d} d={width} {backend:15s} {ms:8.3f} ms  {flops / ms / 1e9:6.1f} TFLOP/s",
+                  flush=True)
         del qkv, grad
         torch.cuda.empty_cache()
-    return rows
-
-
-def model_section(seconds: float, peak: float, datasheet: float) -> list[dict]:
-    from vmae.tools.profile.stages import model_rate
-
-    rows = []
-    device = torch.device("cuda")
-    for name in ("vit-b", "vit-l"):
-        for backend in available_backends(device):
-            for dense in (False, True):
-                if backend == "math" and (name == "vit-b" or dense):
-                    continue  # the reference backend: ViT-L's visible row says what it costs
-                cfg = preset(name, attention=backend, dense=dense)
-                torch.cuda.reset_peak_memory_stats()
-                try:
-                    rate = model_rate(cfg, CLIPS, device, torch.bfloat16, seconds, peak)
-                except torch.OutOfMemoryError:
-                    rows.append({"preset": name, "backend": backend, "encoder": "dense" if dense else "visible",
-                                 "error": "out of memory"})
-                    print(f"model {name} {backend} dense={dense}: out of memory", flush=True)
-                    torch.cuda.empty_cache()
-                    continue
-                row = {"preset": name, "backend": backend, "encoder": "dense" if dense else "visible",
-                       "clips_per_s": round(rate.median, 2), "spread": round(rate.spread, 3),
-                       "step_ms": round(1000 * rate.extra["step_seconds"], 2),
-                       "encoder_tokens_per_s": round(rate.extra["tokens_per_s"]),
-                       "mfu_vs_measured_matmul": round(rate.extra["mfu"], 3),
-                       "mfu_vs_datasheet": round(rate.extra["flops_per_s"] / datasheet, 3),
-                       "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
-                rows.append(row)
-                print(f"model {name} {backend:9s} {row['encoder']:7s} {row['step_ms']:8.2f} ms/step "
-                      f"{row['clips_per_s']:8.1f} clips/s  MFU {row['mfu_vs_datasheet']:.3f} (datasheet) "
-                      f"{row['mfu_vs_measured_matmul']:.3f} (measured)  {row['peak_memory_gb']:.1f} GiB", flush=True)
-                torch.cuda.empty_cache()
-    return rows
-
-
-def zero_config(preset_name: str, stage: int, workdir: Path) -> dict:
-    return {"data": {"frames": 16, "stride": 4, "views": 4, "crop_size": 224, "batch_size": CLIPS // 4,
-                     "dtype": "bfloat16"},
-            "model": {"preset": preset_name},
-            "train": {"dataset": str(workdir), "out": str(workdir / "run"), "global_batch": CLIPS // 4,
-                      "reference_batch": 0, "zero_stage": stage, "precision": "bf16", "resume": "never"}}
-
-
-def zero_child(config_file: Path, steps: int) -> dict:
-    """One process: the engine's training step on one batch held on the GPU."""
-    from vmae.pipeline.train.loop import pretrain_engine
-    from vmae.tools.config import load_config
-    from vmae.tools.log import setup_logging
-
-    setup_logging("WARNING")
-    cfg = load_config(str(config_file))
-    engine, task, launch = pretrain_engine(cfg, "bf16")
-    clips = cfg.data.batch_size * cfg.data.views
-    video = torch.randn(clips, 3, cfg.data.frames, cfg.data.crop_size, cfg.data.crop_size, device=launch.device,
-                        dtype=torch.bfloat16)
-    cuda = launch.device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)  # CPU: a smoke run of this bench
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for step in range(steps + 3):
-        sync()
-        started = time.perf_counter()
-        engine.backward(task.loss(engine, video, {}, step, 0))
-        engine.step()
-        sync()
-        times.append(time.perf_counter() - started)
-    seconds = statistics.median(times[3:])
-    return {"step_ms": round(1000 * seconds, 2), "clips_per_s": round(clips / seconds, 2),
-            "tflops": round(task.flops_per_clip() * clips / seconds / 1e12, 1),
-            "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
-
-
-def zero_section(datasheet: float, workdir: Path) -> list[dict]:
-    rows = []
-    for name in ("vit-b", "vit-l"):
-        for stage in (1, 2, 3):
-            config_file = workdir / f"zero-{name}-{stage}.yaml"
-            config_file.write_text(yaml.safe_dump(zero_config(name, stage, workdir)))
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-            for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-                env.pop(key, None)
-            proc = subprocess.run([sys.executable, __file__, "--zero-child", str(config_file)], env=env, cwd=ROOT,
-                                  capture_output=True, text=True, timeout=600)
-            if proc.returncode:
-                rows.append({"preset": name, "zero_stage": stage, "error": proc.stderr[-2000:]})
-                print(f"zero {name} stage {stage} FAILED:\n{proc.stderr[-2000:]}", flush=True)
-                continue
-            row = {"preset": name, "zero_stage": stage, **json.loads(proc.stdout.strip().splitlines()[-1])}
-            row["mfu_vs_datasheet"] = round(row["tflops"] * 1e12 / datasheet, 3)
-            rows.append(row)
-            print(f"zero {name} stage {stage}: {row['step_ms']:8.2f} ms/step {row['clips_per_s']:8.1f} clips/s "
-                  f"MFU {row['mfu_vs_datasheet']:.3f}  {row['peak_memory_gb']:.1f} GiB", flush=True)
     return rows
 
 
@@ -311,11 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--videos-per-class", type=int, default=16)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the dataset here (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu.json"))
-    parser.add_argument("--zero-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.zero_child:
-        print(json.dumps(zero_child(args.zero_child, steps=10)))
-        return 0
     if not torch.cuda.is_available():
         print("no CUDA device: these are the GPU figures (bench_model.py and bench_pretrain.py measure the CPU)")
         return 1
@@ -332,8 +226,6 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     steps = {"attention": lambda: attention_section(args.seconds),
-             "model": lambda: model_section(args.seconds, peak, datasheet),
-             "zero": lambda: zero_section(datasheet, workdir),
              "loader": lambda: loader_section(build_dataset(workdir, args.videos_per_class), args.seconds)}
     for name in sections:
         try:

@@ -80,7 +80,7 @@ def _forever(loader):
 
 
 def model_alone(cfg) -> float:
-    engine, _, _ = pretrain_engine(cfg, "fp32")
+    engine, _, _, _ = pretrain_engine(cfg, "fp32")
     video = torch.randn(cfg.data.batch_size * cfg.data.views, 3, cfg.data.frames, cfg.data.crop_size,
                         cfg.data.crop_size)
     times = []

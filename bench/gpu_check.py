@@ -14,6 +14,9 @@ and the others still run:
   tests   every `gpu`-marked test (pytest -m gpu)
   loader  bench_gpu.py's loader section: NVDEC frames/s (H.264 and HEVC, with their bytes), the keyframe seek,
           the CPU, DALI (1 pipeline and one per NVDEC engine) and hybrid loaders' clips/s with NVDEC use
+  step    bench_step.py: the training step as `vmae pretrain` builds it (micro-batch found, kernels settled, blocks
+          compiled, AdamW fused), each switch against its alternative, ZeRO-1/2/3 and ViT-B/L/H, while
+          --step-budget lasts (run it alone, --steps wheels,step, when the loader steps took the lease)
 The dry run reassembles and checks the wheels in a temporary folder without installing them, builds a small set
 as VP9 (what DALI's CPU decoder reads), collects the gpu tests without running them, and times the CPU, DALI (CPU
 decoder, two pipelines) and hybrid loaders for a second each: every line of the script runs but the CUDA calls.
@@ -35,7 +38,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ("wheels", "data", "tests", "loader")
+STEPS = ("wheels", "data", "tests", "loader", "step")
 # what the steps import; the GPU machine's image has torch, triton, timm and nvidia-ml-py, the rest comes as wheels
 NEEDED = ("nvidia.dali", "deepspeed", "av", "webdataset", "pytest", "yaml", "timm", "rich", "tqdm", "pynvml", "vmae")
 BUDGET_S = 8 * 60  # the whole check on the GPU machine, so that one lease holds it and a rerun
@@ -47,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "gpu-check", help="where the JSON and the table go")
     parser.add_argument("--steps", default=",".join(STEPS), help=f"a subset of {','.join(STEPS)}")
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per loader case")
+    parser.add_argument("--step-budget", type=float, default=240.0, help="seconds for the step cases")
     parser.add_argument("--dry-run", action="store_true", help="all but CUDA, on this machine (what CI runs)")
     args = parser.parse_args(argv)
     unknown = set(args.steps.split(",")) - set(STEPS)
@@ -182,7 +186,14 @@ def cpu_loader_cases(dataset: Path, seconds: float) -> dict:
     return out
 
 
-STEP_FUNCTIONS = {"wheels": wheels_step, "data": data_step, "tests": tests_step, "loader": loader_step}
+def step_step(args: argparse.Namespace, context: dict) -> dict:
+    from bench_step import step_section
+
+    return step_section(60.0 if args.dry_run else args.step_budget, small=args.dry_run)
+
+
+STEP_FUNCTIONS = {"wheels": wheels_step, "data": data_step, "tests": tests_step, "loader": loader_step,
+                  "step": step_step}
 
 
 # ------------------------------------------------------------------ report
@@ -195,7 +206,8 @@ def write_report(report: dict, out: Path, seconds: float) -> None:
     for name, step in report["steps"].items():
         found = step.get("error") or "; ".join(f"{k}: {v}" for k, v in step.items()
                                                if k not in ("ok", "seconds") and not isinstance(v, (dict, list)))
-        rates = [f"{case}: {v['clips_per_s']} clips/s" for case, v in step.get("cases", {}).items()]
+        rates = [f"{case}: {v['clips_per_s']} clips/s" for case, v in step.get("cases", {}).items()
+                 if "clips_per_s" in v]
         found = "; ".join(filter(None, [found, *rates]))
         rows.append(f"| {name} | {'yes' if step['ok'] else 'NO'} | {step['seconds']} | {found[:200]} |")
     title = f"GPU check{' (dry run)' if report['dry_run'] else ''}: {report['seconds']} s of {BUDGET_S} s"

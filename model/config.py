@@ -15,9 +15,16 @@ from vmae.shards.config import field_help
 # masking strategies, drawn by vmae.model.masking: spacetime-agnostic, space-only (the same spatial mask at every
 # time step), time-only (whole frames) and spacetime cubes
 STRATEGIES = ("random", "tube", "frame", "block")
-# attention kernels, run by vmae.model.attention; "auto" picks the fastest that runs on the device
-ATTENTION_KERNELS = ("xformers", "sdpa", "math")
+# attention kernels, run by vmae.model.attention: xformers, PyTorch's SDPA left to pick its kernel, SDPA held to
+# one of its CUDA kernels (flash, cuDNN, memory-efficient), and the written-out reference; "auto" times those that
+# run at the model's own shapes on CUDA and keeps the fastest (SDPA on CPU)
+ATTENTION_KERNELS = ("xformers", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa", "math")
 ATTENTION_BACKENDS = ("auto", *ATTENTION_KERNELS)
+# how the transformer blocks run under torch.compile (one graph per block shape, reused by every block): "off",
+# torch.compile's own modes, or auto (its default mode on CUDA, off on CPU, where compiling costs more than it saves)
+COMPILE_MODES = ("auto", "off", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
+# activation checkpointing: recompute each block in backward; auto turns it on only where memory needs it
+CHECKPOINTING = ("auto", True, False)
 # position embeddings, made by vmae.model.embed: learned space + time tables, fixed 3-D sin-cos, VideoMAE's 1-D
 POSITIONS = ("separable", "sincos", "sinusoid")
 # what a token predicts: one frame per temporal patch (MAE-ST) or the whole tubelet (VideoMAE)
@@ -68,9 +75,14 @@ class ModelConfig:
     norm_pix_loss: bool = field(default=True, metadata=field_help("targets are per-patch normalized pixels"))
     drop_path: float = field(default=0.0, metadata=field_help("stochastic depth rate of the last encoder block"))
     attention: str = field(default="auto", metadata=field_help(
-        "attention kernel: auto (xformers on CUDA, else SDPA), xformers, sdpa, math", choices=ATTENTION_BACKENDS))
-    checkpoint: bool = field(default=False, metadata=field_help(
-        "recompute each block's activations in backward (ViT-L/H memory)"))
+        "attention kernel: auto (on CUDA the fastest measured at the model's shapes, logged with the timings; SDPA on "
+        "CPU), or one named", choices=ATTENTION_BACKENDS))
+    checkpoint: bool | str = field(default="auto", metadata=field_help(
+        "recompute each block's activations in backward, trading compute for memory: true, false, or auto (on CUDA "
+        "on only when the micro-batch does not fit without it; off on CPU)", choices=CHECKPOINTING))
+    compile: str = field(default="auto", metadata=field_help(
+        "torch.compile of the transformer blocks: auto (default on CUDA, off on CPU and under ZeRO-3), off, or a "
+        "torch.compile mode (reduce-overhead adds CUDA graphs)", choices=COMPILE_MODES))
     dense: bool = field(default=False, metadata=field_help(
         "ablation: the encoder runs on every token, hidden ones replaced by a learned mask token (MAE-ST Table 1's "
         "'with mask tokens' row, for speed comparisons)"))

@@ -23,7 +23,8 @@ from vmae.model.attention import Attention
 from vmae.model.config import PRESETS, Architecture, ModelConfig, preset  # noqa: F401
 from vmae.model.embed import PositionEmbed, TubeletEmbed
 from vmae.model.load import encoder_part, load_strict, read_state_dict
-from vmae.model.masking import Mask, decoder_subset, make_mask, visible_count
+from vmae.model.masking import (Mask, decoder_subset, decoder_subset_count, make_mask, to_device,
+                                visible_count)
 
 
 def vit_block(dim: int, heads: int, mlp_ratio: float, drop_path: float, backend: str) -> Block:
@@ -45,7 +46,7 @@ class Encoder(nn.Module):
         rates = [cfg.drop_path * i / max(arch.depth - 1, 1) for i in range(arch.depth)]  # stochastic depth rule
         self.blocks = nn.ModuleList(vit_block(arch.dim, arch.heads, arch.mlp_ratio, r, cfg.attention) for r in rates)
         self.norm = nn.LayerNorm(arch.dim, eps=1e-6)
-        self.checkpoint = cfg.checkpoint
+        self.checkpoint = cfg.checkpoint is True  # "auto" is settled by the trainer (set_checkpointing)
 
     def forward(self, video: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         tokens = self.patch_embed(video)
@@ -79,6 +80,7 @@ class MaskedVideoAutoencoder(nn.Module):
                                                       cfg.attention) for _ in range(arch.decoder_depth))
         self.decoder_norm = nn.LayerNorm(arch.decoder_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(arch.decoder_dim, self.pred_frames * p * q * 3)
+        self.checkpoint = cfg.checkpoint is True
         self.apply(_init_weights)
         trunc_normal_(self.mask_token, std=0.02)
         if cfg.dense:
@@ -94,26 +96,45 @@ class MaskedVideoAutoencoder(nn.Module):
         """Loss, predictions [B, N, pixels per token] and the mask used."""
         if mask is None:
             mask = make_mask(self.cfg.mask, video.shape[0], self.grid, self.cfg.mask_ratio, generator)
-        mask = Mask(mask.keep.to(video.device), mask.hidden.to(video.device), mask.masked.to(video.device))
+        dual = bool(self.cfg.decoder_mask_ratio) and not self.cfg.dense
+        # masks are drawn on the host and copied through pinned memory: the GPU never waits on an index draw
+        chosen = to_device(decoder_subset(mask.to(torch.device("cpu")), self.grid, self.cfg.decoder_mask_ratio,
+                                          generator), video.device) if dual else None
+        mask = mask.to(video.device)
         latent = self.encode(video, mask)
-        if self.cfg.decoder_mask_ratio and not self.cfg.dense:
-            return self._forward_dual(video, latent, mask, generator)
+        if dual:
+            return self._forward_dual(video, latent, mask, chosen)
         pred = self.decode(latent, mask)
         return masked_loss(pred, self.targets(video), mask.masked), pred, mask
 
     def _forward_dual(self, video: torch.Tensor, latent: torch.Tensor, mask: Mask,
-                      generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, Mask]:
-        """The decoder sees the visible tokens and a subset of the hidden ones; the loss covers only that subset.
+                      chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Mask]:
+        """The decoder sees the visible tokens and the ``chosen`` hidden ones; the loss covers only those.
         Predictions come back in the [B, N, pixels] layout, zero where nothing was predicted."""
-        chosen = decoder_subset(mask, self.grid, self.cfg.decoder_mask_ratio, generator).to(video.device)
         x = self.decoder_pos(self.decoder_embed(latent), mask.keep)
         queries = self.mask_token.to(x.dtype).expand(x.shape[0], chosen.shape[1], -1)
-        x = run_blocks(self.decoder_blocks, torch.cat([x, self.decoder_pos(queries, chosen)], 1), self.cfg.checkpoint)
+        x = run_blocks(self.decoder_blocks, torch.cat([x, self.decoder_pos(queries, chosen)], 1), self.checkpoint)
         pred = self.decoder_pred(self.decoder_norm(x[:, mask.keep.shape[1]:]))  # [B, k, pixels]
         target = self.targets(video)
         index = chosen.unsqueeze(-1).expand(-1, -1, target.shape[-1])
         loss = (pred.float() - target.gather(1, index).float()).square().mean()
         return loss, torch.zeros_like(target, dtype=pred.dtype).scatter(1, index, pred), mask
+
+    def set_checkpointing(self, on: bool) -> None:
+        """Recompute every block's activations in backward (encoder and decoder), or not."""
+        self.checkpoint = self.encoder.checkpoint = on
+
+    def settle_attention(self, dtype: torch.dtype, device: torch.device) -> dict[str, str]:
+        """Each ``auto`` attention replaced by the kernel it stands for at the encoder's and the decoder's token
+        counts (measured on CUDA and logged); what each part runs."""
+        grid_tokens = math.prod(self.grid)
+        encoder_tokens = encoder_token_count(self.cfg, self.grid)
+        decoder_tokens = grid_tokens
+        if self.cfg.decoder_mask_ratio and not self.cfg.dense:
+            decoder_tokens = encoder_tokens + decoder_subset_count(grid_tokens - encoder_tokens,
+                                                                   self.cfg.decoder_mask_ratio)
+        return {"encoder": settle_attention(self.encoder.blocks, encoder_tokens, dtype, device),
+                "decoder": settle_attention(self.decoder_blocks, decoder_tokens, dtype, device)}
 
     def encode(self, video: torch.Tensor, mask: Mask) -> torch.Tensor:
         if not self.cfg.dense:
@@ -128,7 +149,7 @@ class MaskedVideoAutoencoder(nn.Module):
         if not self.cfg.dense:  # visible tokens back in their places, mask tokens everywhere else
             full = self.mask_token.to(x.dtype).expand(x.shape[0], mask.masked.shape[1], -1).clone()
             x = full.scatter(1, mask.keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
-        x = run_blocks(self.decoder_blocks, self.decoder_pos(x), self.cfg.checkpoint)
+        x = run_blocks(self.decoder_blocks, self.decoder_pos(x), self.checkpoint)
         return self.decoder_pred(self.decoder_norm(x))
 
     def targets(self, video: torch.Tensor) -> torch.Tensor:
@@ -144,6 +165,22 @@ class MaskedVideoAutoencoder(nn.Module):
 def encoder_token_count(cfg: ModelConfig, grid: tuple[int, int, int]) -> int:
     """Tokens the encoder runs on per clip: the visible ones, or every token of the grid with ``dense``."""
     return math.prod(grid) if cfg.dense else visible_count(cfg.mask, grid, cfg.mask_ratio)
+
+
+def settle_attention(blocks: nn.ModuleList, tokens: int, dtype: torch.dtype, device: torch.device) -> str:
+    """Settle every block's attention kernel at ``tokens`` tokens; the kernel(s) they run."""
+    return ", ".join(sorted({block.attn.settle(tokens, dtype, device) for block in blocks}))
+
+
+def compile_blocks(model: nn.Module, mode: str, backend: str = "inductor", fullgraph: bool = False) -> int:
+    """torch.compile every transformer block of ``model`` in place (``mode``: a torch.compile mode of the inductor
+    ``backend``); the number compiled. Parameter names do not change, so checkpoints load either way; identical
+    blocks share one graph. Settle the attention kernels first: ``auto`` is not resolved inside a graph."""
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    options = {"mode": mode} if backend == "inductor" else {}
+    for block in blocks:
+        block.compile(backend=backend, fullgraph=fullgraph, dynamic=False, **options)
+    return len(blocks)
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpoint: bool) -> torch.Tensor:
@@ -198,6 +235,14 @@ class VideoClassifier(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc_norm(self.encoder(video).mean(dim=1)))
+
+    def set_checkpointing(self, on: bool) -> None:
+        self.encoder.checkpoint = on
+
+    def settle_attention(self, dtype: torch.dtype, device: torch.device) -> dict[str, str]:
+        """Each ``auto`` attention replaced by the kernel measured fastest at all the clip's tokens."""
+        tokens = math.prod(self.encoder.patch_embed.grid)
+        return {"encoder": settle_attention(self.encoder.blocks, tokens, dtype, device)}
 
     def no_weight_decay(self) -> set[str]:
         return {name for name, _ in self.named_parameters() if "pos_embed" in name}

@@ -27,6 +27,20 @@ class Mask:
     def visible_count(self) -> int:
         return self.keep.shape[1]
 
+    def to(self, device: torch.device) -> Mask:
+        """The mask on ``device``; to a GPU through pinned memory without blocking, so the host never waits."""
+        if self.keep.device == device:
+            return self
+        return Mask(*(to_device(t, device) for t in (self.keep, self.hidden, self.masked)))
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; host to GPU through pinned memory without blocking (a pageable copy waits for the
+    GPU to drain, stalling the host that should be queueing the next kernels)."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
 
 def make_mask(strategy: str, batch: int, grid: tuple[int, int, int], ratio: float,
               generator: torch.Generator | None = None) -> Mask:
@@ -103,10 +117,15 @@ def decoder_subset(mask: Mask, grid: tuple[int, int, int], ratio: float,
     tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
     in_cell = ((((hh % 2) * 2 + (ww % 2)) + tt) % 4 < 2).reshape(-1)
     hidden = mask.hidden
-    k = max(1, int(hidden.shape[1] * (1 - ratio)))
+    k = decoder_subset_count(hidden.shape[1], ratio)
     score = (~in_cell[hidden]).float() + 0.5 * torch.rand(hidden.shape, generator=generator)
     chosen = hidden.gather(1, score.argsort(dim=1)[:, :k])
     return chosen.sort(dim=1).values
+
+
+def decoder_subset_count(hidden: int, ratio: float) -> int:
+    """Hidden tokens dual masking lets the decoder reconstruct: int(N_masked·(1 − ratio)), at least one."""
+    return max(1, int(hidden * (1 - ratio)))
 
 
 def _visible(n: int, ratio: float) -> int:

@@ -90,7 +90,7 @@ def test_the_model_section_of_an_old_checkpoint_loads():
            "target": "slice", "positions": "separable", "norm_pix_loss": True, "drop_path": 0.0, "attention": "auto",
            "checkpoint": False}
     model = load_config(base=[("config.yaml", {"model": old})]).model
-    assert model == ModelConfig(preset="tiny", mask_ratio=0.75)
+    assert model == ModelConfig(preset="tiny", mask_ratio=0.75, checkpoint=False)
     assert model.architecture == PRESETS["tiny"] and model.token_grid(8, 64) == (4, 4, 4)
 
 

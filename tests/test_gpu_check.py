@@ -67,6 +67,9 @@ def test_the_dry_run_runs_every_step_of_the_gpu_check(tmp_path):
     assert all(case["clips_per_s"] > 0 for case in cases.values())
     assert set(cases["dali 2 pipelines K=4"]["made_by"]) <= {"dali0", "dali1"} and cases["cpu K=4"]["made_by"] is None
     assert set(cases["hybrid K=4"]["made_by"]) <= {"dali0", "cpu"}
+    [(name, row)] = steps["step"]["cases"].items()  # the tiny model in the engine `vmae pretrain` builds
+    assert name.startswith("tiny zero-1") and row["clips_per_s"] > 0 and row["micro_batch"] in (1, 2, 4, 8)
+    assert row["trials"] and row["limit"] and steps["step"]["summary"]["headline_clips_per_s"] == row["clips_per_s"]
     table = (out / "gpu-check.md").read_text()
     assert table.startswith("GPU check (dry run)") and all(f"| {name} | yes |" in table for name in STEPS)
     assert "dali 2 pipelines K=4: " in table and "hybrid K=4: " in table and " clips/s" in table

@@ -158,6 +158,7 @@ def check_gpu_launches(block: Block, ws: Workspace) -> None:
         # the six-video stand-in for Kinetics is smaller than the recipe's 512-video batch; nothing else fails
         assert failed == ["dataset size"] and r.code == 1, r.output[-3000:]
         assert "train.global_batch=512 is more than the 6 videos" in r.output
+        assert "data.batch_size=auto: the micro-batch and the accumulation are found at start" in r.output
         assert re.search(r"model: vit-[bl], [\d.]+ M parameters; model states per rank", r.output), r.output
 
 
@@ -224,6 +225,9 @@ def check_profile(block: Block, ws: Workspace) -> None:
     assert set(stages["decode"]["other_decoders"]) == {"torchcodec"}  # every registered decoder measured
     assert {"sdpa", "math"} <= set(stages["model"]) and 0 < stages["model"]["sdpa"]["mfu"] < 1.5
     assert 0 <= stages["train"]["end_to_end"]["data_wait_pct"] <= 100
+    # MFU against the matmul rate the model stage measured in the same run; what limits the step, named
+    assert 0 < stages["train"]["end_to_end"]["mfu_vs_measured_matmul"] < 1.5
+    assert stages["model"]["breakdown"]["limit"] and report["verdict"]["step_limit"]
     assert report["verdict"]["bottleneck"] in ("load", "model") and report["verdict"]["advice"]
     assert report["machine"]["cores"] >= 1 and report["machine"]["versions"]["torch"]
     medians = [rate["median"] for rate in stages["load"].values()] + [stages["decode"]["ours"]["median"]]

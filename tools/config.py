@@ -192,7 +192,9 @@ def add_section_flags(parser: argparse.ArgumentParser, section: str, only: tuple
         dest = f"cfg__{section}__{f.name}"
         base, optional = _unwrap_optional(hints[f.name])
         kwargs: dict[str, Any] = dict(dest=dest, default=argparse.SUPPRESS, help=_help_text(f, start))
-        if base is bool:
+        if _number_or_word(hints[f.name]):
+            group.add_argument(flag, type=_int_or_word, metavar="N|auto", **kwargs)
+        elif base is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(base) is list:
             group.add_argument(flag, type=_comma_list, metavar="A,B,...", **kwargs)
@@ -224,9 +226,18 @@ def _help_text(f: dataclasses.Field, start: Any) -> str:
 
 
 def _metavar(f: dataclasses.Field, base: Any) -> str:
-    if base is bool:
-        return "true|false"
-    return "|".join(f.metadata["choices"]) if "choices" in f.metadata else base.__name__.upper()
+    if "choices" in f.metadata:
+        return "|".join(str(c).lower() if isinstance(c, bool) else str(c) for c in f.metadata["choices"])
+    return "true|false" if base is bool else base.__name__.upper()
+
+
+def _number_or_word(tp: Any) -> bool:
+    """A key that takes a number or a word (``int | str``: data.batch_size=auto)."""
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and set(typing.get_args(tp)) == {int, str}
+
+
+def _int_or_word(text: str) -> int | str:
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def flag_values(args: argparse.Namespace) -> dict[str, Any]:

@@ -38,7 +38,10 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: [0.45, 0.45, 0.45], metadata=field_help("per-channel mean (0-1)"))
     std: list[float] = field(default_factory=lambda: [0.225, 0.225, 0.225], metadata=field_help("per-channel std"))
     # how batches are made
-    batch_size: int = field(default=8, metadata=field_help("videos per batch per rank (clips = batch_size x views)"))
+    batch_size: int | str = field(default=8, metadata=field_help(
+        "videos per batch per rank, the micro-batch (clips = batch_size x views); auto: the largest that fits the "
+        "device's memory (train.memory_limit_gb) and still raises clips/s, found by trial steps at start, the "
+        "accumulation derived so the global batch stays train.global_batch"))
     backend: str = field(default="auto", metadata=field_help(
         "dali: DALI pipelines (NVDEC on CUDA, DALI's CPU decoder for VP9 otherwise); cpu: decode worker processes; "
         "hybrid: both in one stream, each making the share its speed gives it; auto: hybrid on CUDA with DALI, else "
@@ -76,7 +79,9 @@ class DataConfig:
     seed: int = field(default=0, metadata=field_help("seed of the sample order and of every random draw"))
 
     def __post_init__(self) -> None:
-        for key in ("frames", "stride", "views", "crop_size", "batch_size", "prefetch"):
+        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size <= 0):
+            raise ValueError(f"data.batch_size must be a number of videos > 0 or auto, got {self.batch_size!r}")
+        for key in ("frames", "stride", "views", "crop_size", "prefetch"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"data.{key} must be > 0, got {getattr(self, key)}")
         for key, choices in (("backend", BACKEND_NAMES), ("cpu_decoder", CPU_DECODER_NAMES), ("dtype", DTYPES)):

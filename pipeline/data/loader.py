@@ -52,6 +52,9 @@ def make_loader(dataset: Path | str, cfg: DataConfig, rank: int = 0, world_size:
 
     ``accumulation`` micro-batches make one optimizer step: the CPU path then hands each rank its
     micro-batch x accumulation videos of every global step (see ``ShardSet.rank_part``)."""
+    if cfg.batch_size == "auto":
+        raise ValueError("data.batch_size=auto is found on the device by `vmae pretrain` and `vmae finetune`; a "
+                         "loader on its own needs a number of videos: set data.batch_size=N")
     backend = pick_backend(cfg)
     describe(open_shards(dataset, cfg), cfg, backend)
     device = default_device() if device is None else device

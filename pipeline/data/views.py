@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -43,9 +44,16 @@ def make_views(frames: torch.Tensor | Sequence[np.ndarray], plan: ViewPlan, inve
 def normalize_clips(clips: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
     """uint8 clips [..., 3, T, S, S] → normalized clips of ``data.dtype``, where they are (on the GPU, a quarter of
     the bytes to copy there); the CPU path's arithmetic: float32 then, for bfloat16, one rounding."""
-    mean = torch.tensor(cfg.mean, device=clips.device).view(3, 1, 1, 1) * 255
-    inv_std = 1 / (torch.tensor(cfg.std, device=clips.device).view(3, 1, 1, 1) * 255)
+    mean, inv_std = _normalizer(tuple(cfg.mean), tuple(cfg.std), clips.device)
     return clips.float().sub_(mean).mul_(inv_std).to(clip_dtype(cfg))
+
+
+@lru_cache(maxsize=8)
+def _normalizer(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """mean·255 and 1/(std·255) as [3, 1, 1, 1] tensors on ``device``, made once: a tensor built from a list on a
+    GPU is a blocking copy, which every batch would otherwise pay."""
+    mean_t = torch.tensor(mean, device=device).view(3, 1, 1, 1) * 255
+    return mean_t, 1 / (torch.tensor(std, device=device).view(3, 1, 1, 1) * 255)
 
 
 def crop_rows(frames: Sequence[np.ndarray], rows: np.ndarray, y: int, x: int, h: int, w: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import Callable
 from vmae.pipeline.data.remote import is_url
 from vmae.pipeline.data.shardset import dataset_locations, open_shards
 from vmae.pipeline.train.checkpoint import checkpoint_root
-from vmae.pipeline.train.config import TrainError, batch_split
+from vmae.pipeline.train.config import TrainError, batch_split, videos_per_rank_step
 from vmae.shards.format import MANIFEST
 
 def start_checks(cfg, world_size: int, create: bool = True) -> list[tuple[str, Callable[[], str]]]:
@@ -30,6 +30,10 @@ def start_checks(cfg, world_size: int, create: bool = True) -> list[tuple[str, C
         return f"{train.dataset}: {len(shards)} videos in {len(shards.classes)} classes"
 
     def split() -> str:
+        if data.batch_size == "auto":
+            per_rank = videos_per_rank_step(train, world_size)
+            return (f"global batch {train.global_batch} videos = {world_size} rank(s) x {per_rank}; data.batch_size="
+                    "auto: the micro-batch, a divisor of that, is found at start on the device")
         s = batch_split(train, data, world_size)  # raises on an impossible split
         return (f"global batch {s.global_batch} videos = {s.world_size} rank(s) x {s.micro_batch} "
                 f"(data.batch_size) x {s.accumulation} accumulation")
@@ -47,9 +51,8 @@ def start_checks(cfg, world_size: int, create: bool = True) -> list[tuple[str, C
         return f"{samples} videos >= train.global_batch={train.global_batch}"
 
     def schedule() -> str:
-        s = batch_split(train, data, world_size)  # data.streams must suit the world size: refused here, named
-        steps = open_shards(train.dataset, data).steps_per_epoch(world_size, data.batch_size * s.accumulation,
-                                                                 data.streams)
+        per_rank = videos_per_rank_step(train, world_size)  # data.streams must suit the world size: refused here
+        steps = open_shards(train.dataset, data).steps_per_epoch(world_size, per_rank, data.streams)
         return f"{steps} steps an epoch, {steps * train.epochs} in {train.epochs} epochs"
 
     def run_folder() -> str:

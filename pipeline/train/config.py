@@ -11,6 +11,9 @@ from vmae.pipeline.data.config import DataConfig
 from vmae.shards.config import field_help
 
 PRECISIONS = ("auto", "bf16", "fp32")
+# AdamW's kernels in torch: one fused kernel over every parameter, or foreach (a few kernels per group); auto: fused
+# on CUDA, foreach on CPU
+OPTIMIZER_KERNELS = ("auto", "fused", "foreach")
 LR_BATCH_UNITS = ("videos", "clips")
 RESUME = ("auto", "never")
 
@@ -51,6 +54,12 @@ class TrainConfig:
     precision: str = field(default="auto", metadata=field_help(
         "bf16 or fp32 (auto: bf16 on CUDA, fp32 on CPU, where bf16 backward is ~5x slower); fp16 is not offered",
         choices=PRECISIONS))
+    optimizer_kernel: str = field(default="auto", metadata=field_help(
+        "AdamW's kernel: fused (one kernel for every parameter) or foreach; auto: fused on CUDA, foreach on CPU",
+        choices=OPTIMIZER_KERNELS))
+    memory_limit_gb: float = field(default=0.0, metadata=field_help(
+        "GiB the trial steps of data.batch_size=auto and model.checkpoint=auto may fill on one device, optimizer "
+        "states included (0: 90 % of the GPU's memory; on CPU of the memory available)"))
     # checkpoints, metrics, faults
     checkpoint_every: int = field(default=1000, metadata=field_help("steps between checkpoints (one at the end too)"))
     keep_last: int = field(default=3, metadata=field_help("complete checkpoints kept (older ones are deleted)"))
@@ -83,6 +92,11 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             hint = " (fp16 needs loss scaling and is not offered: use bf16)" if self.precision == "fp16" else ""
             raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}{hint}")
+        if self.optimizer_kernel not in OPTIMIZER_KERNELS:
+            raise ValueError(f"train.optimizer_kernel must be one of {', '.join(OPTIMIZER_KERNELS)}; got "
+                             f"{self.optimizer_kernel!r}")
+        if self.memory_limit_gb < 0:
+            raise ValueError(f"train.memory_limit_gb must be >= 0 (0: 90 % of the device), got {self.memory_limit_gb}")
         if self.lr_batch_unit not in LR_BATCH_UNITS:
             raise ValueError(f"train.lr_batch_unit must be videos or clips; got {self.lr_batch_unit!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -154,8 +168,19 @@ class BatchSplit:
         return self.micro_batch * self.accumulation
 
 
+def videos_per_rank_step(train: TrainConfig, world_size: int) -> int:
+    """Videos each rank takes per optimizer step (micro-batch x accumulation), or an error naming the keys."""
+    if train.global_batch % world_size:
+        raise ValueError(f"train.global_batch={train.global_batch} is not a multiple of the {world_size} ranks: "
+                         "pick a global batch they divide")
+    return train.global_batch // world_size
+
+
 def batch_split(train: TrainConfig, data: DataConfig, world_size: int) -> BatchSplit:
-    """The accumulation that makes ``train.global_batch``, or an error naming the keys when none does."""
+    """The accumulation that makes ``train.global_batch``, or an error naming the keys when none does. An ``auto``
+    micro-batch must have been settled first (``vmae.pipeline.train.micro_batch``)."""
+    if data.batch_size == "auto":
+        raise ValueError("data.batch_size=auto is found at start, on the device: settle it before splitting the batch")
     per_forward = world_size * data.batch_size
     if train.global_batch % per_forward:
         raise ValueError(f"train.global_batch={train.global_batch} is not a multiple of {world_size} rank(s) x "

@@ -127,11 +127,18 @@ def optimizer_clips(train: TrainConfig, precision: str) -> bool:
     return train.zero_stage == 0 and precision == "fp32"
 
 
-def make_optimizer(groups: list[dict], train: TrainConfig, precision: str) -> torch.optim.Optimizer:
-    """AdamW over the task's parameter groups (each may carry an ``lr_scale``: layer-wise lr decay)."""
+def make_optimizer(groups: list[dict], train: TrainConfig, precision: str,
+                   device: torch.device | None = None) -> torch.optim.Optimizer:
+    """AdamW over the task's parameter groups (each may carry an ``lr_scale``: layer-wise lr decay), on the kernel
+    ``train.optimizer_kernel`` names (DeepSpeed steps it over its fp32 master weights, on the same device)."""
+    cuda = device is not None and device.type == "cuda"
+    kernel = train.optimizer_kernel if train.optimizer_kernel != "auto" else ("fused" if cuda else None)
+    # auto on CPU: torch's own default (the per-tensor loop), which the CPU tests' recorded losses were made with
+    options = dict(lr=0.0, betas=tuple(train.betas), eps=1e-8, fused=kernel == "fused" or None,
+                   foreach=kernel == "foreach" or None)
     if optimizer_clips(train, precision):
-        return FiniteAdamW(groups, max_norm=train.gradient_clipping, lr=0.0, betas=tuple(train.betas), eps=1e-8)
-    return torch.optim.AdamW(groups, lr=0.0, betas=tuple(train.betas), eps=1e-8)
+        return FiniteAdamW(groups, max_norm=train.gradient_clipping, **options)
+    return torch.optim.AdamW(groups, **options)
 
 
 class FiniteAdamW(torch.optim.AdamW):
@@ -158,12 +165,13 @@ class FiniteAdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
-def make_engine(model: torch.nn.Module, groups: list[dict], train: TrainConfig, split: BatchSplit, precision: str):
+def make_engine(model: torch.nn.Module, groups: list[dict], train: TrainConfig, split: BatchSplit, precision: str,
+                device: torch.device | None = None):
     import deepspeed  # only training pays its seconds of start-up and accelerator probing
 
     # DeepSpeed drops empty groups, shifting any per-index lr schedule (a known DeepSpeed pitfall): drop them here,
     # and set_lr reads each group's own lr_scale, never its position
-    optimizer = make_optimizer([g for g in groups if g["params"]], train, precision)
+    optimizer = make_optimizer([g for g in groups if g["params"]], train, precision, device)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            config=deepspeed_config(train, split, precision))
     return engine

@@ -34,25 +34,31 @@ from vmae.pipeline.train.checks import check, finetune_classes
 from vmae.pipeline.train.config import (BatchSplit, TrainError, batch_split, batch_statement, batch_warning,
                                         describe_batch, lr_at)
 from vmae.pipeline.train.state import Plan, Position, finish_step, make_plan, settled
+from vmae.pipeline.train.tuning import prepare_model
 from vmae.pipeline.train.summary import (SETTLE_STEPS, Summary, judge_sanity_check, public, truncate_sample_keys,
                                          write_sample_keys)
 
 log = logging.getLogger(__name__)
 
 
-def build_engine(task, launch: Launch, train, split: BatchSplit, precision: str):
-    """The task's model, its parameter groups and the DeepSpeed engine around them."""
-    torch.manual_seed(train.seed)  # the same initial weights on every rank
+def build_engine(task, launch: Launch, cfg, precision: str) -> tuple:
+    """The task's model fitted to the device (kernels, micro-batch, checkpointing, compile: ``tuning``), its
+    parameter groups and the DeepSpeed engine around them; (engine, batch split, what the fitting chose)."""
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = task.build_model(launch)
-    return make_engine(model, task.param_groups(model), train, split, precision)
+    chosen = prepare_model(model, task, cfg, launch.device, precision, launch.world_size)
+    split = batch_split(cfg.train, cfg.data, launch.world_size)  # after data.batch_size=auto is settled
+    engine = make_engine(model, task.param_groups(model), cfg.train, split, precision, launch.device)
+    return engine, split, chosen
 
 
 def pretrain_engine(cfg, precision: str) -> tuple:
-    """(engine, task, launch) of MAE pretraining without a loader: what the benchmarks time."""
+    """(engine, task, launch, what fitting the step to the device chose) of MAE pretraining without a loader: what
+    the benchmarks time."""
     launch = init_distributed()
     task = PretrainTask(cfg)
-    split = batch_split(cfg.train, cfg.data, launch.world_size)
-    return build_engine(task, launch, cfg.train, split, precision), task, launch
+    engine, _, chosen = build_engine(task, launch, cfg, precision)
+    return engine, task, launch, chosen
 
 
 def pretrain(cfg, config_yaml: str) -> dict:
@@ -75,15 +81,14 @@ def run(cfg, config_yaml: str, task) -> dict:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for all
     train, data = cfg.train, cfg.data
     out = Path(train.out)
-    split = batch_split(train, data, launch.world_size)
     precision = pick_precision(train, launch.device)
+    if precision == "bf16" and launch.device.type == "cpu":
+        log.warning("bf16 on this CPU runs backward several times slower than fp32 (train.precision=fp32)")
+    engine, split, chosen = build_engine(task, launch, cfg, precision)
+    data = cfg.data  # data.batch_size=auto is a number now
     log.info("%s launch: %s, %d rank(s) on %s, ZeRO-%d, %s; global batch %d videos = %d ranks x %d x %d accumulation",
              task.name, launch.launcher, launch.world_size, launch.device, train.zero_stage, precision,
              split.global_batch, launch.world_size, split.micro_batch, split.accumulation)
-    if precision == "bf16" and launch.device.type == "cpu":
-        log.warning("bf16 on this CPU runs backward several times slower than fp32 (train.precision=fp32)")
-
-    engine = build_engine(task, launch, train, split, precision)
     loader = make_loader(train.dataset, data, launch.rank, launch.world_size, str(launch.device),
                          split.accumulation)
     plan = make_plan(cfg, split, loader.per_epoch)
@@ -92,7 +97,7 @@ def run(cfg, config_yaml: str, task) -> dict:
         truncate_sample_keys(out, launch.rank, position.step)
     log.info("schedule: %d steps per epoch, %d steps in all (%d warm-up); this run stops at step %d",
              plan.steps_per_epoch, plan.total_steps, plan.warmup_steps, plan.run_steps)
-    state_batch(train, split, out, task.name, launch.rank)
+    state_batch(train, split, out, task.name, launch.rank, chosen)
 
     flops_per_clip = task.flops_per_clip()
     peak, peak_source = device_peak_flops(launch.device, train.peak_tflops)
@@ -153,8 +158,9 @@ def run(cfg, config_yaml: str, task) -> dict:
         quiet_bar.close()
 
 
-def state_batch(train, split: BatchSplit, out: Path, task: str, rank: int) -> dict:
-    """Say, and write to OUT/run.json, what the batch, lr and epochs amount to; warn off the recipe's batch."""
+def state_batch(train, split: BatchSplit, out: Path, task: str, rank: int, fitted: dict | None = None) -> dict:
+    """Say, and write to OUT/run.json, what the batch, lr and epochs amount to (and what fitting the step to the
+    device chose: ``fitted``); warn off the recipe's batch."""
     statement = batch_statement(train, split)
     log.info(describe_batch(statement))
     warning = batch_warning(statement)
@@ -162,7 +168,8 @@ def state_batch(train, split: BatchSplit, out: Path, task: str, rank: int) -> di
         log.warning(warning)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "run.json").write_text(json.dumps({"task": task, "batch": statement, "warning": warning}, indent=1))
+        (out / "run.json").write_text(json.dumps({"task": task, "batch": statement, "warning": warning,
+                                                  "device_fit": fitted or {}}, indent=1))
     return statement
 
 
@@ -205,11 +212,12 @@ def train_step(engine, batches, position: Position, plan: Plan, cfg, launch: Lau
         loss_sum += loss.detach().float()
         keys += batch["key"]
         compute += time.perf_counter() - fetched
-    # one all-reduce per step: mean loss over micro-batches and ranks, and whether any rank got SIGTERM
-    agreed = torch.stack([loss_sum / split.accumulation, torch.tensor(float(stopper.received),
-                                                                      device=launch.device)])
+    # one all-reduce per step: mean loss over micro-batches and ranks, and whether any rank got SIGTERM. Its read
+    # is the step's one wait for the device (the flag is filled there, not copied: no extra blocking copy)
+    agreed = torch.stack([loss_sum / split.accumulation, torch.full_like(loss_sum, float(stopper.received))])
     dist.all_reduce(agreed)
-    loss_mean, stop = (agreed / torch.tensor([launch.world_size, 1.0], device=launch.device)).tolist()
+    loss_total, stop = agreed.tolist()
+    loss_mean = loss_total / launch.world_size
     grad_norm = engine.get_global_grad_norm()
     if train.log_samples:
         write_sample_keys(Path(train.out), launch.rank, position.step, keys)

@@ -15,7 +15,8 @@ import torch
 from vmae.model.mae import MaskedVideoAutoencoder, VideoClassifier
 from vmae.pipeline.data.shardset import open_shards
 from vmae.pipeline.train.checks import finetune_classes, launched_world_size, start_checks
-from vmae.pipeline.train.config import TrainError, batch_split, batch_statement, describe_batch
+from vmae.pipeline.train.config import (TrainError, batch_split, batch_statement, describe_batch,
+                                        videos_per_rank_step)
 from vmae.pipeline.train.engine import detect_launcher
 from vmae.tools.log import library_output
 
@@ -68,10 +69,14 @@ def report(name: str, check) -> set[str]:
 
 
 def print_schedule(cfg, world: int) -> None:
-    split = batch_split(cfg.train, cfg.data, world)
-    print(f"  batch: {describe_batch(batch_statement(cfg.train, split))}")
+    if cfg.data.batch_size == "auto":
+        print(f"  batch: {cfg.train.global_batch} videos per step; data.batch_size=auto: the micro-batch and the "
+              "accumulation are found at start on the device")
+    else:
+        split = batch_split(cfg.train, cfg.data, world)
+        print(f"  batch: {describe_batch(batch_statement(cfg.train, split))}")
     shards = open_shards(cfg.train.dataset, cfg.data)
-    per_epoch = shards.steps_per_epoch(world, cfg.data.batch_size * split.accumulation, cfg.data.streams)
+    per_epoch = shards.steps_per_epoch(world, videos_per_rank_step(cfg.train, world), cfg.data.streams)
     total = per_epoch * cfg.train.epochs
     stops = min(cfg.train.max_steps, total) if cfg.train.max_steps else total
     print(f"  steps: {round(cfg.train.warmup_epochs * per_epoch)} of warm-up; this run stops at step {stops} of "

@@ -68,6 +68,14 @@ class PretrainTask:
                           video.shape[0])
         return engine(video, mask=mask)[0]
 
+    def fits_micro_batch(self, videos: int) -> bool:
+        """Any micro-batch size works for pretraining."""
+        return True
+
+    def trial_batch(self, clips: int, device: torch.device) -> dict:
+        """What ``loss`` reads of a batch besides the clips, for trial steps: nothing."""
+        return {}
+
     def picture(self, engine, batch: dict | None, path: Path, step: int) -> Path | None:
         if batch is None:
             return None
@@ -117,7 +125,7 @@ class FinetuneTask:
         ft = cfg.finetune
         self.mixup = None
         if ft.mixes:
-            if (cfg.data.batch_size * cfg.data.views) % 2:
+            if cfg.data.batch_size != "auto" and not self.fits_micro_batch(cfg.data.batch_size):
                 raise TrainError(f"mixup/cutmix pair each clip with another of its batch: data.batch_size x "
                                  f"data.views = {cfg.data.batch_size * cfg.data.views} must be even (or set "
                                  "finetune.mixup=0 finetune.cutmix=0)")
@@ -164,6 +172,14 @@ class FinetuneTask:
         flat, soft = self.mixup(flat, labels)
         logits = engine(flat.view(b, c, t, h, w))
         return torch.sum(-soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+    def fits_micro_batch(self, videos: int) -> bool:
+        """Mixup and cutmix pair each clip with another of its micro-batch: an even number of clips."""
+        return not self.cfg.finetune.mixes or videos * self.cfg.data.views % 2 == 0
+
+    def trial_batch(self, clips: int, device: torch.device) -> dict:
+        """Labels for trial steps."""
+        return {"label": torch.arange(clips, device=device) % len(self.classes)}
 
     def picture(self, engine, batch, path: Path, step: int) -> None:
         return None

@@ -6,6 +6,8 @@ spread wider than ``rates.SPREAD_LIMIT`` is flagged as too noisy to trust.
 
 The package reads in the order of a run:
 - ``rates``: ``measure`` (timed windows) and ``Rate`` (median and spread of a stage's windows);
+- ``breakdown``: what limits one training step (its kernel mix, host syncs, GPU idle time and memory), from a
+  torch.profiler trace;
 - ``stages``: each stage measured on its own (decode, load, model, train), the baselines and the loader sweep;
 - ``verdict``: the bottleneck, the headroom, the ceilings and the advice drawn from the figures;
 - ``plot``: profile.png;

@@ -19,6 +19,12 @@ def named_rates(stages: dict, prefix: str = "") -> Iterator[tuple[str, dict]]:
             yield from named_rates(value, path + "/")
 
 
+def stage_rates(stage: dict) -> dict[str, dict]:
+    """The entries of one stage's figures that are measured rates (they have a median), without the figures and
+    analyses beside them (the model stage's peak_flops and breakdown)."""
+    return {name: value for name, value in stage.items() if isinstance(value, dict) and "median" in value}
+
+
 def compare_profiles(a: dict, b: dict) -> list[tuple[str, float, float, float]]:
     """(figure, a, b, b / a) for every median the two profiles share."""
     first, second = dict(named_rates(a["stages"])), dict(named_rates(b["stages"]))

@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 from typing import NamedTuple
 
+from vmae.tools.profile.compare import stage_rates
 from vmae.tools.profile.verdict import best_sweep, decode_limit, model_limit
 
 COLORS = {"load": "tab:blue", "sweep": "tab:purple", "model": "tab:orange", "train": "tab:green"}
@@ -33,8 +34,7 @@ def profile_bars(report: dict) -> list[Bar]:
         label = "sweep " + " ".join(f"{key.removeprefix('data.')}={value}" for key, value in row["settings"].items())
         bars.append(Bar(label, row["median"], "sweep", decode_limit(report, row.get("decoded_frames_per_clip", 0)),
                         row is best))
-    bars += [Bar(f"model ({name})", r["median"], "model") for name, r in stages.get("model", {}).items()
-             if isinstance(r, dict)]
+    bars += [Bar(f"model ({name})", r["median"], "model") for name, r in stage_rates(stages.get("model", {})).items()]
     if "train" in stages:
         bars.append(Bar("end to end", stages["train"]["end_to_end"]["median"], "train"))
     return bars

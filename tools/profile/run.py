@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import torch
 
+from vmae.pipeline.train.engine import pick_precision
+from vmae.pipeline.train.tuning import fit_config
 from vmae.tools.config import ConfigError
 from vmae.tools.gpu_monitor import DeviceUtilization
 from vmae.tools.profile import STAGES
@@ -22,7 +24,7 @@ from vmae.tools.profile.compare import named_rates
 from vmae.tools.profile.plot import plot_profile
 from vmae.tools.profile.rates import Rate
 from vmae.tools.profile.stages import baseline_stage, decode_stage, load_stage, model_stage, sweep_stage, train_stage
-from vmae.tools.profile.verdict import utilization_advice, verdict
+from vmae.tools.profile.verdict import fit_advice, utilization_advice, verdict
 
 # the packages whose versions a profile records, so that two profiles can be told apart
 VERSIONED = ("torch", "deepspeed", "nvidia-dali-cuda130", "xformers", "torchcodec", "av", "timm")
@@ -52,6 +54,9 @@ def run_profile(cfg, stages: tuple[str, ...], seconds: float, out: Path, sweep: 
             utilization[stage] = device.summary()
         return result
 
+    # data.batch_size=auto and model.checkpoint=auto resolved as the training run would, before anything is measured
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    fitted = fit_config(cfg, device, pick_precision(cfg.train, device))
     with tempfile.TemporaryDirectory(prefix="vmae-profile-") as tmp:
         scratch = Path(tmp)
         if "decode" in stages:
@@ -61,11 +66,12 @@ def run_profile(cfg, stages: tuple[str, ...], seconds: float, out: Path, sweep: 
             figures["load"] = watched("load", lambda: load_stage(dataset, cfg.data, seconds / len(views), views,
                                                                  slow.get("load", 0.0)))
         if "model" in stages:
-            figures["model"] = watched("model", lambda: model_stage(cfg.model, cfg.data, seconds,
+            figures["model"] = watched("model", lambda: model_stage(cfg.model, cfg.data, seconds, train=cfg.train,
                                                                     sleep=slow.get("model", 0.0)))
         if "train" in stages:
             step = _train_step_hint(cfg, figures)
-            figures["train"] = watched("train", lambda: train_stage(cfg, seconds, step, scratch))
+            peak = figures.get("model", {}).get("peak_flops")  # one matmul rate for every MFU of the profile
+            figures["train"] = watched("train", lambda: train_stage(cfg, seconds, step, scratch, peak))
         if baselines:
             figures["baselines"] = baseline_stage(dataset, cfg, seconds, scratch, figures)
         if sweep:
@@ -74,6 +80,9 @@ def run_profile(cfg, stages: tuple[str, ...], seconds: float, out: Path, sweep: 
                                                "model": _plain(cfg.model)},
               "seconds_per_stage": seconds, "stages": _plain(figures)}
     report["verdict"] = verdict(report["stages"], cfg)
+    if fitted:
+        report["device_fit"] = fitted
+        report["verdict"]["advice"].insert(0, fit_advice(fitted))
     if utilization:
         report["gpu_utilization"] = utilization
         report["verdict"]["advice"] += utilization_advice(utilization)

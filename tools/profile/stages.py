@@ -1,6 +1,7 @@
 """The profile's measuring stages, each on its own: decode (our decoder next to ffmpeg, and NVDEC), load (the full
-loader per K), model (forward + backward + step per attention backend), train (`vmae pretrain` end to end), and the
-comparisons: the per-file decord baseline, the dense encoder and the loader sweep."""
+loader per K), model (forward + backward + step per attention backend, and what limits the fastest one's step),
+train (`vmae pretrain` end to end), and the comparisons: the per-file decord baseline, the dense encoder and the
+loader sweep."""
 
 from __future__ import annotations
 
@@ -17,20 +18,25 @@ from typing import Callable, Iterator
 import av
 import numpy as np
 import torch
+import torch.nn as nn
 
 from vmae.model.attention import available_backends
 from vmae.model.flops import matmul_rate, training_flops
-from vmae.model.mae import MaskedVideoAutoencoder, encoder_token_count
+from vmae.model.mae import MaskedVideoAutoencoder, compile_blocks, encoder_token_count
 from vmae.pipeline.data.backends import CPU_DECODER_NAMES, dali_available
 from vmae.pipeline.data.decode import decode_frames
 from vmae.pipeline.data.loader import make_loader
 from vmae.pipeline.data.shardset import SampleRef, ShardSet
+from vmae.pipeline.train.config import TrainConfig
+from vmae.pipeline.train.engine import make_optimizer
 from vmae.pipeline.train.loop import pretrain
+from vmae.pipeline.train.tuning import compile_mode
 from vmae.pipeline.train.metrics import read_metrics
 from vmae.shards.encode import ffmpeg_exe
 from vmae.shards.tars import read_member
 from vmae.tools.baselines import per_file_loader
 from vmae.tools.config import to_yaml
+from vmae.tools.profile.breakdown import step_breakdown
 from vmae.tools.profile.rates import WINDOWS, Rate, measure, measure_timed
 
 # ------------------------------------------------------------------ decode
@@ -141,36 +147,66 @@ def loader_rate(dataset: Path, data, seconds: float, sleep: float = 0.0) -> Rate
 # ------------------------------------------------------------------ model
 
 
-def model_stage(model_options, data, seconds: float, dense: bool = False, sleep: float = 0.0) -> dict:
+def model_stage(model_options, data, seconds: float, dense: bool = False, sleep: float = 0.0,
+                breakdown: bool = True, train: TrainConfig | None = None) -> dict:
     """Forward + backward + AdamW step per attention backend: step time, tokens/s, FLOP/s and MFU against a
-    matmul measured in the same run."""
+    matmul measured in the same run; with ``breakdown``, what limits the fastest backend's step (its kernel mix,
+    host syncs and memory, ``breakdown.step_breakdown``) under "breakdown"."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = matmul_rate(8192 if device.type == "cuda" else 2048, 5, dtype, str(device))
     clips = data.batch_size * data.views
-    out = {"peak_flops": peak, "peak_source": f"{dtype} matmul measured on {device}"}
-    for backend in available_backends(device):
-        cfg = replace(model_options, attention=backend, dense=dense)
+    out: dict = {"peak_flops": peak, "peak_source": f"{dtype} matmul measured on {device}"}
+    configs = {backend: replace(model_options, attention=backend, dense=dense)
+               for backend in available_backends(device)}
+    for backend, cfg in configs.items():
         out[backend] = model_rate(cfg, clips, device, dtype, seconds / 2, peak, sleep, data.frames, data.crop_size)
+    if breakdown:
+        fastest = max(configs, key=lambda backend: out[backend].median)
+        # built afresh rather than kept from its rate: holding every backend's model and optimizer state until the
+        # fastest is known would crowd the device's memory, and the breakdown's peak memory with it
+        step, model = training_step(configs[fastest], clips, device, dtype, data.frames, data.crop_size, train,
+                                    compiled=True)
+        out["breakdown"] = {"attention": fastest, "checkpoint": model.checkpoint,
+                            "compile": compile_mode(model_options.compile, device, 0), **step_breakdown(step, device)}
     return out
+
+
+def training_step(cfg, clips: int, device: torch.device, dtype: torch.dtype, frames: int = 16, size: int = 224,
+                  train: TrainConfig | None = None, compiled: bool = False) -> tuple[Callable[[], None], nn.Module]:
+    """One training step (forward, backward, AdamW step) of the model config ``cfg`` on ``clips`` random
+    ``frames`` x ``size``² clips, as a callable that returns without waiting for the device, and its model. As
+    `vmae pretrain` runs it: weights in ``dtype``, attention kernels settled, checkpointing as configured (auto: as
+    the device fit left it, off when still auto), AdamW on ``train.optimizer_kernel``'s kernel, and with
+    ``compiled`` the blocks under ``model.compile`` (the optimizer here steps the weights themselves, not
+    DeepSpeed's fp32 masters)."""
+    model = MaskedVideoAutoencoder(cfg, frames, size).to(device=device, dtype=dtype)
+    model.settle_attention(dtype, device)
+    mode = compile_mode(cfg.compile, device, 0)
+    if compiled and mode != "off":
+        compile_blocks(model, mode)
+    optimizer = make_optimizer([{"params": list(model.parameters())}], train or TrainConfig(), "bf16", device)
+    video = torch.randn(clips, 3, frames, size, size, device=device, dtype=dtype)
+    generator = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        loss = model(video, generator)[0]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, model
 
 
 def model_rate(cfg, clips: int, device: torch.device, dtype: torch.dtype, seconds: float, peak: float,
                sleep: float = 0.0, frames: int = 16, size: int = 224) -> Rate:
     """Clips/s of training steps on random ``frames`` x ``size``² video of the model config ``cfg``, with tokens/s,
     FLOP/s and MFU."""
-    model = MaskedVideoAutoencoder(cfg, frames, size).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    video = torch.randn(clips, 3, frames, size, size, device=device)
-    generator = torch.Generator().manual_seed(0)
+    train, model = training_step(cfg, clips, device, dtype, frames, size)
 
     def step() -> float:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = model(video, generator)[0]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
+        train()
+        if device.type == "cuda":  # each window's time is the device's, not the launches'
             torch.cuda.synchronize()
         if sleep:  # testing aid: a slow model
             time.sleep(sleep)
@@ -187,8 +223,9 @@ def model_rate(cfg, clips: int, device: torch.device, dtype: torch.dtype, second
 # ------------------------------------------------------------------ train
 
 
-def train_stage(cfg, seconds: float, steps_hint: float, scratch: Path) -> dict:
-    """`vmae pretrain` for about ``seconds``: end-to-end clips/s and the share of time spent waiting for data."""
+def train_stage(cfg, seconds: float, steps_hint: float, scratch: Path, peak: float | None = None) -> dict:
+    """`vmae pretrain` for about ``seconds``: end-to-end clips/s, the share of time spent waiting for data, and MFU
+    against ``peak`` (the matmul rate the model stage measured; measured here when it did not run)."""
     warmup = 2
     steps = int(min(200, max(WINDOWS, seconds / max(steps_hint, 1e-3)))) + warmup
     train = replace(cfg.train, out=str(scratch / "train"), max_steps=steps, resume="never", checkpoint_every=10**9,
@@ -200,7 +237,13 @@ def train_stage(cfg, seconds: float, steps_hint: float, scratch: Path) -> dict:
     windows = [sum(r["clips"] for r in part) / sum(r["data_wait"] + r["compute"] for r in part)
                for part in np.array_split(np.array(records, dtype=object), min(WINDOWS, len(records))) if len(part)]
     wait = sum(r["data_wait"] for r in records) / sum(r["data_wait"] + r["compute"] for r in records)
-    return {"end_to_end": Rate("clips/s", windows, {"data_wait_pct": round(100 * wait, 2), "steps": len(records)})}
+    if peak is None:
+        cuda = torch.cuda.is_available()
+        peak = matmul_rate(8192 if cuda else 2048, 5, torch.bfloat16 if cuda else torch.float32,
+                           "cuda" if cuda else "cpu")
+    flops = training_flops(run.model, run.data.frames, run.data.crop_size) * float(np.median(windows))
+    return {"end_to_end": Rate("clips/s", windows, {"data_wait_pct": round(100 * wait, 2), "steps": len(records),
+                                                    "mfu_vs_measured_matmul": round(flops / peak, 4)})}
 
 
 # ------------------------------------------------------------------ comparisons
@@ -211,7 +254,7 @@ def baseline_stage(dataset: Path, cfg, seconds: float, scratch: Path, figures: d
     files = extract_videos(dataset, scratch, limit=None)
     result: dict = {"per_file_decord": Rate("clips/s", per_file_loader_rate(files, replace(cfg.data, views=1),
                                                                               seconds))}
-    dense = model_stage(cfg.model, cfg.data, seconds, dense=True)
+    dense = model_stage(cfg.model, cfg.data, seconds, dense=True, breakdown=False)
     result["dense_encoder"] = {k: v for k, v in dense.items() if isinstance(v, Rate)}
     ratios = {}
     loads = figures.get("load", {})

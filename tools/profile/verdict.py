@@ -3,17 +3,22 @@ ceilings (decode at ffmpeg's per-core rate, the model at the matmul peak) and th
 
 from __future__ import annotations
 
+from vmae.tools.profile.compare import stage_rates
 
 
 def verdict(figures: dict, cfg) -> dict:
     """Which stage limits the run, by how much, what K would give, and what to try."""
     k = cfg.data.views
     loads = {int(name[2:]): r["median"] for name, r in figures.get("load", {}).items()}
-    models = {name: r["median"] for name, r in figures.get("model", {}).items() if isinstance(r, dict)}
+    models = {name: r["median"] for name, r in stage_rates(figures.get("model", {})).items()}
     out: dict = {"advice": []}
+    limit_of_step = figures.get("model", {}).get("breakdown", {}).get("limit")
+    if limit_of_step:
+        out["step_limit"] = limit_of_step
     if not loads or not models:
         out["no_bottleneck_because"] = unmeasured_reason(bool(loads), bool(models))
-        out["advice"] += [f"no bottleneck named: {out['no_bottleneck_because']}", *sweep_advice(figures)]
+        out["advice"] += [f"no bottleneck named: {out['no_bottleneck_because']}", *step_advice(figures),
+                          *sweep_advice(figures)]
         return out
     load_rate = loads.get(k, max(loads.values()))
     best_backend = max(models, key=models.get)
@@ -50,19 +55,33 @@ def verdict(figures: dict, cfg) -> dict:
         say.append(f"the loader has {out['headroom']:.2f}x headroom: fewer decode workers leave more CPU to the model")
         if best_backend != cfg.model.attention and cfg.model.attention != "auto":
             say.append(f"use model.attention={best_backend} (the fastest here)")
-        say.append("raise data.batch_size (the micro-batch) while memory allows; model.checkpoint=true trades "
-                   "compute for memory")
+        say.append("data.batch_size=auto finds the largest micro-batch that fits and still pays; "
+                   "model.checkpoint=true trades compute for memory")
+    say += step_advice(figures)
     train = figures.get("train", {}).get("end_to_end")
     if train:
         wait = train["data_wait_pct"]
         ratio = train["median"] / min(load_rate, model_rate)
-        out.update(end_to_end_clips_per_s=train["median"], end_to_end_over_slower=ratio, data_wait_pct=wait)
+        mfu = train.get("mfu_vs_measured_matmul")
+        out.update(end_to_end_clips_per_s=train["median"], end_to_end_over_slower=ratio, data_wait_pct=wait,
+                   end_to_end_mfu=mfu)
         say.append(f"together: {train['median']:.1f} clips/s, {ratio:.2f}x the slower stage, waiting for data "
-                   f"{wait:.1f} % of the time")
+                   f"{wait:.1f} % of the time" + (f", MFU {mfu:.3f} of the matmul rate measured here" if mfu else ""))
         if wait > 10 and limit == "model":
             say.append("data wait above 10 % although the loader is faster: raise data.prefetch")
     say += sweep_advice(figures)
     return out
+
+
+def fit_advice(fitted: dict) -> str:
+    """What fitting the step to the device chose: the micro-batch and whether checkpointing is on, and why."""
+    why = fitted["checkpoint_why"]
+    if "micro_batch" not in fitted:
+        return f"activation checkpointing {'on' if fitted['checkpoint'] else 'off'} ({why})"
+    tried = ", ".join(f"{t['videos']}{' checkpointed' if t['checkpoint'] else ''}: "
+                      + (t["problem"] or f"{t['clips_per_s']:.1f} clips/s") for t in fitted["trials"])
+    return (f"micro-batch {fitted['micro_batch']} videos, found on this device under {fitted['memory_limit_gib']} GiB "
+            f"({tried}); activation checkpointing {'on' if fitted['checkpoint'] else 'off'} ({why})")
 
 
 def unmeasured_reason(load: bool, model: bool) -> str:
@@ -70,6 +89,14 @@ def unmeasured_reason(load: bool, model: bool) -> str:
     missing = [name for name, measured in (("load", load), ("model", model)) if not measured]
     return (f"the {' and '.join(missing)} stage{'s were' if len(missing) > 1 else ' was'} not measured, and the "
             f"limit is the slower of load and model (run --stages load,model)")
+
+
+def step_advice(figures: dict) -> list[str]:
+    """What limits the fastest backend's training step (the model stage's breakdown), where it was measured."""
+    breakdown = figures.get("model", {}).get("breakdown") or {}
+    if not breakdown.get("limit"):
+        return []
+    return [f"the step ({breakdown.get('attention', 'fastest')} attention): {breakdown['limit']}"]
 
 
 def sweep_advice(figures: dict) -> list[str]:
@@ -120,7 +147,7 @@ def decode_limit(report: dict, decoded_frames_per_clip: float) -> float | None:
 
 def model_limit(report: dict) -> float | None:
     """The fastest attention backend's clips/s at the matmul peak measured in the same run (its MFU at 1)."""
-    rates = [r for r in report["stages"].get("model", {}).values() if isinstance(r, dict)]
+    rates = list(stage_rates(report["stages"].get("model", {})).values())
     if not rates:
         return None
     best = max(rates, key=lambda r: r["median"])
