@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
 DEMO := runs/demo
 
-.PHONY: setup demo test test-fast bench learn learn-study gpu-check clean ffmpeg
+.PHONY: setup demo test test-fast bench learn learn-study gpu-check clean ffmpeg fashion-mnist
 
-setup: $(STAMP) ffmpeg
+setup: $(STAMP) ffmpeg fashion-mnist
 
 $(STAMP): requirements.txt requirements-source.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ ffmpeg:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null) \
 		|| echo "apt-get could not install ffmpeg: using imageio-ffmpeg's binary only"; fi
 	@$(BIN)/python -c "from vmae.shards.encode import ffmpeg_exe; print('ffmpeg:', ffmpeg_exe())"
+
+# `vmae study`'s items: Debian's dataset-fashion-mnist package, installed when run as root (the study says what to
+# install otherwise, or reads VMAE_FASHION_MNIST)
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+fashion-mnist:
+	@if [ ! -f $(FASHION_MNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+		|| echo "apt-get could not install dataset-fashion-mnist: vmae study will say what to install"; fi
 
 demo: setup
 	$(BIN)/vmae synth $(DEMO)/videos --classes 24 --videos-per-class 2 --real-samples
