@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
 DEMO := runs/demo
 
-.PHONY: setup demo test test-fast bench learn learn-study gpu-check clean ffmpeg fashion-mnist
+.PHONY: setup demo test test-fast bench learn gpu-check clean ffmpeg fashion-mnist
 
 setup: $(STAMP) ffmpeg fashion-mnist
 
@@ -57,13 +57,9 @@ bench: setup
 	$(BIN)/python bench/bench_pretrain.py --preset vit-s --repeats 3
 	$(BIN)/python bench/bench_pretrain.py --preset tiny --repeats 3
 
-# does pretraining help? MAE pretrain + fine-tune vs scratch for the same time: one seed (~25 min on 2 cores);
-# learn-study: three seeds and the masking ablation (~2 h)
+# does MAE pretraining learn? the controlled study (four arms, three seeds, report with intervals), ~30 min on 2 cores
 learn: setup
-	$(BIN)/python bench/learn.py --out runs/learn --seeds 0 --ablation '' --out-json bench/results/learn.json
-
-learn-study: setup
-	$(BIN)/python bench/learn.py --out runs/learn --out-json bench/results/learn-study.json
+	$(BIN)/vmae study --budget cpu --out runs/study
 
 # on a bare GPU machine (no package index): the wheels brought along in .whl/ (DALI's in pieces), the bench set,
 # every gpu test and the GPU loader benches, within 8 minutes; results in gpu-check/. CI runs its --dry-run.

@@ -189,7 +189,7 @@ def cpu_loader_cases(dataset: Path, seconds: float) -> dict:
 def step_step(args: argparse.Namespace, context: dict) -> dict:
     from bench_step import step_section
 
-    return step_section(60.0 if args.dry_run else args.step_budget, small=args.dry_run)
+    return step_section(120.0 if args.dry_run else args.step_budget, small=args.dry_run)
 
 
 STEP_FUNCTIONS = {"wheels": wheels_step, "data": data_step, "tests": tests_step, "loader": loader_step,

@@ -158,7 +158,7 @@ def check_gpu_launches(block: Block, ws: Workspace) -> None:
         # the six-video stand-in for Kinetics is smaller than the recipe's 512-video batch; nothing else fails
         assert failed == ["dataset size"] and r.code == 1, r.output[-3000:]
         assert "train.global_batch=512 is more than the 6 videos" in r.output
-        assert "data.batch_size=auto: the micro-batch and the accumulation are found at start" in r.output
+        assert "data.batch_size=auto: the micro-batch, a divisor of that, is found at start" in r.output
         assert re.search(r"model: vit-[bl], [\d.]+ M parameters; model states per rank", r.output), r.output
 
 
@@ -235,6 +235,39 @@ def check_profile(block: Block, ws: Workspace) -> None:
     assert (out / "profile.png").stat().st_size > 10_000 and "is the limit" in ran.output
 
 
+def check_study(block: Block, ws: Workspace) -> None:
+    [ran] = ok(run_block(block.lines, ws.elsewhere, ws.env))
+    out = ws.elsewhere / "runs" / "study-smoke"
+    report = json.loads((out / "report.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    assert all((out / name).stat().st_size > 0 for name in ("report.md", "accuracy.png", "psnr.png"))
+    assert report["budget"]["name"] == "smoke" and report["machine"]["versions"]["torch"]
+    assert report["data"]["source"] == "Fashion-MNIST" and report["seeds"] == [0, 1]
+    # every bar is checked and printed, win or lose
+    assert len(report["bars"]) == 6 and all(bar["bar"] in ran.output for bar in report["bars"])
+    row = report["finetune"]["1"]
+    low, high = row["difference"]["ci95"]
+    assert low <= row["difference"]["mean"] <= high and len(row["pretrained"]["per_seed"]) == 2
+    for seed in ("0", "1"):
+        arms = results["seeds"][seed]["finetune"]["1"]
+        scratch, tuned, pre = arms["scratch"], arms["pretrained"], results["seeds"][seed]["pretrain"]
+        # (b) is given what (a) spent: pretraining plus its fine-tuning, at its own step time
+        assert scratch["given_seconds"] == pytest.approx(pre["seconds"] + tuned["seconds"])
+        assert scratch["steps"] == max(report["budget"]["curve_points"],
+                                       round(scratch["given_seconds"] / tuned["step_seconds"]))
+        # the checkpoint tested is the one best on the validation clips
+        assert max(p["val_top1"] for p in tuned["curve"]) == tuned["val_top1"]
+        assert set(results["seeds"][seed]["features"]) == {"pretrained", "initial weights", "raw pixels (PCA)"}
+        assert set(results["seeds"][seed]["reconstruction"]) >= {"random", "tube"}
+    # the lr grid is searched on the first seed only; the second reuses the choice
+    assert all(v["chosen_on_seed"] == 0 for v in results["lrs"].values())
+    assert len(list((out / "seed1" / "1pc" / "scratch").iterdir())) == 1
+    assert len(list((out / "seed0" / "1pc" / "scratch").iterdir())) == len(report["budget"]["finetune_lrs"])
+    predictors = report["reconstruction"]["random"]
+    assert set(predictors) == {"visible mean", "nearest time", "space-time interpolation", "pretrained model",
+                               "model at initial weights"}
+
+
 def check_config(block: Block, ws: Workspace) -> None:
     [ran] = both_folders(block.lines, ws)
     assert ran.code == 0 and "global_batch: 1024" in ran.output and "preset: vit-l" in ran.output
@@ -247,7 +280,7 @@ CHECKS = {"Quick start": check_quick_start, "vmae synth": check_synth, "vmae sha
           "vmae visualize": check_visualize, "vmae export": check_export, "vmae finetune": check_finetune,
           "vmae evaluate": check_evaluate, "vmae linear-probe": check_linear_probe,
           "vmae extract-features": check_extract_features, "vmae profile": check_profile,
-          "vmae config": check_config}
+          "vmae study": check_study, "vmae config": check_config}
 
 
 def test_every_bash_block_of_the_readme_is_checked():

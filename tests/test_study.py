@@ -186,3 +186,23 @@ def test_raw_pixels_reduced_by_pca_keep_the_variance(study_data):
     assert projected.views.shape == (50, 2, 16) and PCA_DIMS == 64
     total = (pixels.views - pixels.views.reshape(-1, pixels.views.shape[-1]).mean(0)).square().sum()
     assert projected.views.square().sum() / total > 0.5  # 16 components hold most of the variance
+
+
+# ------------------------------------------------------------------ the report
+
+
+def test_the_paired_interval_resamples_clips_keeping_the_pairs():
+    from vmae.pipeline.study.report import paired_interval
+
+    keys = [f"k{i}" for i in range(40)]
+    rng = np.random.default_rng(0)
+    always = [{"correct": {k: 1 for k in keys}}] * 3
+    never = [{"correct": {k: 0 for k in keys}}] * 3
+    assert paired_interval(always, never, 200, rng) == (1.0, 1.0)
+    # the same half of the clips right in both arms: every resample's difference is zero, however unequal the draw
+    half = [{"correct": {k: i % 2 for i, k in enumerate(keys)}}] * 3
+    assert paired_interval(half, half, 200, rng) == (0.0, 0.0)
+    # a difference on a quarter of the clips: the interval holds the observed 0.25 and is not a point
+    better = [{"correct": {k: int(i % 4 == 0) for i, k in enumerate(keys)}}] * 3
+    low, high = paired_interval(better, never, 500, rng)
+    assert low < 0.25 < high and high - low < 0.35

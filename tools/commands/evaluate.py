@@ -132,3 +132,17 @@ def pretraining_checkpoint(given: Path, command: str) -> tuple[Path, VmaeConfig]
     require_kind(given, command)
     folder = resolve_checkpoint(given)
     return folder, load_config(str(saved_config(folder)))
+
+
+def study_command(args: argparse.Namespace) -> int:
+    from vmae.pipeline.study.run import run_study  # the study's arms pull in training and evaluation
+
+    out = output_folder(args.out, "--out")
+    report = run_study(args.budget, out, args.data)
+    for bar in report["bars"]:
+        holds = {True: "holds", False: "does NOT hold", None: "reported"}[bar["holds"]]
+        figure = (f": {100 * bar['mean']:+.1f} points, 95 % CI [{100 * bar['ci95'][0]:+.1f}, "
+                  f"{100 * bar['ci95'][1]:+.1f}]" if "mean" in bar else "")
+        print(f"{bar['bar']}{figure}: {holds}")
+    log_written(out / "report.md", out / "report.json", out / "accuracy.png", out / "psnr.png")
+    return 0
