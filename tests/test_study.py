@@ -206,3 +206,12 @@ def test_the_paired_interval_resamples_clips_keeping_the_pairs():
     better = [{"correct": {k: int(i % 4 == 0) for i, k in enumerate(keys)}}] * 3
     low, high = paired_interval(better, never, 500, rng)
     assert low < 0.25 < high and high - low < 0.35
+
+
+def test_a_build_with_other_counts_drops_the_clips_it_no_longer_holds(study_data, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(study_data.root / "videos", root / "videos")
+    smaller = build_study_data(root, seeds=[0], pool_per_class=21, test_per_class=1, val_per_class=1, workers=2)
+    assert len(open_shards(smaller.test, DataConfig())) == 10 and len(open_shards(smaller.val, DataConfig())) == 10

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import statistics
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from vmae.pipeline.study.data import StudyData
 from vmae.pipeline.study.features import knn_top1, pca_projection, probe_top1, raw_pixels
 from vmae.pipeline.study.reconstruction import moving_patches, psnr_by_kind, trivial_predictions
 from vmae.pipeline.train.checkpoint import complete_checkpoints, export_weights
-from vmae.pipeline.train.metrics import read_metrics
 from vmae.tools.config import load_config, to_yaml
 
 log = logging.getLogger(__name__)
@@ -49,7 +47,7 @@ def base_config(budget: StudyBudget, dataset: Path, out: Path, seed: int, *overr
         # raw-pixel targets: arm (d) compares reconstructions in pixels with predictors that know only pixels
         "model.norm_pix_loss=false",
         f"train.dataset={dataset}", f"train.out={out}", "train.resume=never", "train.reference_batch=0",
-        "train.log_every=1", "train.visualize_every=0", f"train.seed={seed}", *overrides])
+        "train.log_every=10", "train.visualize_every=0", f"train.seed={seed}", *overrides])
 
 
 def pretrain_arm(budget: StudyBudget, data: StudyData, out: Path, seed: int) -> dict:
@@ -63,9 +61,8 @@ def pretrain_arm(budget: StudyBudget, data: StudyData, out: Path, seed: int) -> 
                       f"train.epochs={epochs}", f"train.max_steps={steps}", f"train.warmup_epochs={epochs / 10:g}",
                       f"train.base_lr={budget.pretrain_lr}", f"train.checkpoint_every={steps}", "train.keep_last=1")
     result = pretrain(cfg, to_yaml(cfg))
-    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
-    return {"weights": result["weights"], "seconds": training_seconds(out), "steps": steps,
-            "first_loss": losses[0], "last_loss": losses[-1]}
+    return {"weights": result["weights"], "seconds": result["seconds"], "steps": steps,
+            "first_loss": result["first_loss"], "last_loss": result["final_loss"]}
 
 
 def finetune_arm(budget: StudyBudget, data: StudyData, out: Path, seed: int, subset: Path, lr: float, steps: int,
@@ -75,7 +72,7 @@ def finetune_arm(budget: StudyBudget, data: StudyData, out: Path, seed: int, sub
     from vmae.pipeline.train.loop import finetune
 
     videos = len_dataset(subset)
-    batch = min(budget.batch, videos)
+    batch = min(budget.finetune_batch, videos)
     epochs = max(2, math.ceil(steps * batch / videos))
     every = max(1, steps // budget.curve_points)
     layer_decay = 0.75 if pretrained else 1.0  # MAE's layer decay fits a pretrained encoder; scratch trains all alike
@@ -85,7 +82,7 @@ def finetune_arm(budget: StudyBudget, data: StudyData, out: Path, seed: int, sub
                       f"train.keep_last={budget.curve_points + 1}", "model.drop_path=0.1", "finetune.mixup=0",
                       "finetune.cutmix=0", f"finetune.layer_decay={layer_decay}",
                       f"finetune.pretrained={pretrained or 'null'}", "finetune.val_dataset=null")
-    finetune(cfg, to_yaml(cfg))
+    seconds = finetune(cfg, to_yaml(cfg))["seconds"]
     curve = []
     for folder in complete_checkpoints(out):
         weights = export_weights(folder, folder / "finetuned.pt")
@@ -93,7 +90,7 @@ def finetune_arm(budget: StudyBudget, data: StudyData, out: Path, seed: int, sub
         curve.append({"step": int(folder.name.removeprefix("step")), "val_top1": score["top1"], "weights": weights})
     best = max(curve, key=lambda point: (point["val_top1"], point["step"]))  # ties: the longer-trained one
     test = evaluate_classifier(best["weights"], cfg, data.test, out / "test", views=EVAL_VIEWS, test_crops=1)
-    return {"lr": lr, "steps": steps, "seconds": training_seconds(out), "step_seconds": step_seconds(out),
+    return {"lr": lr, "steps": steps, "seconds": seconds, "step_seconds": seconds / steps,
             "curve": [{k: v for k, v in point.items() if k != "weights"} for point in curve],
             "best_step": best["step"], "val_top1": best["val_top1"], "test_top1": test["top1"],
             "correct": read_correct(out / "test" / "per_video.csv")}
@@ -186,17 +183,6 @@ def denormalize_patches(patches: torch.Tensor, data) -> torch.Tensor:
     b, n, size = patches.shape
     channels = patches.float().view(b, n, size // 3, 3)
     return (channels * torch.tensor(data.std) * 255 + torch.tensor(data.mean) * 255).view(b, n, size)
-
-
-def training_seconds(out: Path) -> float:
-    """Seconds a run spent in its steps (waiting for data included; start-up and evaluation not)."""
-    return sum(r["data_wait"] + r["compute"] for r in read_metrics(out / "metrics.jsonl"))
-
-
-def step_seconds(out: Path) -> float:
-    """The run's median seconds per step (its logged steps' mean step time)."""
-    records = read_metrics(out / "metrics.jsonl")
-    return statistics.median((r["data_wait"] + r["compute"]) for r in records)
 
 
 def read_correct(per_video: Path) -> dict[str, int]:

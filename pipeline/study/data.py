@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from vmae.pipeline.study.items import CLASSES, ClipJob, ClipSpec, load_items, make_clips, spec_card, write_card
 from vmae.shards.build import build_shards
+from vmae.shards.state import BuildError
 from vmae.shards.config import ShardConfig
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ def build_study_data(root: Path, seeds: list[int], pool_per_class: int = 500, te
     pool_jobs = clip_jobs("train", pool_items, videos / "pool")
     val_jobs = clip_jobs("train", val_items, videos / "val")
     test_jobs = clip_jobs("test", test_items, videos / "test")
+    for name, jobs in (("pool", pool_jobs), ("val", val_jobs), ("test", test_jobs)):
+        prune(videos / name, {Path(job.path) for job in jobs})  # clips of other counts would join the build
     missing = [job for job in pool_jobs + val_jobs + test_jobs if not Path(job.path).is_file()]
     if missing:
         log.info("study data: rendering %d clips (%d x %d px, %d frames) into %s", len(missing), spec.size, spec.size,
@@ -58,19 +62,32 @@ def build_study_data(root: Path, seeds: list[int], pool_per_class: int = 500, te
     shard_cfg = ShardConfig(short_side=0, min_frames=spec.frames, samples_per_shard=256, workers=workers)
     data = StudyData(root, root / "shards" / "pool", root / "shards" / "val", root / "shards" / "test")
     for name in ("pool", "val", "test"):
-        build_shards(videos / name, root / "shards" / name, shard_cfg, progress=False)
+        build(videos / name, root / "shards" / name, shard_cfg)
     for seed in seeds:
         data.subsets[seed] = {}
         for size, jobs in labelled_subsets(pool_jobs, seed, sizes).items():
             folder = videos / f"labelled-seed{seed}-{size}pc"
             link_clips(jobs, videos / "pool", folder)
             data.subsets[seed][size] = root / "shards" / folder.name
-            build_shards(folder, data.subsets[seed][size], shard_cfg, progress=False)
+            build(folder, data.subsets[seed][size], shard_cfg)
     data.card = {**spec_card(spec), "data_seed": DATA_SEED, "pool_clips": len(pool_jobs), "val_clips": len(val_jobs),
                  "test_clips": len(test_jobs),
                  "subset_sizes": list(sizes), "seeds": list(seeds)}
     write_card(root, data.card)
     return data
+
+
+def build(videos: Path, shards: Path, cfg: ShardConfig) -> None:
+    """``vmae shards build`` of ``videos`` into ``shards``; a finished build of other clips there (the study ran
+    with other counts) is the study's own, so it is replaced rather than refused."""
+    try:
+        build_shards(videos, shards, cfg, progress=False)
+    except BuildError as err:
+        if "already holds a finished build" not in str(err):
+            raise
+        log.info("study data: %s holds other clips (other counts): rebuilding it", shards)
+        shutil.rmtree(shards)
+        build_shards(videos, shards, cfg, progress=False)
 
 
 def choose_items(split: str, per_class: int, skip: int = 0) -> dict[int, list[int]]:
@@ -113,9 +130,7 @@ def labelled_subsets(pool: list[ClipJob], seed: int, sizes: tuple[int, ...]) -> 
 def link_clips(jobs: list[ClipJob], source_root: Path, folder: Path) -> None:
     """The subset's clips as hard links (copies where links fail) under ``folder``, class folders kept; nothing
     else left there (a folder from other counts would mix subsets)."""
-    wanted = {folder / Path(job.path).relative_to(source_root) for job in jobs}
-    for stale in (p for p in folder.rglob("*.mp4") if p not in wanted) if folder.is_dir() else ():
-        stale.unlink()
+    prune(folder, {folder / Path(job.path).relative_to(source_root) for job in jobs})
     for job in jobs:
         source = Path(job.path)
         target = folder / source.relative_to(source_root)
@@ -126,3 +141,9 @@ def link_clips(jobs: list[ClipJob], source_root: Path, folder: Path) -> None:
             os.link(source, target)
         except OSError:
             target.write_bytes(source.read_bytes())
+
+
+def prune(folder: Path, wanted: set[Path]) -> None:
+    """Remove the clips under ``folder`` that are not ``wanted``."""
+    for stale in [p for p in folder.rglob("*.mp4") if p not in wanted] if folder.is_dir() else []:
+        stale.unlink()
