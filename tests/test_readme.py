@@ -70,7 +70,8 @@ def test_every_command_has_its_heading():
     headings = [line[4:] for line in README.read_text().splitlines() if line.startswith("### ")]
     for command in ("vmae synth", "vmae shards build", "vmae shards progress", "vmae shards verify and inspect",
                     "vmae loader-check", "vmae pretrain", "vmae visualize", "vmae export", "vmae finetune",
-                    "vmae evaluate", "vmae linear-probe", "vmae extract-features", "vmae profile", "vmae config"):
+                    "vmae evaluate", "vmae linear-probe", "vmae extract-features", "vmae profile", "vmae study",
+                    "vmae config"):
         assert command in headings
 
 
