@@ -15,8 +15,10 @@
 set -euo pipefail
 
 CONFIG=${CONFIG:-configs/mae-st-vit-l.yaml}
-MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-export MASTER_ADDR
+# the first node hosts the rendezvous; read the whole list (`| head -n 1` would cut scontrol's pipe, and with
+# pipefail a long node list then fails the job)
+mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+export MASTER_ADDR=${NODES[0]}
 export MASTER_PORT=${MASTER_PORT:-29500}
 
 srun --kill-on-bad-exit=1 vmae pretrain --config "$CONFIG" train.resume=auto "$@"
