@@ -79,7 +79,7 @@ def choose_kernel(device: torch.device, shape: tuple[int, ...], dtype: torch.dty
     if torch.compiler.is_compiling():  # no timing or logging inside a traced graph: models settle their kernels first
         return "sdpa"
     if device.type != "cuda":
-        _say_once(("cpu",), "attention: sdpa (on CPU SDPA runs its flash kernel; math is the reference)")
+        _say_cpu_choice()
         return "sdpa"
     return _measured_choice(device.index or 0, tuple(shape[1:]), dtype)
 
@@ -150,13 +150,10 @@ def _xformers_problem() -> str | None:
         return f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
 
 
-_SAID: set = set()
-
-
-def _say_once(key: tuple, message: str) -> None:
-    if key not in _SAID:
-        _SAID.add(key)
-        log.info(message)
+@lru_cache(maxsize=1)
+def _say_cpu_choice() -> None:
+    """Said once per process, however many layers resolve ``auto``."""
+    log.info("attention: sdpa (on CPU SDPA runs its flash kernel; math is the reference)")
 
 
 class Attention(TimmAttention):

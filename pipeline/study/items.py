@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 # Debian's dataset-fashion-mnist package puts the four files here; VMAE_FASHION_MNIST points elsewhere
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

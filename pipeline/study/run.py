@@ -4,8 +4,8 @@ them before anything runs.
 Per seed: (a) pretraining, then fine-tuning on each labelled subset; (b) from scratch on each subset for the
 seconds (a) spent there (pretraining plus that fine-tuning) at (b)'s own step time; the lr of each arm and subset
 size is chosen on the validation clips on the first seed from the budget's grid and kept for the others; (c)
-frozen features; (d) reconstruction. ``results.json`` is rewritten after every run, so an interrupted study keeps
-what it finished.
+frozen features; (d) reconstruction. ``results.json`` is rewritten after every seed, so an interrupted study keeps
+the seeds it finished.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from vmae.pipeline.evaluate.downstream import evaluation_data
 from vmae.pipeline.study.arms import (EVAL_VIEWS, base_config, features_arm, finetune_arm, pixel_pca, pretrain_arm,
                                      reconstruction_arm)
 from vmae.pipeline.study.config import BUDGETS, StudyBudget
@@ -43,10 +44,8 @@ def run_study(budget_name: str, out: Path, data_root: Path | None = None) -> dic
                             budget.test_per_class, budget.val_per_class, sizes=budget.subset_sizes)
     results: dict = {"budget": {"name": budget_name, **asdict(budget)}, "data": data.card, "machine": machine(),
                      "lrs": {}, "seeds": {}, "data_seconds": round(time.perf_counter() - started, 1)}
-    evaluation = base_config(budget, data.pool, out, budget.seeds[0]).data
-    from vmae.pipeline.evaluate.downstream import evaluation_data
-
-    pixels = pixel_pca(data, evaluation_data(evaluation, EVAL_VIEWS, 1))  # one fit for every seed
+    clip_spec = base_config(budget, data.pool, out, budget.seeds[0]).data
+    pixels = pixel_pca(data, evaluation_data(clip_spec, EVAL_VIEWS, 1))  # one fit for every seed
     for seed in budget.seeds:
         results["seeds"][seed] = run_seed(budget, data, out / f"seed{seed}", seed, results, pixels)
         save(results, out)
