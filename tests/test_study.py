@@ -215,3 +215,25 @@ def test_a_build_with_other_counts_drops_the_clips_it_no_longer_holds(study_data
     shutil.copytree(study_data.root / "videos", root / "videos")
     smaller = build_study_data(root, seeds=[0], pool_per_class=21, test_per_class=1, val_per_class=1, workers=2)
     assert len(open_shards(smaller.test, DataConfig())) == 10 and len(open_shards(smaller.val, DataConfig())) == 10
+
+
+def test_a_build_with_another_look_renders_every_clip_again(tmp_path):
+    import hashlib
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    spec = ClipSpec(frames=16)
+    first = build_study_data(tmp_path, seeds=[0], pool_per_class=1, test_per_class=1, val_per_class=1, spec=spec,
+                             sizes=(1,), workers=2)
+    clip = next((tmp_path / "videos" / "test").rglob("*.mp4"))
+    shard = sorted(first.test.glob("*.tar"))[0]
+    before = digest(clip), digest(shard)
+    again = build_study_data(tmp_path, seeds=[0], pool_per_class=1, test_per_class=1, val_per_class=1, spec=spec,
+                             sizes=(1,), workers=2)
+    assert (digest(clip), digest(sorted(again.test.glob("*.tar"))[0])) == before  # same look: reused
+    darker = ClipSpec(frames=16, contrast=60.0, grain=0.0)
+    after = build_study_data(tmp_path, seeds=[0], pool_per_class=1, test_per_class=1, val_per_class=1, spec=darker,
+                             sizes=(1,), workers=2)
+    assert digest(clip) != before[0] and digest(sorted(after.test.glob("*.tar"))[0]) != before[1]
+    assert after.card["contrast"] == 60.0 and len(open_shards(after.test, DataConfig())) == 10

@@ -44,10 +44,11 @@ class StudyBudget:
 
 BUDGETS: dict[str, StudyBudget] = {
     # `make learn`: three seeds within 30 minutes on a 2-core CPU
-    # measured on the 2-core Xeon: pretraining 2 steps/s at 32 videos, fine-tuning 1-3 steps/s; (b) costs 3 x
-    # (pretraining + fine-tuning) per seed, so a single lr (no search) and a short pretraining are what fit
+    # measured on the 2-core Xeon: pretraining 2 steps/s at 32 videos, fine-tuning 1-3 steps/s, a test pass of
+    # 1,000 clips about 12 s; (b) costs 3 x (pretraining + fine-tuning) per seed, so a single lr (no search), a
+    # short pretraining and two validation points per curve are what fit
     "cpu": StudyBudget(pool_per_class=500, val_per_class=10, test_per_class=100, seeds=(0, 1, 2),
-                       pretrain_steps=120, finetune_steps=100, finetune_lrs=(1.6e-2,), curve_points=3,
+                       pretrain_steps=100, finetune_steps=60, finetune_lrs=(1.6e-2,), curve_points=2,
                        note="2-core CPU, 30 minutes"),
     # a section of the prepared GPU check: one H200 for 8 minutes, far longer pretraining
     "gpu": StudyBudget(pool_per_class=500, val_per_class=20, test_per_class=100, seeds=(0, 1, 2),

@@ -9,6 +9,7 @@ that exists with the same inputs is reused (the builder says "nothing to do").
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -49,6 +50,7 @@ def build_study_data(root: Path, seeds: list[int], pool_per_class: int = 500, te
     val_items = choose_items("train", val_per_class, skip=pool_per_class)  # the items after the pool's
     test_items = choose_items("test", test_per_class)
     videos = root / "videos"
+    drop_other_looks(root, spec)
     pool_jobs = clip_jobs("train", pool_items, videos / "pool")
     val_jobs = clip_jobs("train", val_items, videos / "val")
     test_jobs = clip_jobs("test", test_items, videos / "test")
@@ -75,6 +77,21 @@ def build_study_data(root: Path, seeds: list[int], pool_per_class: int = 500, te
                  "subset_sizes": list(sizes), "seeds": list(seeds)}
     write_card(root, data.card)
     return data
+
+
+def drop_other_looks(root: Path, spec: ClipSpec) -> None:
+    """Remove the clips and shards under ``root`` when its card records another clip spec: a clip's path names
+    its item, not its look, so clips rendered with other settings would otherwise be reused as they are."""
+    card = root / "study-data.json"
+    if not card.is_file():
+        return
+    recorded = json.loads(card.read_text())
+    wanted = spec_card(spec)
+    if all(recorded.get(key) == value for key, value in wanted.items()):
+        return
+    log.info("study data: %s was rendered with another clip spec: rendering it again", root)
+    for folder in (root / "videos", root / "shards"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def build(videos: Path, shards: Path, cfg: ShardConfig) -> None:

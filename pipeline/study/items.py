@@ -37,11 +37,13 @@ class ClipSpec:
     """The look of every clip: frames, square size, the item's size range (px) and speed range (px per frame)."""
 
     frames: int = 32
-    size: int = 64
-    item_min: int = 22
-    item_max: int = 34
-    speed_min: float = 0.8
-    speed_max: float = 2.5
+    size: int = 48  # the model's crop: clips are not resized, so the item keeps its pixels
+    item_min: int = 24  # the item covers a quarter to a half of the frame's side at least
+    item_max: int = 36
+    speed_min: float = 0.6
+    speed_max: float = 1.6
+    contrast: float = 20.0  # amplitude of the background's blotches (0-255 scale)
+    grain: float = 4.0  # standard deviation of its per-pixel grain: noise no predictor can know
 
 
 def fashion_mnist_dir() -> Path:
@@ -82,7 +84,7 @@ def read_idx(path: Path) -> np.ndarray:
 def render_clip(item: np.ndarray, rng: np.random.Generator, spec: ClipSpec) -> np.ndarray:
     """One clip uint8 [T, S, S, 3]: ``item`` (28 x 28 grey), resized and tinted, moving over a textured background
     in a straight line that bounces off the borders and bends a little each frame."""
-    background = textured_background(rng, spec.size)
+    background = textured_background(rng, spec.size, spec.contrast, spec.grain)
     size = int(rng.integers(spec.item_min, spec.item_max + 1))
     alpha = resize_item(item, size).astype(np.float32) / 255.0
     tint = rng.uniform(0.45, 1.0, size=3).astype(np.float32) * 255
@@ -116,15 +118,15 @@ def subpixel(alpha: np.ndarray, fy: float, fx: float) -> np.ndarray:
     return out
 
 
-def textured_background(rng: np.random.Generator, size: int) -> np.ndarray:
+def textured_background(rng: np.random.Generator, size: int, contrast: float, grain: float) -> np.ndarray:
     """float32 [S, S, 3]: a random colour under smooth blotches (a coarse random grid, upsampled) and fine grain,
     so that no patch is flat and none can be told from its neighbours by colour alone."""
     cells = int(rng.integers(3, 7))
     coarse = rng.uniform(-1, 1, size=(cells, cells, 3)).astype(np.float32)
     blotches = upsample(coarse, size)
     base = rng.uniform(40, 180, size=3).astype(np.float32)
-    grain = rng.normal(0, 10, size=(size, size, 1)).astype(np.float32)
-    return np.clip(base + 45 * blotches + grain, 0, 255)
+    noise = rng.normal(0, grain, size=(size, size, 1)).astype(np.float32)
+    return np.clip(base + contrast * blotches + noise, 0, 255)
 
 
 def upsample(grid: np.ndarray, size: int) -> np.ndarray:
