@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
 DEMO := runs/demo
 
-.PHONY: setup demo test test-fast bench learn gpu-check clean ffmpeg fashion-mnist
+.PHONY: setup demo test test-fast bench learn gpu-check gpu-study clean ffmpeg fashion-mnist
 
 setup: $(STAMP) ffmpeg fashion-mnist
 
@@ -65,6 +65,10 @@ learn: setup
 # every gpu test and the GPU loader benches, within 8 minutes; results in gpu-check/. CI runs its --dry-run.
 gpu-check:
 	python3 bench/gpu_check.py --wheels .whl --out gpu-check
+
+# the pretraining study at its gpu budget (8 minutes of its own lease): Fashion-MNIST's files in .fashion-mnist/
+gpu-study:
+	python3 bench/gpu_check.py --wheels .whl --out gpu-check --steps wheels,study
 
 clean:
 	rm -rf runs .pytest_cache

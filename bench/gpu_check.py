@@ -17,9 +17,14 @@ and the others still run:
   step    bench_step.py: the training step as `vmae pretrain` builds it (micro-batch found, kernels settled, blocks
           compiled, AdamW fused), each switch against its alternative, ZeRO-1/2/3 and ViT-B/L/H, while
           --step-budget lasts (run it alone, --steps wheels,step, when the loader steps took the lease)
+  study   `vmae study --budget gpu` into OUT/study (report.md, report.json, the plots): the pretraining study's
+          GPU section, 8 minutes of its own, so not among the default steps: `make gpu-study` runs wheels,study.
+          Fashion-MNIST's four idx .gz files come from --fashion-mnist (default .fashion-mnist/ in the checkout,
+          copied from /usr/share/datasets/fashion-mnist and carried along; else the system package's folder)
 The dry run reassembles and checks the wheels in a temporary folder without installing them, builds a small set
 as VP9 (what DALI's CPU decoder reads), collects the gpu tests without running them, and times the CPU, DALI (CPU
-decoder, two pipelines) and hybrid loaders for a second each: every line of the script runs but the CUDA calls.
+decoder, two pipelines) and hybrid loaders for a second each, and runs the study at its smoke budget: every line
+of the script runs but the CUDA calls.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ("wheels", "data", "tests", "loader", "step")
+STEPS = ("wheels", "data", "tests", "loader", "step", "study")
+DEFAULT_STEPS = ("wheels", "data", "tests", "loader", "step")  # what fits one lease; the study takes its own
 # what the steps import; the GPU machine's image has torch, triton, timm and nvidia-ml-py, the rest comes as wheels
 NEEDED = ("nvidia.dali", "deepspeed", "av", "webdataset", "pytest", "yaml", "timm", "rich", "tqdm", "pynvml", "vmae")
 BUDGET_S = 8 * 60  # the whole check on the GPU machine, so that one lease holds it and a rerun
@@ -48,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--wheels", type=Path, default=ROOT / ".whl", help="folder of the wheels brought along")
     parser.add_argument("--out", type=Path, default=ROOT / "gpu-check", help="where the JSON and the table go")
-    parser.add_argument("--steps", default=",".join(STEPS), help=f"a subset of {','.join(STEPS)}")
+    parser.add_argument("--steps", default=",".join(DEFAULT_STEPS), help=f"a subset of {','.join(STEPS)}")
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per loader case")
     parser.add_argument("--step-budget", type=float, default=240.0, help="seconds for the step cases")
+    parser.add_argument("--fashion-mnist", type=Path, default=ROOT / ".fashion-mnist",
+                        help="folder of Fashion-MNIST's idx .gz files for the study step (absent: the system's)")
     parser.add_argument("--dry-run", action="store_true", help="all but CUDA, on this machine (what CI runs)")
     args = parser.parse_args(argv)
     unknown = set(args.steps.split(",")) - set(STEPS)
@@ -192,8 +200,26 @@ def step_step(args: argparse.Namespace, context: dict) -> dict:
     return step_section(120.0 if args.dry_run else args.step_budget, small=args.dry_run)
 
 
+def study_step(args: argparse.Namespace, context: dict) -> dict:
+    """The pretraining study at the gpu budget (smoke in the dry run); its bars and wall time."""
+    budget = "smoke" if args.dry_run else "gpu"
+    out = args.out / "study"
+    env = dict(os.environ)
+    if args.fashion_mnist.is_dir():
+        env["VMAE_FASHION_MNIST"] = str(args.fashion_mnist)
+    command = [sys.executable, "-m", "vmae.tools.cli", "study", "--budget", budget, "--out", str(out)]
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=BUDGET_S + 60)
+    (args.out / "study.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"vmae study --budget {budget} exited {proc.returncode}: {proc.stderr.strip()[-400:]}")
+    report = json.loads((out / "report.json").read_text())
+    return {"budget": budget, "study_seconds": report.get("seconds"),
+            "bars_held": sum(bool(b["holds"]) for b in report["bars"] if b["holds"] is not None),
+            "bars": [{"bar": b["bar"], "holds": b["holds"]} for b in report["bars"]], "report": str(out / "report.md")}
+
+
 STEP_FUNCTIONS = {"wheels": wheels_step, "data": data_step, "tests": tests_step, "loader": loader_step,
-                  "step": step_step}
+                  "step": step_step, "study": study_step}
 
 
 # ------------------------------------------------------------------ report

@@ -53,7 +53,8 @@ def test_the_dry_run_runs_every_step_of_the_gpu_check(tmp_path):
     split_wheel(tmp_path / "whl")
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--wheels", str(tmp_path / "whl"),
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "--out", str(out), "--steps", ",".join(STEPS)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "gpu-check.json").read_text())
     steps = report["steps"]
@@ -70,6 +71,9 @@ def test_the_dry_run_runs_every_step_of_the_gpu_check(tmp_path):
     [(name, row)] = steps["step"]["cases"].items()  # the tiny model in the engine `vmae pretrain` builds
     assert name.startswith("tiny zero-1") and row["clips_per_s"] > 0 and row["micro_batch"] in (1, 2, 4, 8)
     assert row["trials"] and row["limit"] and steps["step"]["summary"]["headline_clips_per_s"] == row["clips_per_s"]
+    study = steps["study"]  # the smoke budget: every line of the study, its report read back
+    assert study["budget"] == "smoke" and study["bars"] and (out / "study" / "report.md").is_file()
+    assert any(bar["bar"].startswith("(d)") for bar in study["bars"]) and study["study_seconds"] > 0
     table = (out / "gpu-check.md").read_text()
     assert table.startswith("GPU check (dry run)") and all(f"| {name} | yes |" in table for name in STEPS)
     assert "dali 2 pipelines K=4: " in table and "hybrid K=4: " in table and " clips/s" in table
@@ -79,3 +83,5 @@ def test_make_gpu_check_runs_the_script_on_the_wheels_brought_along():
     makefile = (ROOT / "Makefile").read_text()
     recipe = makefile[makefile.index("\ngpu-check:") + 1:].splitlines()[1]
     assert "bench/gpu_check.py --wheels .whl --out gpu-check" in recipe
+    study = makefile[makefile.index("\ngpu-study:") + 1:].splitlines()[1]
+    assert "bench/gpu_check.py --wheels .whl --out gpu-check --steps wheels,study" in study

@@ -21,8 +21,8 @@ import torch
 from vmae.model.mae import MaskedVideoAutoencoder, patchify
 from vmae.model.masking import make_mask
 from vmae.pipeline.data.loader import make_loader
-from vmae.pipeline.evaluate.downstream import (PooledFeatures, evaluate_classifier, evaluation_data, extract_features,
-                                               load_feature_model)
+from vmae.pipeline.evaluate.downstream import (Features, PooledFeatures, evaluate_classifier, evaluation_data,
+                                               load_feature_model, view_outputs)
 from vmae.pipeline.evaluate.pretrained import load_pretrained
 from vmae.pipeline.study.config import StudyBudget
 from vmae.pipeline.study.data import StudyData
@@ -107,14 +107,21 @@ def features_arm(budget: StudyBudget, data: StudyData, pretrain_out: Path, seed:
     classes = len(class_names(data))
     out: dict = {}
     for name, model in models.items():
-        test = extract_features(model, data.test, evaluation)
-        out[name] = {size: score_features(extract_features(model, subset, evaluation), test, classes, seed)
+        test = features_on_device(model, data.test, evaluation)
+        out[name] = {size: score_features(features_on_device(model, subset, evaluation), test, classes, seed)
                      for size, subset in data.subsets[seed].items()}
     project = pixel_projection or pixel_pca(data, evaluation)
     test = project(raw_pixels(data.test, evaluation))
     out["raw pixels (PCA)"] = {size: score_features(project(raw_pixels(subset, evaluation)), test, classes, seed)
                                for size, subset in data.subsets[seed].items()}
     return out
+
+
+def features_on_device(model: torch.nn.Module, dataset: Path, evaluation) -> Features:
+    """``extract_features`` with the model on the GPU when there is one (the clips are decoded on the host)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device).eval()
+    return view_outputs(lambda clips: model(clips.to(device)), dataset, evaluation)
 
 
 def pixel_pca(data: StudyData, evaluation, fit_videos: int = 1000):

@@ -50,9 +50,12 @@ BUDGETS: dict[str, StudyBudget] = {
     "cpu": StudyBudget(pool_per_class=500, val_per_class=10, test_per_class=100, seeds=(0, 1, 2),
                        pretrain_steps=100, finetune_steps=60, finetune_lrs=(1.6e-2,), curve_points=2,
                        note="2-core CPU, 30 minutes"),
-    # a section of the prepared GPU check: one H200 for 8 minutes, far longer pretraining
+    # `make gpu-study`, a section of the prepared GPU check: one H200 for 8 minutes. Not yet run on a GPU: a seed
+    # costs 4 pretrainings + 6 fine-tunings (scratch gets pretraining + fine-tuning, at each of 3 sizes), so three
+    # seeds in 480 s need about 60 steps/s at these counts; the first GPU run sets them to what it measures
     "gpu": StudyBudget(pool_per_class=500, val_per_class=20, test_per_class=100, seeds=(0, 1, 2),
-                       pretrain_steps=6000, finetune_steps=400, preset="vit-s", batch=64, note="one H200, 8 minutes"),
+                       pretrain_steps=2000, finetune_steps=300, preset="vit-s", batch=64,
+                       note="one H200, 8 minutes (steps not yet calibrated on a GPU)"),
     # what the tests run: every line of the study in about a minute, no figure to read anything into
     "smoke": StudyBudget(pool_per_class=4, val_per_class=1, test_per_class=2, seeds=(0, 1), pretrain_steps=4,
                          finetune_steps=4, batch=4, finetune_batch=4, curve_points=2, bootstrap=50, subset_sizes=(1,),
