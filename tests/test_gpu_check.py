@@ -28,7 +28,8 @@ def split_wheel(folder: Path, piece: int = 300) -> bytes:
     with zipfile.ZipFile(whole, "w") as archive:
         archive.writestr("vmaeprobe/__init__.py", "VALUE = 1\n" + "# padding\n" * 100)
         archive.writestr("vmaeprobe-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: vmaeprobe\nVersion: 0.1\n")
-        archive.writestr("vmaeprobe-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr("vmaeprobe-0.1.dist-info/WHEEL",
+                         "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
     data = whole.read_bytes()
     (folder / f"{WHEEL}.sha256").write_text(f"{hashlib.sha256(data).hexdigest()}  {WHEEL}\n")
     for i in range(0, len(data), piece):
