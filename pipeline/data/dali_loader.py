@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 BUILD_SECONDS = 60.0  # building a pipeline, on top of its first batch's decode deadline
 POLL_SECONDS = 1.0  # how often the consumer looks for hung pipelines while it waits
+CLOSE_SECONDS = 30.0  # the longest a closing stream waits for each pipeline to finish its run
 PREFETCH_SHARDS = 2  # of a remote dataset, staged ahead of each pipeline's reading
 
 
@@ -238,10 +239,13 @@ class DaliStream:
         self.workers[n] = self._start_worker(n)
 
     def close(self) -> None:
-        """Stop the pipelines: each ends at its next request for a batch (a hung one is left as it is)."""
+        """Stop the pipelines: each ends at its next request for a batch. One still inside a run a batch's
+        deadline later is hung and is left as it is (a daemon thread)."""
         self.tickets.stop()
+        deadline = self.loader.batch_deadline
+        wait = min(CLOSE_SECONDS, deadline + POLL_SECONDS) if deadline else CLOSE_SECONDS
         for worker in self.workers:
-            worker.thread.join(timeout=30)
+            worker.thread.join(timeout=wait)
         _OPEN_STREAMS.discard(self)
 
 
