@@ -68,7 +68,7 @@ gpu-check:
 
 # the pretraining study at its gpu budget (8 minutes of its own lease): Fashion-MNIST's files in .fashion-mnist/
 gpu-study:
-	python3 bench/gpu_check.py --wheels .whl --out gpu-check --steps wheels,study
+	python3 bench/gpu_check.py --wheels .whl --out gpu-study --steps wheels,study
 
 clean:
 	rm -rf runs .pytest_cache

@@ -18,7 +18,8 @@ and the others still run:
           compiled, AdamW fused), each switch against its alternative, ZeRO-1/2/3 and ViT-B/L/H, while
           --step-budget lasts (run it alone, --steps wheels,step, when the loader steps took the lease)
   study   `vmae study --budget gpu` into OUT/study (report.md, report.json, the plots): the pretraining study's
-          GPU section, 8 minutes of its own, so not among the default steps: `make gpu-study` runs wheels,study.
+          GPU section, 8 minutes of its own, so not among the default steps: `make gpu-study` runs wheels,study
+          into gpu-study/.
           Fashion-MNIST's four idx .gz files come from --fashion-mnist (default .fashion-mnist/ in the checkout,
           copied from /usr/share/datasets/fashion-mnist and carried along; else the system package's folder)
 The dry run reassembles and checks the wheels in a temporary folder without installing them, builds a small set

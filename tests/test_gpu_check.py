@@ -85,4 +85,4 @@ def test_make_gpu_check_runs_the_script_on_the_wheels_brought_along():
     recipe = makefile[makefile.index("\ngpu-check:") + 1:].splitlines()[1]
     assert "bench/gpu_check.py --wheels .whl --out gpu-check" in recipe
     study = makefile[makefile.index("\ngpu-study:") + 1:].splitlines()[1]
-    assert "bench/gpu_check.py --wheels .whl --out gpu-check --steps wheels,study" in study
+    assert "bench/gpu_check.py --wheels .whl --out gpu-study --steps wheels,study" in study
