@@ -237,3 +237,22 @@ def test_a_build_with_another_look_renders_every_clip_again(tmp_path):
                              sizes=(1,), workers=2)
     assert digest(clip) != before[0] and digest(sorted(after.test.glob("*.tar"))[0]) != before[1]
     assert after.card["contrast"] == 60.0 and len(open_shards(after.test, DataConfig())) == 10
+
+
+def test_scratch_gets_the_seconds_given_at_the_logged_step_time(tmp_path):
+    import json
+
+    from vmae.pipeline.study.arms import logged_step_seconds
+    from vmae.pipeline.study.run import scratch_steps
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(json.dumps(r) for r in (
+        {"loss": 2.0, "step_time": 0.25, "step": 10}, {"loss": 1.5, "step_time": 0.35, "step": 20},
+        {"val_top1": 0.5, "step": 20})) + "\n")
+    assert logged_step_seconds(metrics) == pytest.approx(0.3)
+    assert logged_step_seconds(tmp_path / "absent.jsonl") is None  # a run too short to log: seconds / steps instead
+    # (a): 60 steps in 30 s of wall time, 0.3 s a step, so 12 s of start-up and checkpoints
+    tuned = {"seconds": 30.0, "steps": 60, "step_seconds": 0.3, "start_seconds": 30.0 - 60 * 0.3}
+    steps = scratch_steps(80.0, tuned, least=2)
+    assert steps == 227 and 12 + steps * 0.3 == pytest.approx(80.0, abs=0.2)  # (b) pays the same start-up
+    assert scratch_steps(5.0, tuned, least=2) == 2  # never fewer than the curve's points

@@ -11,6 +11,7 @@ The rules shared by (a) and (b) are stated in ``vmae.pipeline.study.config``.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 from dataclasses import replace
@@ -90,10 +91,24 @@ def finetune_arm(budget: StudyBudget, data: StudyData, out: Path, seed: int, sub
         curve.append({"step": int(folder.name.removeprefix("step")), "val_top1": score["top1"], "weights": weights})
     best = max(curve, key=lambda point: (point["val_top1"], point["step"]))  # ties: the longer-trained one
     test = evaluate_classifier(best["weights"], cfg, data.test, out / "test", views=EVAL_VIEWS, test_crops=1)
-    return {"lr": lr, "steps": steps, "seconds": seconds, "step_seconds": seconds / steps,
+    step_seconds = logged_step_seconds(out / "metrics.jsonl") or seconds / steps
+    return {"lr": lr, "steps": steps, "seconds": seconds, "step_seconds": step_seconds,
+            "start_seconds": max(0.0, seconds - steps * step_seconds),
             "curve": [{k: v for k, v in point.items() if k != "weights"} for point in curve],
             "best_step": best["step"], "val_top1": best["val_top1"], "test_top1": test["top1"],
             "correct": read_correct(out / "test" / "per_video.csv")}
+
+
+def logged_step_seconds(metrics: Path) -> float | None:
+    """The mean seconds of a training step (data wait and compute) over a run's logged windows; None when the run
+    was too short to log one."""
+    times = []
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            record = json.loads(line)
+            if "step_time" in record:
+                times.append(record["step_time"])
+    return sum(times) / len(times) if times else None
 
 
 def features_arm(budget: StudyBudget, data: StudyData, pretrain_out: Path, seed: int,

@@ -6,8 +6,9 @@ What is fixed for every budget (stated here, before running):
   is chosen on the validation clips (never the test) for each subset size, on the first seed, and kept for the
   others; each fine-tuning run is scored on the validation clips at ``curve_points`` points of its curve and the
   best point's checkpoint is the one tested: the same rule for both arms;
-- (b) from scratch gets the seconds (a) spent pretraining plus fine-tuning at that subset size, at its own
-  measured step time;
+- (b) from scratch gets the seconds (a) spent pretraining plus fine-tuning at that subset size: as many steps as
+  fit at (a)'s logged step time once a run's fixed seconds (start-up, checkpoints: (a)'s wall time less its steps)
+  are paid; the seconds it took are reported beside the seconds given;
 - (c) and (d) use the pretrained encoder of each seed's (a) and the same architecture at its initial weights;
 - the intervals are 95 % bootstrap intervals over test clips of the seed-mean paired difference.
 """

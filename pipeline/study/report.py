@@ -47,6 +47,7 @@ def finetune_rows(results: dict, seeds: list, size: int, resamples: int, rng: np
     row = {arm: {"per_seed": [r["test_top1"] for r in rs], "mean": statistics.fmean(r["test_top1"] for r in rs),
                  "steps": [r["steps"] for r in rs], "seconds": [round(r["seconds"], 1) for r in rs],
                  "best_step": [r["best_step"] for r in rs]} for arm, rs in runs.items()}
+    row["scratch"]["given_seconds"] = [round(r["given_seconds"], 1) for r in runs["scratch"]]
     differences = [a - b for a, b in zip(row["pretrained"]["per_seed"], row["scratch"]["per_seed"], strict=True)]
     low, high = paired_interval(runs["pretrained"], runs["scratch"], resamples, rng)
     row["difference"] = {"per_seed": differences, "mean": statistics.fmean(differences), "ci95": [low, high]}
@@ -137,14 +138,16 @@ def markdown(report: dict) -> str:
         holds = {True: "yes", False: "**no**", None: "reported"}[bar["holds"]]
         lines.append(f"| {bar['bar']} | {figures} | {holds} |")
     lines += ["", "## (a) pretrained + fine-tuned against (b) from scratch for the same time", "",
-              "| labels per class | (a) mean | (b) mean | (a) − (b) | 95 % CI | (a) per seed | (b) per seed |",
-              "|---:|---:|---:|---:|---|---|---|"]
+              "| labels per class | (a) mean | (b) mean | (a) − (b) | 95 % CI | (a) per seed | (b) per seed | "
+              "(b) seconds taken / given |", "|---:|---:|---:|---:|---|---|---|---|"]
     for size, row in report["finetune"].items():
         lines.append(f"| {size} | {_pct(row['pretrained']['mean'])} | {_pct(row['scratch']['mean'])} | "
                      f"{100 * row['difference']['mean']:+.1f} | [{100 * row['difference']['ci95'][0]:+.1f}, "
                      f"{100 * row['difference']['ci95'][1]:+.1f}] | "
                      f"{', '.join(map(_pct, row['pretrained']['per_seed']))} | "
-                     f"{', '.join(map(_pct, row['scratch']['per_seed']))} |")
+                     f"{', '.join(map(_pct, row['scratch']['per_seed']))} | " +
+                     ", ".join(f"{taken:.0f} / {given:.0f}" for taken, given in
+                               zip(row["scratch"]["seconds"], row["scratch"]["given_seconds"], strict=True)) + " |")
     lines += ["", "## (c) frozen features", "", "| features | probe | " +
               " | ".join(f"{size} per class" for size in report["finetune"]) + " |",
               "|---|---|" + "---:|" * len(report["finetune"])]

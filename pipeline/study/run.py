@@ -63,7 +63,7 @@ def run_seed(budget: StudyBudget, data: StudyData, out: Path, seed: int, results
         tuned = choose_lr(budget, data, out / f"{size}pc" / "pretrained", seed, subset, budget.finetune_steps,
                           pre["weights"], results, ("pretrained", size))
         given = pre["seconds"] + tuned["seconds"]  # what (a) spent: pretraining plus this fine-tuning
-        steps = max(budget.curve_points, round(given / tuned["step_seconds"]))
+        steps = scratch_steps(given, tuned, budget.curve_points)
         scratch = choose_lr(budget, data, out / f"{size}pc" / "scratch", seed, subset, steps, None, results,
                             ("scratch", size))
         scratch["given_seconds"] = given
@@ -73,6 +73,12 @@ def run_seed(budget: StudyBudget, data: StudyData, out: Path, seed: int, results
     found["features"] = features_arm(budget, data, out / "pretrain", seed, pixels)
     found["reconstruction"] = reconstruction_arm(budget, data, out / "pretrain", seed)
     return found
+
+
+def scratch_steps(given: float, tuned: dict, least: int) -> int:
+    """(b)'s steps for ``given`` seconds: as many as fit at (a)'s logged step time once a run's fixed seconds
+    (start-up, checkpoints: what (a)'s wall time holds beyond its steps) are paid; at least ``least``."""
+    return max(least, round((given - tuned["start_seconds"]) / tuned["step_seconds"]))
 
 
 def choose_lr(budget: StudyBudget, data: StudyData, out: Path, seed: int, subset: Path, steps: int,
