@@ -241,6 +241,7 @@ def check_study(block: Block, ws: Workspace) -> None:
     report = json.loads((out / "report.json").read_text())
     results = json.loads((out / "results.json").read_text())
     assert all((out / name).stat().st_size > 0 for name in ("report.md", "accuracy.png", "psnr.png"))
+    assert "(b) seconds taken / given" in (out / "report.md").read_text()
     assert report["budget"]["name"] == "smoke" and report["machine"]["versions"]["torch"]
     assert report["data"]["source"] == "Fashion-MNIST" and report["seeds"] == [0, 1]
     # every bar is checked and printed, win or lose
@@ -251,10 +252,13 @@ def check_study(block: Block, ws: Workspace) -> None:
     for seed in ("0", "1"):
         arms = results["seeds"][seed]["finetune"]["1"]
         scratch, tuned, pre = arms["scratch"], arms["pretrained"], results["seeds"][seed]["pretrain"]
-        # (b) is given what (a) spent: pretraining plus its fine-tuning, at its own step time
+        # (b) is given what (a) spent: pretraining plus its fine-tuning, at (a)'s step time once the fixed seconds
+        # of a run are paid
         assert scratch["given_seconds"] == pytest.approx(pre["seconds"] + tuned["seconds"])
-        assert scratch["steps"] == max(report["budget"]["curve_points"],
-                                       round(scratch["given_seconds"] / tuned["step_seconds"]))
+        assert tuned["start_seconds"] == pytest.approx(tuned["seconds"] - tuned["steps"] * tuned["step_seconds"],
+                                                       abs=1e-6) or tuned["start_seconds"] == 0
+        assert scratch["steps"] == max(report["budget"]["curve_points"], round(
+            (scratch["given_seconds"] - tuned["start_seconds"]) / tuned["step_seconds"]))
         # the checkpoint tested is the one best on the validation clips
         assert max(p["val_top1"] for p in tuned["curve"]) == tuned["val_top1"]
         assert set(results["seeds"][seed]["features"]) == {"pretrained", "initial weights", "raw pixels (PCA)"}
