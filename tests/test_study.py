@@ -213,6 +213,7 @@ def test_a_build_with_other_counts_drops_the_clips_it_no_longer_holds(study_data
 
     root = tmp_path / "copy"
     shutil.copytree(study_data.root / "videos", root / "videos")
+    shutil.copy(study_data.root / "study-data.json", root)  # the same look: the clips are kept, then pruned
     smaller = build_study_data(root, seeds=[0], pool_per_class=21, test_per_class=1, val_per_class=1, workers=2)
     assert len(open_shards(smaller.test, DataConfig())) == 10 and len(open_shards(smaller.val, DataConfig())) == 10
 
@@ -237,6 +238,11 @@ def test_a_build_with_another_look_renders_every_clip_again(tmp_path):
                              sizes=(1,), workers=2)
     assert digest(clip) != before[0] and digest(sorted(after.test.glob("*.tar"))[0]) != before[1]
     assert after.card["contrast"] == 60.0 and len(open_shards(after.test, DataConfig())) == 10
+    # clips with no card (a build of unknown look) are not trusted either
+    (tmp_path / "study-data.json").unlink()
+    darkest = build_study_data(tmp_path, seeds=[0], pool_per_class=1, test_per_class=1, val_per_class=1, spec=spec,
+                               sizes=(1,), workers=2)
+    assert digest(clip) == before[0] and darkest.card["contrast"] == spec.contrast
 
 
 def test_scratch_gets_the_seconds_given_at_the_logged_step_time(tmp_path):

@@ -80,18 +80,20 @@ def build_study_data(root: Path, seeds: list[int], pool_per_class: int = 500, te
 
 
 def drop_other_looks(root: Path, spec: ClipSpec) -> None:
-    """Remove the clips and shards under ``root`` when its card records another clip spec: a clip's path names
-    its item, not its look, so clips rendered with other settings would otherwise be reused as they are."""
+    """Remove the clips and shards under ``root`` unless its card records this clip spec (a clip's path names its
+    item, not its look, so clips rendered with other settings would otherwise be reused as they are), then record
+    the spec before any clip is rendered: a build cut short is finished by the next one with the same look."""
     card = root / "study-data.json"
-    if not card.is_file():
-        return
-    recorded = json.loads(card.read_text())
     wanted = spec_card(spec)
-    if all(recorded.get(key) == value for key, value in wanted.items()):
+    recorded = json.loads(card.read_text()) if card.is_file() else None
+    if recorded is not None and all(recorded.get(key) == value for key, value in wanted.items()):
         return
-    log.info("study data: %s was rendered with another clip spec: rendering it again", root)
-    for folder in (root / "videos", root / "shards"):
-        shutil.rmtree(folder, ignore_errors=True)
+    if recorded is not None or (root / "videos").exists():
+        log.info("study data: %s holds clips of another or an unknown clip spec: rendering them again", root)
+        for folder in (root / "videos", root / "shards"):
+            shutil.rmtree(folder, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    write_card(root, wanted)
 
 
 def build(videos: Path, shards: Path, cfg: ShardConfig) -> None:
